@@ -1,0 +1,75 @@
+"""Exceptions raised by bitpress, one per kind of bad input.
+
+Each carries ``sqlstate``, the same SQLSTATE PostgreSQL reports for the same mistake, and
+subclasses ``ValueError`` so code that catches ``ValueError`` keeps working.
+"""
+
+
+class BitpressError(ValueError):
+    """Base class of bitpress's input errors."""
+
+    sqlstate = "XX000"
+
+    def __init__(self, message, sqlstate=None):
+        super().__init__(message)
+        if sqlstate is not None:
+            self.sqlstate = sqlstate
+
+
+class EmptyVectorError(BitpressError):
+    """A vector with no elements."""
+
+    sqlstate = "2202E"
+
+
+class VectorTooLargeError(BitpressError):
+    """More dimensions than bitpress accepts (MAX_DIM)."""
+
+    sqlstate = "54000"
+
+
+class NonFiniteError(BitpressError):
+    """NaN or infinity in a vector or in thresholds."""
+
+    sqlstate = "22P01"
+
+
+class NullValueError(BitpressError):
+    """A NULL inside a vector or thresholds."""
+
+    sqlstate = "22004"
+
+
+class DimensionMismatchError(BitpressError):
+    """Vector and thresholds (or codebook) disagree on the number of dimensions."""
+
+    sqlstate = "22000"
+
+
+class CodeLengthMismatchError(BitpressError):
+    """Two codes of different bit lengths."""
+
+    sqlstate = "22000"
+
+
+class UnsupportedKernelError(BitpressError):
+    """A kernel path that this CPU or build cannot run."""
+
+    sqlstate = "22023"
+
+
+# bp_status values of pyext/bp_core.h, in order
+_BY_STATUS = {
+    1: EmptyVectorError,
+    2: VectorTooLargeError,
+    3: NonFiniteError,
+    4: NonFiniteError,
+    5: DimensionMismatchError,
+    6: CodeLengthMismatchError,
+    7: UnsupportedKernelError,
+}
+
+
+def _from_core(message, status, sqlstate):
+    """Called by the C binding to build the exception for a bp_status."""
+    return _BY_STATUS.get(status, BitpressError)(message, sqlstate)

@@ -1,0 +1,146 @@
+/* binarize: one bit per dimension, bit i = 1 when x[i] > t[i], packed MSB-first like bit(n). */
+#include <string.h>
+
+#include "bp_core.h"
+
+/*
+ * Finite test on the bit pattern, so that it holds whatever floating-point flags the
+ * including build uses (-ffast-math would turn isfinite() into "true").
+ */
+static inline int
+bp_isfinite(float f)
+{
+	uint32_t	u;
+
+	memcpy(&u, &f, sizeof(u));
+	return (u & 0x7f800000u) != 0x7f800000u;
+}
+
+bp_status
+bp_check_thresholds(const float *thresholds, size_t dim, size_t *bad_index)
+{
+	if (thresholds == NULL)
+		return BP_OK;
+	for (size_t i = 0; i < dim; i++)
+	{
+		if (!bp_isfinite(thresholds[i]))
+		{
+			if (bad_index)
+				*bad_index = i;
+			return BP_ERR_NONFINITE_THRESHOLD;
+		}
+	}
+	return BP_OK;
+}
+
+static inline bp_status
+check_dim(size_t dim)
+{
+	if (dim == 0)
+		return BP_ERR_EMPTY;
+	if (dim > BP_MAX_DIM)
+		return BP_ERR_TOO_LARGE;
+	return BP_OK;
+}
+
+/* Thresholds already checked. */
+static bp_status
+binarize_one(const float *x, const float *t, size_t dim, uint8_t *out, size_t *bad_index)
+{
+	size_t		nfull = dim / 8;
+	size_t		i = 0;
+	uint32_t	nonfinite = 0;
+
+	for (size_t byte = 0; byte < nfull; byte++, i += 8)
+	{
+		uint8_t		v = 0;
+
+		for (int k = 0; k < 8; k++)
+		{
+			uint32_t	u;
+			float		tk = t ? t[i + k] : 0.0f;
+
+			memcpy(&u, &x[i + k], sizeof(u));
+			nonfinite |= (uint32_t) ((u & 0x7f800000u) == 0x7f800000u);
+			v |= (uint8_t) ((x[i + k] > tk) << (7 - k));
+		}
+		out[byte] = v;
+	}
+	if (i < dim)
+	{
+		uint8_t		v = 0;
+
+		for (int k = 0; i + k < dim; k++)
+		{
+			float		tk = t ? t[i + k] : 0.0f;
+
+			nonfinite |= (uint32_t) !bp_isfinite(x[i + k]);
+			v |= (uint8_t) ((x[i + k] > tk) << (7 - k));
+		}
+		out[nfull] = v;
+	}
+	if (nonfinite)
+	{
+		/* Rare path: find the first bad element for the message. */
+		for (size_t j = 0; j < dim; j++)
+		{
+			if (!bp_isfinite(x[j]))
+			{
+				if (bad_index)
+					*bad_index = j;
+				break;
+			}
+		}
+		return BP_ERR_NONFINITE_VALUE;
+	}
+	return BP_OK;
+}
+
+bp_status
+bp_binarize(const float *x, const float *thresholds, size_t dim, uint8_t *out, size_t *bad_index)
+{
+	bp_status	st = check_dim(dim);
+
+	if (st != BP_OK)
+		return st;
+	st = bp_check_thresholds(thresholds, dim, bad_index);
+	if (st != BP_OK)
+		return st;
+	return binarize_one(x, thresholds, dim, out, bad_index);
+}
+
+bp_status
+bp_binarize_batch(const float *x, size_t n, size_t dim, size_t row_stride,
+				  const float *thresholds, size_t thr_stride,
+				  uint8_t *out, size_t out_stride,
+				  size_t *bad_row, size_t *bad_index)
+{
+	bp_status	st = check_dim(dim);
+	size_t		nthr = thresholds == NULL ? 0 : (thr_stride == 0 ? 1 : n);
+
+	if (st != BP_OK)
+		return st;
+	for (size_t r = 0; r < nthr; r++)
+	{
+		st = bp_check_thresholds(thresholds + r * thr_stride, dim, bad_index);
+		if (st != BP_OK)
+		{
+			if (bad_row)
+				*bad_row = r;
+			return st;
+		}
+	}
+	for (size_t r = 0; r < n; r++)
+	{
+		const float *t = thresholds == NULL ? NULL : thresholds + r * thr_stride;
+
+		st = binarize_one(x + r * row_stride, t, dim, out + r * out_stride, bad_index);
+		if (st != BP_OK)
+		{
+			if (bad_row)
+				*bad_row = r;
+			return st;
+		}
+	}
+	return BP_OK;
+}

@@ -1,0 +1,42 @@
+"""Builds bitpress._core from the C core in pyext/ (metadata lives in pyproject.toml).
+
+The version comes from one place, BP_VERSION in pyext/bp_core.h, which the PostgreSQL
+extension's control file must match (tests/test_packaging.py checks it). The sources of
+the PostgreSQL extension (sql/ and pyext/) are shipped inside the package as
+bitpress/_pgsrc so that `bitpress pg install` works from a wheel too.
+"""
+import re
+import shutil
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).parent
+CORE = ["pyext/bp_binarize.c", "pyext/bp_hamming.c", "pyext/bp_error.c"]
+VERSION = re.search(r'#define BP_VERSION "([^"]+)"', (ROOT / "pyext/bp_core.h").read_text()).group(1)
+
+
+class build_py_with_pgsrc(build_py):
+    def run(self):
+        super().run()
+        dest = Path(self.build_lib) / "bitpress" / "_pgsrc"
+        shutil.rmtree(dest, ignore_errors=True)
+        for part in ("sql", "pyext"):
+            shutil.copytree(ROOT / part, dest / part,
+                            ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc", "results", "*.diffs"))
+
+
+setup(
+    version=VERSION,
+    ext_modules=[
+        Extension(
+            "bitpress._core",
+            sources=["pyext/_coremodule.c", *CORE],
+            include_dirs=["pyext"],
+            # no -march=native: each SIMD path carries its own target attribute
+            extra_compile_args=["-std=c99", "-O2", "-Wall"],
+        )
+    ],
+    cmdclass={"build_py": build_py_with_pgsrc},
+)

@@ -1,0 +1,266 @@
+/*
+ * PostgreSQL entry points of bitpress. Argument unpacking, checks and error reports live
+ * here; the computation is the shared C core in ../pyext (bp_core.h), the same code the
+ * CPython module runs, so both engines produce the same bytes.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/varbit.h"
+
+#include "bp_core.h"
+
+PG_MODULE_MAGIC;
+
+/* pgvector's on-disk layout of `vector` (pgvector/src/vector.h), stable since 0.1 */
+typedef struct PgVector
+{
+	int32		vl_len_;
+	int16		dim;
+	int16		unused;
+	float4		x[FLEXIBLE_ARRAY_MEMBER];
+} PgVector;
+
+#define DatumGetPgVector(d) ((PgVector *) PG_DETOAST_DATUM(d))
+
+static char *simd_setting = NULL;
+
+void		_PG_init(void);
+
+/* ---- errors: messages and SQLSTATEs come from the core (bp_error.c) ---- */
+
+static void report(bp_status st, long long a, long long b) pg_attribute_noreturn();
+
+static void
+report(bp_status st, long long a, long long b)
+{
+	char		msg[256];
+	const char *s = bp_error_sqlstate(st);
+
+	bp_error_message(msg, sizeof(msg), st, a, b);
+	ereport(ERROR,
+			(errcode(MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4])),
+			 errmsg("%s", msg)));
+	pg_unreachable();
+}
+
+static inline void
+check_dim(int dim)
+{
+	if (dim < 1)
+		report(BP_ERR_EMPTY, 0, 0);
+	if (dim > BP_MAX_DIM)
+		report(BP_ERR_TOO_LARGE, dim, 0);
+}
+
+/* The floats of a one-dimensional real[] without NULLs. */
+static float4 *
+float4_array(ArrayType *a, int *dim, const char *what)
+{
+	if (ARR_ELEMTYPE(a) != FLOAT4OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s must be an array of real", what)));
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array, not %d-dimensional", what, ARR_NDIM(a))));
+	if (array_contains_nulls(a))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not contain nulls", what)));
+	*dim = ARR_NDIM(a) == 0 ? 0 : ARR_DIMS(a)[0];
+	return (float4 *) ARR_DATA_PTR(a);
+}
+
+static VarBit *
+binarize_common(const float4 *x, int dim, const float4 *t, int tdim)
+{
+	VarBit	   *result;
+	int			len;
+	size_t		bad = 0;
+	bp_status	st;
+
+	check_dim(dim);
+	if (t != NULL && tdim != dim)
+		report(BP_ERR_DIM_MISMATCH, dim, tdim);
+
+	len = VARBITTOTALLEN(dim);
+	result = (VarBit *) palloc0(len);
+	SET_VARSIZE(result, len);
+	VARBITLEN(result) = dim;
+
+	st = bp_binarize(x, t, (size_t) dim, VARBITS(result), &bad);
+	if (st != BP_OK)
+		report(st, (long long) bad, 0);
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(binarize_vector);
+Datum
+binarize_vector(PG_FUNCTION_ARGS)
+{
+	PgVector   *v = DatumGetPgVector(PG_GETARG_DATUM(0));
+
+	PG_RETURN_VARBIT_P(binarize_common(v->x, v->dim, NULL, 0));
+}
+
+PG_FUNCTION_INFO_V1(binarize_vector_thresholds);
+Datum
+binarize_vector_thresholds(PG_FUNCTION_ARGS)
+{
+	PgVector   *v = DatumGetPgVector(PG_GETARG_DATUM(0));
+	int			tdim;
+	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
+
+	PG_RETURN_VARBIT_P(binarize_common(v->x, v->dim, t, tdim));
+}
+
+PG_FUNCTION_INFO_V1(binarize_float4);
+Datum
+binarize_float4(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = float4_array(PG_GETARG_ARRAYTYPE_P(0), &dim, "vector");
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, NULL, 0));
+}
+
+PG_FUNCTION_INFO_V1(binarize_float4_thresholds);
+Datum
+binarize_float4_thresholds(PG_FUNCTION_ARGS)
+{
+	int			dim,
+				tdim;
+	float4	   *x = float4_array(PG_GETARG_ARRAYTYPE_P(0), &dim, "vector");
+	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, t, tdim));
+}
+
+PG_FUNCTION_INFO_V1(hamming_varbit);
+Datum
+hamming_varbit(PG_FUNCTION_ARGS)
+{
+	VarBit	   *a = PG_GETARG_VARBIT_P(0);
+	VarBit	   *b = PG_GETARG_VARBIT_P(1);
+
+	if (VARBITLEN(a) != VARBITLEN(b))
+		report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(a), VARBITLEN(b));
+
+	/* PostgreSQL keeps the padding bits of the last byte zero, so whole bytes can be counted */
+	PG_RETURN_INT32((int32) bp_hamming(VARBITS(a), VARBITS(b), VARBITBYTES(a)));
+}
+
+PG_FUNCTION_INFO_V1(code_bytes);
+Datum
+code_bytes(PG_FUNCTION_ARGS)
+{
+	VarBit	   *a = PG_GETARG_VARBIT_P(0);
+	int			n = VARBITBYTES(a);
+	bytea	   *result = (bytea *) palloc(VARHDRSZ + n);
+
+	SET_VARSIZE(result, VARHDRSZ + n);
+	memcpy(VARDATA(result), VARBITS(a), n);
+	PG_RETURN_BYTEA_P(result);
+}
+
+PG_FUNCTION_INFO_V1(code_from_bytes);
+Datum
+code_from_bytes(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	int32		nbits = PG_GETARG_INT32(1);
+	int			n = VARSIZE_ANY_EXHDR(data);
+	const uint8 *src = (const uint8 *) VARDATA_ANY(data);
+	VarBit	   *result;
+	int			len;
+
+	if (nbits < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bit length must be at least 1, got %d", nbits)));
+	if ((int64) n != ((int64) nbits + 7) / 8)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%d bytes cannot hold a code of %d bits", n, nbits),
+				 errhint("A code of n bits takes (n + 7) / 8 bytes.")));
+	if (nbits % 8 != 0 && (src[n - 1] & (0xFF >> (nbits % 8))) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("padding bits after bit %d are not zero", nbits)));
+
+	len = VARBITTOTALLEN(nbits);
+	result = (VarBit *) palloc0(len);
+	SET_VARSIZE(result, len);
+	VARBITLEN(result) = nbits;
+	memcpy(VARBITS(result), src, n);
+	PG_RETURN_VARBIT_P(result);
+}
+
+PG_FUNCTION_INFO_V1(bitpress_simd);
+Datum
+bitpress_simd(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(bp_impl_name(bp_get_impl())));
+}
+
+PG_FUNCTION_INFO_V1(bitpress_simd_supported);
+Datum
+bitpress_simd_supported(PG_FUNCTION_ARGS)
+{
+	Datum		names[BP_IMPL_COUNT];
+	int			n = 0;
+
+	for (int i = 0; i < BP_IMPL_COUNT; i++)
+		if (bp_impl_supported((bp_impl) i))
+			names[n++] = CStringGetTextDatum(bp_impl_name((bp_impl) i));
+	PG_RETURN_ARRAYTYPE_P(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* ---- bitpress.simd: which kernel path this backend uses ---- */
+
+static bool
+simd_check(char **newval, void **extra, GucSource source)
+{
+	int			impl = bp_impl_from_name(*newval);
+
+	if (impl == -2)
+	{
+		GUC_check_errdetail("Valid values are auto, scalar, popcnt, avx2 and avx512.");
+		return false;
+	}
+	if (impl != BP_IMPL_AUTO && !bp_impl_supported((bp_impl) impl))
+	{
+		GUC_check_errdetail("This CPU or build does not support the %s path.", *newval);
+		return false;
+	}
+	return true;
+}
+
+static void
+simd_assign(const char *newval, void *extra)
+{
+	(void) bp_set_impl((bp_impl) bp_impl_from_name(newval));
+}
+
+void
+_PG_init(void)
+{
+	bp_init();
+	DefineCustomStringVariable("bitpress.simd",
+							   "Kernel path for Hamming distances: auto, scalar, popcnt, avx2 or avx512.",
+							   "auto picks the fastest path this CPU supports, once, at load time.",
+							   &simd_setting,
+							   "auto",
+							   PGC_USERSET,
+							   0,
+							   simd_check,
+							   simd_assign,
+							   NULL);
+	MarkGUCPrefixReserved("bitpress");
+}
