@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf '[install-deps] %s\n' "$*"; }
 
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
+apt-get install -y -qq --no-install-recommends python3-venv python3-dev \
     "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" \
     dpkg-dev build-essential ca-certificates >/dev/null
 log "postgresql-${PG_MAJOR} and postgresql-server-dev-${PG_MAJOR} installed"

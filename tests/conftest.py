@@ -1,0 +1,93 @@
+"""Shared fixtures: a real PostgreSQL 15 cluster (pytest-postgresql) with pgvector and
+bitpress created, an in-process DuckDB connection with bitpress registered, and the real
+embedding sets from ../shared/data.
+
+PostgreSQL refuses to run as root: run the suite through scripts/test, which runs pytest
+as the `postgres` user when it is started as root.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BITPRESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+PG_BINDIR = Path(subprocess.run([PG_CONFIG, "--bindir"], capture_output=True, text=True,
+                                check=True).stdout.strip())
+
+if os.geteuid() == 0:
+    raise pytest.UsageError("PostgreSQL will not start as root: run the tests with scripts/test, "
+                            "which runs pytest as the postgres user")
+
+
+def _create_extensions(host, port, user, dbname, password, **_):
+    with psycopg.connect(host=host, port=port, user=user, dbname=dbname, password=password) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        conn.execute("CREATE EXTENSION bitpress")
+
+
+postgresql_proc = factories.postgresql_proc(
+    executable=str(PG_BINDIR / "pg_ctl"),
+    port=None,
+    unixsocketdir="/tmp",
+    load=[_create_extensions],
+)
+postgresql = factories.postgresql("postgresql_proc")
+
+
+@pytest.fixture
+def pg(postgresql):
+    """A psycopg connection (autocommit) to a fresh database with vector and bitpress."""
+    from pgvector.psycopg import register_vector
+
+    postgresql.autocommit = True
+    register_vector(postgresql)
+    return postgresql
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(postgresql_proc):
+    """DSN of the test cluster's default database (for CLI tests)."""
+    p = postgresql_proc
+    return f"host={p.host} port={p.port} user={p.user} dbname=postgres"
+
+
+@pytest.fixture
+def duck():
+    import bitpress.duckdb
+
+    con = bitpress.duckdb.connect()
+    yield con
+    con.close()
+
+
+def load_shared(*parts) -> np.ndarray:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"real data set missing: {path} (set BITPRESS_SHARED_DATA to the shared/data folder)")
+    return np.load(path)
+
+
+@pytest.fixture(scope="session")
+def openai_small():
+    """88 x 1536 text-embedding-3-small vectors (real, OpenAI cookbook)."""
+    return load_shared("openai", "cookbook_parsed_pdf_docs_3small", "vectors.npy")
+
+
+@pytest.fixture(scope="session")
+def openai_large():
+    """49 x 3072 text-embedding-3-large vectors (real, OpenAI cookbook)."""
+    return load_shared("openai", "cookbook_items_captions_3large", "vectors.npy")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The first 2000 of 50k real all-MiniLM-L6-v2 embeddings of PyPI summaries (384-d)."""
+    return load_shared("pypi-minilm", "corpus.npy")[:2000]
