@@ -68,6 +68,15 @@ def duck():
     con.close()
 
 
+def copy_vectors(conn, table, x):
+    """Create `table (id int primary key, v vector(d))` and COPY the rows of x into it (binary)."""
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v vector({x.shape[1]}))")
+    with conn.cursor().copy(f"COPY {table} (id, v) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "vector"])
+        for i, v in enumerate(x):
+            copy.write_row([i, v])
+
+
 def load_shared(*parts) -> np.ndarray:
     path = SHARED_DATA.joinpath(*parts)
     if not path.is_file():

@@ -3,14 +3,7 @@ pgvector), DuckDB and numpy: real OpenAI and MiniLM embeddings and random odd si
 import numpy as np
 import pyarrow as pa
 import pytest
-
-
-def pg_load(pg, x):
-    pg.execute(f"CREATE TABLE x (id int PRIMARY KEY, v vector({x.shape[1]}))")
-    with pg.cursor().copy("COPY x (id, v) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "vector"])
-        for i, v in enumerate(x):
-            copy.write_row([i, v])
+from conftest import copy_vectors
 
 
 def duck_load(duck, x):
@@ -29,7 +22,7 @@ def check_engines(pg, duck, x, sample_pairs=400):
     rng = np.random.default_rng(0)
     t = np.quantile(x, 0.5, axis=0).astype(np.float32) if len(x) > 1 else np.zeros(x.shape[1], np.float32)
     ref_sign, ref_thr = np.packbits(x > 0, axis=1), np.packbits(x > t, axis=1)
-    pg_load(pg, x)
+    copy_vectors(pg, "x", x)
     duck_load(duck, x)
     for thresholds, ref in ((None, ref_sign), (t, ref_thr)):
         if thresholds is None:
@@ -85,7 +78,7 @@ def test_codes_travel_between_engines(pg, duck, minilm):
     """A DuckDB BLOB code becomes the same PostgreSQL bit(n) through code_from_bytes."""
     duck_load(duck, minilm[:50])
     blobs = [r[0] for r in duck.execute("SELECT binarize(v) FROM x ORDER BY id").fetchall()]
-    pg_load(pg, minilm[:50])
+    copy_vectors(pg, "x", minilm[:50])
     same = pg.execute("SELECT bool_and(code_from_bytes(b.c, 384) = binarize(x.v)) FROM x "
                       "JOIN unnest(%s::bytea[]) WITH ORDINALITY b(c, o) ON b.o = x.id + 1", [blobs]).fetchone()[0]
     assert same is True

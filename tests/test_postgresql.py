@@ -6,6 +6,7 @@ import pytest
 from pgvector import Vector
 
 import bitpress
+from conftest import copy_vectors
 
 
 def codes_from_pg(pg, sql, params=()):
@@ -14,14 +15,10 @@ def codes_from_pg(pg, sql, params=()):
 
 
 def test_binarize_vector_equals_numpy_and_pgvector(pg, openai_small):
-    pg.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(1536))")
-    with pg.cursor().copy("COPY items (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "vector"])
-        for i, v in enumerate(openai_small):
-            copy.write_row([i, v])
-    got = codes_from_pg(pg, "SELECT code_bytes(binarize(embedding)) FROM items ORDER BY id")
+    copy_vectors(pg, "items", openai_small)
+    got = codes_from_pg(pg, "SELECT code_bytes(binarize(v)) FROM items ORDER BY id")
     assert np.array_equal(got, np.packbits(openai_small > 0, axis=1))
-    same = pg.execute("SELECT bool_and(binarize(embedding)::bit(1536) = binary_quantize(embedding)) "
+    same = pg.execute("SELECT bool_and(binarize(v)::bit(1536) = binary_quantize(v)) "
                       "FROM items").fetchone()[0]
     assert same is True
 
@@ -57,14 +54,10 @@ def test_sign_at_zero_matches_pgvector_on_edge_values(pg):
 
 def test_hamming_equals_pgvector_and_numpy(pg, openai_large):
     x = openai_large
-    pg.execute("CREATE TABLE items (id int, embedding vector(3072))")
-    with pg.cursor().copy("COPY items (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "vector"])
-        for i, v in enumerate(x):
-            copy.write_row([i, v])
+    copy_vectors(pg, "items", x)
     rows = pg.execute(
-        "SELECT a.id, b.id, hamming(binarize(a.embedding), binarize(b.embedding)), "
-        "binarize(a.embedding) <~> binarize(b.embedding) FROM items a, items b").fetchall()
+        "SELECT a.id, b.id, hamming(binarize(a.v), binarize(b.v)), "
+        "binarize(a.v) <~> binarize(b.v) FROM items a, items b").fetchall()
     codes = np.packbits(x > 0, axis=1)
     assert len(rows) == len(x) ** 2
     for i, j, ours, pgv in rows:
@@ -74,13 +67,10 @@ def test_hamming_equals_pgvector_and_numpy(pg, openai_large):
 
 
 def test_hnsw_bit_hamming_ops_on_our_codes(pg, minilm):
-    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, embedding vector(384), code bit(384))")
-    with pg.cursor().copy("COPY docs (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "vector"])
-        for i, v in enumerate(minilm):
-            copy.write_row([i, v])
+    copy_vectors(pg, "docs", minilm)
+    pg.execute("ALTER TABLE docs ADD COLUMN code bit(384)")
     t = np.median(minilm, axis=0).tolist()
-    pg.execute("UPDATE docs SET code = binarize(embedding, %s::real[])", [t])
+    pg.execute("UPDATE docs SET code = binarize(v, %s::real[])", [t])
     pg.execute("CREATE INDEX ON docs USING hnsw (code bit_hamming_ops)")
     q = minilm[7]
     plan = "\n".join(r[0] for r in pg.execute(
