@@ -227,6 +227,19 @@ core_hamming_with(PyObject *self, PyObject *args)
 	return PyLong_FromUnsignedLongLong(d);
 }
 
+/* raise_error(status, a, b): raise the exception the core reports for a status */
+static PyObject *
+core_raise_error(PyObject *self, PyObject *args)
+{
+	int			st;
+	long long	a,
+				b;
+
+	if (!PyArg_ParseTuple(args, "iLL", &st, &a, &b))
+		return NULL;
+	return raise_status((bp_status) st, a, b, -1);
+}
+
 static PyObject *
 core_set_impl(PyObject *self, PyObject *args)
 {
@@ -286,6 +299,8 @@ static PyMethodDef core_methods[] = {
 	"hamming_into(a, na, b, nb, nbytes, out): Hamming distances into out (uint64)"},
 	{"hamming_with", core_hamming_with, METH_VARARGS,
 	"hamming_with(path, a, b): distance computed by one kernel path"},
+	{"raise_error", core_raise_error, METH_VARARGS,
+	"raise_error(status, a, b): raise the core's exception (message, SQLSTATE) for a status"},
 	{"set_impl", core_set_impl, METH_VARARGS, "set_impl(name): force a kernel path; returns it"},
 	{"get_impl", core_get_impl, METH_NOARGS, "get_impl(): the kernel path in use"},
 	{"supported_impls", core_supported_impls, METH_NOARGS,
@@ -309,6 +324,8 @@ PyInit__core(void)
 	if (m == NULL)
 		return NULL;
 	if (PyModule_AddStringConstant(m, "VERSION", BP_VERSION) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_DIM_MISMATCH", BP_ERR_DIM_MISMATCH) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_BIT_LENGTH_MISMATCH", BP_ERR_BIT_LENGTH_MISMATCH) < 0 ||
 		PyModule_AddIntConstant(m, "MAX_DIM", BP_MAX_DIM) < 0)
 	{
 		Py_DECREF(m);

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from . import errors
+from . import _core, errors
 from .kernels import binarize as _binarize
 from .kernels import hamming as _hamming
 
@@ -68,8 +68,7 @@ def _binarize_batch(v, t=None):
         bad = np.nonzero(tlengths != lengths)[0]
         if len(bad):
             r = int(bad[0])
-            raise errors.DimensionMismatchError(
-                f"vector has {lengths[r]} dimensions but thresholds have {tlengths[r]}")
+            _core.raise_error(_core.ERR_DIM_MISMATCH, int(lengths[r]), int(tlengths[r]))
     dims = np.unique(lengths)
     if len(dims) == 1:
         dim = int(dims[0])
@@ -119,8 +118,7 @@ def _hamming_batch(a, b):
     bad = np.nonzero(la != lb)[0]
     if len(bad):
         r = int(bad[0])
-        raise errors.CodeLengthMismatchError(
-            f"different bit lengths {la[r] * 8} and {lb[r] * 8}")
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(la[r]) * 8, int(lb[r]) * 8)
     nbytes = int(la[0])
     if (la == nbytes).all():
         ca = da[oa[0]:oa[0] + n * nbytes].reshape(n, nbytes)

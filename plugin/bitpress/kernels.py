@@ -44,11 +44,11 @@ def binarize(x, thresholds=None) -> np.ndarray:
         if t.ndim == 2 and t.shape[0] == 1:
             t = t[0]
         tdim = t.shape[-1]
-        if tdim != dim or (t.ndim == 2 and t.shape[0] != n):
+        if tdim != dim:
+            _core.raise_error(_core.ERR_DIM_MISMATCH, dim, tdim)
+        if t.ndim == 2 and t.shape[0] != n:
             raise errors.DimensionMismatchError(
-                f"vector has {dim} dimensions but thresholds have {tdim}"
-                + ("" if t.ndim == 1 or tdim != dim else f" and {t.shape[0]} rows for {n} vectors")
-            )
+                f"vector has {dim} dimensions but thresholds have {tdim} and {t.shape[0]} rows for {n} vectors")
     out = np.empty((n, (dim + 7) // 8), dtype=np.uint8)
     _core.binarize_into(rows, n, dim, t, out)
     return out[0] if single else out
@@ -74,8 +74,7 @@ def hamming(a, b):
     """
     ca, cb = _as_codes(a, "a"), _as_codes(b, "b")
     if ca.shape[-1] != cb.shape[-1]:
-        raise errors.CodeLengthMismatchError(
-            f"different bit lengths {ca.shape[-1] * 8} and {cb.shape[-1] * 8}", "22000")
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, ca.shape[-1] * 8, cb.shape[-1] * 8)
     nbytes = ca.shape[-1]
     na = 1 if ca.ndim == 1 else ca.shape[0]
     nb = 1 if cb.ndim == 1 else cb.shape[0]
