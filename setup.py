@@ -3,7 +3,8 @@
 The version comes from one place, BP_VERSION in pyext/bp_core.h, which the PostgreSQL
 extension's control file must match (tests/test_packaging.py checks it). The sources of
 the PostgreSQL extension (sql/ and pyext/) are shipped inside the package as
-bitpress/_pgsrc so that `bitpress pg install` works from a wheel too.
+bitpress/_pgsrc so that `bitpress pg install` works from a wheel too, and the Alembic
+migrations as bitpress/_migrations.
 """
 import re
 import shutil
@@ -13,7 +14,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
-CORE = ["pyext/bp_binarize.c", "pyext/bp_hamming.c", "pyext/bp_error.c"]
+CORE = ["pyext/bp_binarize.c", "pyext/bp_hamming.c", "pyext/bp_error.c", "pyext/bp_codebook.c",
+        "pyext/bp_topk.c"]
 VERSION = re.search(r'#define BP_VERSION "([^"]+)"', (ROOT / "pyext/bp_core.h").read_text()).group(1)
 
 
@@ -25,6 +27,10 @@ class build_py_with_pgsrc(build_py):
         for part in ("sql", "pyext"):
             shutil.copytree(ROOT / part, dest / part,
                             ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc", "results", "*.diffs"))
+        # bitpress's Alembic migrations, found by bitpress.schema as bitpress/_migrations
+        mig = Path(self.build_lib) / "bitpress" / "_migrations"
+        shutil.rmtree(mig, ignore_errors=True)
+        shutil.copytree(ROOT / "migrations", mig, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 setup(
@@ -35,7 +41,7 @@ setup(
             sources=["pyext/_coremodule.c", *CORE],
             include_dirs=["pyext"],
             # no -march=native: each SIMD path carries its own target attribute
-            extra_compile_args=["-std=c99", "-O2", "-Wall"],
+            extra_compile_args=["-std=c99", "-O2", "-Wall", "-ffp-contract=off"],
         )
     ],
     cmdclass={"build_py": build_py_with_pgsrc},

@@ -5,6 +5,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 #include "bp_core.h"
 
@@ -292,7 +293,355 @@ core_set_error_factory(PyObject *self, PyObject *factory)
 	Py_RETURN_NONE;
 }
 
+/* ---- codebooks ---- */
+
+/* Parses a stored codebook held by obj. *copy is set when the buffer had to be copied to be
+ * 4-byte aligned; free it with PyMem_Free after use (cb points into it or into view). */
+static int
+get_codebook(PyObject *obj, Py_buffer *view, void **copy, bp_codebook *cb)
+{
+	const void *buf;
+	int			problem = 0;
+	bp_status	st;
+
+	*copy = NULL;
+	if (get_buffer(obj, view, 0, "codebook") < 0)
+		return -1;
+	buf = view->buf;
+	if (((uintptr_t) buf & 3) != 0)
+	{
+		*copy = PyMem_Malloc(view->len ? (size_t) view->len : 1);
+		if (*copy == NULL)
+		{
+			PyErr_NoMemory();
+			return -1;
+		}
+		memcpy(*copy, view->buf, (size_t) view->len);
+		buf = *copy;
+	}
+	st = bp_codebook_parse(buf, (size_t) view->len, cb, &problem);
+	if (st != BP_OK)
+	{
+		raise_status(st, problem, 0, -1);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+release_codebook(Py_buffer *view, void *copy)
+{
+	if (view->obj)
+		PyBuffer_Release(view);
+	PyMem_Free(copy);
+}
+
+/* codebook_shape(blob) -> (dims, components, bits, has_levels): checks a stored codebook */
+static PyObject *
+core_codebook_shape(PyObject *self, PyObject *args)
+{
+	PyObject   *bo;
+	Py_buffer	bb = {0};
+	void	   *copy;
+	bp_codebook cb;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "O", &bo))
+		return NULL;
+	if (get_codebook(bo, &bb, &copy, &cb) == 0)
+		result = Py_BuildValue("(IIIi)", cb.dims, cb.components, cb.bits, cb.base != NULL);
+	release_codebook(&bb, copy);
+	return result;
+}
+
+/* encode_into(blob, x: float32 buffer, n, dim, out: uint8 buffer of n * code bytes) */
+static PyObject *
+core_encode_into(PyObject *self, PyObject *args)
+{
+	PyObject   *bo,
+			   *xo,
+			   *oo;
+	Py_ssize_t	n,
+				dim;
+	Py_buffer	bb = {0},
+				xb = {0},
+				ob = {0};
+	void	   *copy = NULL;
+	float	   *scratch = NULL;
+	bp_codebook cb;
+	bp_status	st;
+	size_t		bad_row = 0,
+				bad_index = 0,
+				nbytes;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OOnnO", &bo, &xo, &n, &dim, &oo))
+		return NULL;
+	if (n < 0 || dim < 0)
+		return PyErr_Format(PyExc_ValueError, "n and dim must be >= 0");
+	if (get_codebook(bo, &bb, &copy, &cb) < 0)
+		goto done;
+	if (dim == 0)
+	{
+		raise_status(BP_ERR_EMPTY, 0, 0, -1);
+		goto done;
+	}
+	if ((size_t) dim != cb.dims)
+	{
+		raise_status(BP_ERR_CODEBOOK_DIM_MISMATCH, dim, cb.dims, -1);
+		goto done;
+	}
+	nbytes = bp_code_bytes(cb.bits);
+	if (get_buffer(xo, &xb, 0, "x") < 0 || get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	if ((size_t) xb.len != (size_t) n * (size_t) dim * sizeof(float) ||
+		(size_t) ob.len != (size_t) n * nbytes)
+	{
+		PyErr_Format(PyExc_ValueError, "x or out has the wrong size for %zd rows", n);
+		goto done;
+	}
+	scratch = PyMem_Malloc(bp_codebook_scratch_floats(&cb) * sizeof(float));
+	if (scratch == NULL)
+	{
+		PyErr_NoMemory();
+		goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+		st = bp_codebook_encode_batch(&cb, (const float *) xb.buf, (size_t) n, (size_t) dim,
+									  (size_t) dim, (uint8_t *) ob.buf, nbytes, scratch,
+									  &bad_row, &bad_index);
+	Py_END_ALLOW_THREADS
+	if (st != BP_OK)
+	{
+		raise_status(st, (long long) bad_index, 0, n > 1 ? (long long) bad_row : -1);
+		goto done;
+	}
+	result = Py_NewRef(Py_None);
+done:
+	PyMem_Free(scratch);
+	release_codebook(&bb, copy);
+	if (xb.obj)
+		PyBuffer_Release(&xb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
+/* asym_scores_into(blob, q: float32 buffer, codes: uint8 buffer, n, out: float64 buffer) */
+static PyObject *
+core_asym_scores_into(PyObject *self, PyObject *args)
+{
+	PyObject   *bo,
+			   *qo,
+			   *co,
+			   *oo;
+	Py_ssize_t	n;
+	Py_buffer	bb = {0},
+				qb = {0},
+				cbuf = {0},
+				ob = {0};
+	void	   *copy = NULL;
+	float	   *work = NULL;
+	bp_codebook cb;
+	bp_status	st;
+	size_t		bad_index = 0,
+				nbytes,
+				dim;
+	double		constant = 0;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OOOnO", &bo, &qo, &co, &n, &oo))
+		return NULL;
+	if (n < 0)
+		return PyErr_Format(PyExc_ValueError, "n must be >= 0");
+	if (get_codebook(bo, &bb, &copy, &cb) < 0)
+		goto done;
+	nbytes = bp_code_bytes(cb.bits);
+	if (get_buffer(qo, &qb, 0, "query") < 0 || get_buffer(co, &cbuf, 0, "codes") < 0 ||
+		get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	dim = (size_t) qb.len / sizeof(float);
+	if (dim != cb.dims)
+	{
+		raise_status(dim == 0 ? BP_ERR_EMPTY : BP_ERR_CODEBOOK_DIM_MISMATCH, (long long) dim, cb.dims, -1);
+		goto done;
+	}
+	if ((size_t) cbuf.len != (size_t) n * nbytes || (size_t) ob.len != (size_t) n * sizeof(double))
+	{
+		raise_status(BP_ERR_BIT_LENGTH_MISMATCH, n ? (long long) (cbuf.len / n) * 8 : 0, cb.bits, -1);
+		goto done;
+	}
+	/* scratch, then weights[bits], then the table */
+	work = PyMem_Malloc((bp_codebook_scratch_floats(&cb) + cb.bits + 256 * nbytes) * sizeof(float));
+	if (work == NULL)
+	{
+		PyErr_NoMemory();
+		goto done;
+	}
+	{
+		float	   *w = work + bp_codebook_scratch_floats(&cb);
+		float	   *lut = w + cb.bits;
+
+		st = bp_codebook_query_weights(&cb, (const float *) qb.buf, dim, work, w, &constant,
+									   &bad_index);
+		if (st != BP_OK)
+		{
+			raise_status(st, (long long) bad_index, 0, -1);
+			goto done;
+		}
+		Py_BEGIN_ALLOW_THREADS
+			bp_asym_lut(w, cb.bits, lut);
+			bp_asym_scan(lut, nbytes, (const uint8_t *) cbuf.buf, (size_t) n, nbytes, constant,
+						 (double *) ob.buf);
+		Py_END_ALLOW_THREADS
+	}
+	result = Py_NewRef(Py_None);
+done:
+	PyMem_Free(work);
+	release_codebook(&bb, copy);
+	if (qb.obj)
+		PyBuffer_Release(&qb);
+	if (cbuf.obj)
+		PyBuffer_Release(&cbuf);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
+/*
+ * topk_into(keys, kind, n, k, out_index: int64 buffer, out_key: float64 buffer) -> count
+ * kind "u" (uint64 keys) or "d" (float64 keys); the k smallest, ascending by (key, index).
+ * hamming_topk_into(q, codes, n, nbytes, k, out_index, out_key) -> count: fused scan.
+ */
+static PyObject *
+topk_common(Py_buffer *keys, char kind, const uint8_t *q, Py_ssize_t n, Py_ssize_t nbytes,
+			Py_ssize_t k, PyObject *io, PyObject *ko)
+{
+	Py_buffer	ib = {0},
+				kb = {0};
+	bp_topk_entry *heap = NULL;
+	size_t		count = 0;
+	PyObject   *result = NULL;
+
+	if (k < 1)
+		return PyErr_Format(PyExc_ValueError, "k must be at least 1");
+	if (get_buffer(io, &ib, 1, "out_index") < 0 || get_buffer(ko, &kb, 1, "out_key") < 0)
+		goto done;
+	if (k > n)
+		k = n;
+	if ((size_t) ib.len < (size_t) k * 8 || (size_t) kb.len < (size_t) k * 8)
+	{
+		PyErr_Format(PyExc_ValueError, "out buffers hold fewer than k entries");
+		goto done;
+	}
+	heap = PyMem_Malloc(((size_t) k + 1) * sizeof(bp_topk_entry));
+	if (heap == NULL)
+	{
+		PyErr_NoMemory();
+		goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+		if (kind == 'u')
+			count = bp_topk_smallest_u64((const uint64_t *) keys->buf, (size_t) n, (size_t) k, heap);
+		else if (kind == 'd')
+			count = bp_topk_smallest_f64((const double *) keys->buf, (size_t) n, (size_t) k, heap);
+		else
+			count = bp_hamming_topk(q, (const uint8_t *) keys->buf, (size_t) n, (size_t) nbytes,
+									(size_t) nbytes, (size_t) k, heap);
+		for (size_t i = 0; i < count; i++)
+		{
+			((int64_t *) ib.buf)[i] = (int64_t) heap[i].index;
+			((double *) kb.buf)[i] = heap[i].key;
+		}
+	Py_END_ALLOW_THREADS
+	result = PyLong_FromSize_t(count);
+done:
+	PyMem_Free(heap);
+	if (ib.obj)
+		PyBuffer_Release(&ib);
+	if (kb.obj)
+		PyBuffer_Release(&kb);
+	return result;
+}
+
+static PyObject *
+core_topk_into(PyObject *self, PyObject *args)
+{
+	PyObject   *keyo,
+			   *io,
+			   *ko,
+			   *result;
+	const char *kind;
+	Py_ssize_t	n,
+				k;
+	Py_buffer	keyb = {0};
+
+	if (!PyArg_ParseTuple(args, "OsnnOO", &keyo, &kind, &n, &k, &io, &ko))
+		return NULL;
+	if ((kind[0] != 'u' && kind[0] != 'd') || kind[1] != '\0')
+		return PyErr_Format(PyExc_ValueError, "kind must be 'u' or 'd'");
+	if (n < 0 || get_buffer(keyo, &keyb, 0, "keys") < 0)
+		return n < 0 ? PyErr_Format(PyExc_ValueError, "n must be >= 0") : NULL;
+	if ((size_t) keyb.len != (size_t) n * 8)
+	{
+		PyBuffer_Release(&keyb);
+		return PyErr_Format(PyExc_ValueError, "keys must hold n 8-byte values");
+	}
+	result = topk_common(&keyb, kind[0], NULL, n, 0, k, io, ko);
+	PyBuffer_Release(&keyb);
+	return result;
+}
+
+static PyObject *
+core_hamming_topk_into(PyObject *self, PyObject *args)
+{
+	PyObject   *qo,
+			   *co,
+			   *io,
+			   *ko,
+			   *result = NULL;
+	Py_ssize_t	n,
+				nbytes,
+				k;
+	Py_buffer	qb = {0},
+				cbuf = {0};
+
+	if (!PyArg_ParseTuple(args, "OOnnnOO", &qo, &co, &n, &nbytes, &k, &io, &ko))
+		return NULL;
+	if (n < 0 || nbytes < 1)
+		return PyErr_Format(PyExc_ValueError, "n must be >= 0 and nbytes >= 1");
+	if (get_buffer(qo, &qb, 0, "q") < 0 || get_buffer(co, &cbuf, 0, "codes") < 0)
+		goto done;
+	if (qb.len != nbytes)
+	{
+		raise_status(BP_ERR_BIT_LENGTH_MISMATCH, (long long) qb.len * 8, (long long) nbytes * 8, -1);
+		goto done;
+	}
+	if ((size_t) cbuf.len != (size_t) n * (size_t) nbytes)
+	{
+		PyErr_Format(PyExc_ValueError, "codes must hold n * nbytes bytes");
+		goto done;
+	}
+	result = topk_common(&cbuf, 'h', (const uint8_t *) qb.buf, n, nbytes, k, io, ko);
+done:
+	if (qb.obj)
+		PyBuffer_Release(&qb);
+	if (cbuf.obj)
+		PyBuffer_Release(&cbuf);
+	return result;
+}
+
 static PyMethodDef core_methods[] = {
+	{"codebook_shape", core_codebook_shape, METH_VARARGS,
+	"codebook_shape(blob) -> (dims, components, bits, has_levels): check a stored codebook"},
+	{"encode_into", core_encode_into, METH_VARARGS,
+	"encode_into(blob, x, n, dim, out): codes of n float32 rows under a codebook"},
+	{"asym_scores_into", core_asym_scores_into, METH_VARARGS,
+	"asym_scores_into(blob, q, codes, n, out): float query . reconstruction of each code"},
+	{"topk_into", core_topk_into, METH_VARARGS,
+	"topk_into(keys, kind, n, k, out_index, out_key) -> count: k smallest by a bounded heap"},
+	{"hamming_topk_into", core_hamming_topk_into, METH_VARARGS,
+	"hamming_topk_into(q, codes, n, nbytes, k, out_index, out_key) -> count: Hamming k-NN"},
 	{"binarize_into", core_binarize_into, METH_VARARGS,
 	"binarize_into(x, n, dim, thresholds, out): pack n float32 rows into out (uint8)"},
 	{"hamming_into", core_hamming_into, METH_VARARGS,
@@ -326,6 +675,7 @@ PyInit__core(void)
 	if (PyModule_AddStringConstant(m, "VERSION", BP_VERSION) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_DIM_MISMATCH", BP_ERR_DIM_MISMATCH) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_BIT_LENGTH_MISMATCH", BP_ERR_BIT_LENGTH_MISMATCH) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_CODEBOOK_DIM_MISMATCH", BP_ERR_CODEBOOK_DIM_MISMATCH) < 0 ||
 		PyModule_AddIntConstant(m, "MAX_DIM", BP_MAX_DIM) < 0)
 	{
 		Py_DECREF(m);

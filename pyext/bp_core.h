@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.1.0"
+#define BP_VERSION "0.2.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536
@@ -23,8 +23,24 @@ typedef enum bp_status
 	BP_ERR_NONFINITE_THRESHOLD, /* NaN or +-Inf in thresholds: a = element index */
 	BP_ERR_DIM_MISMATCH,		/* a = vector dims, b = threshold dims */
 	BP_ERR_BIT_LENGTH_MISMATCH, /* a, b = the two bit lengths */
-	BP_ERR_UNKNOWN_IMPL			/* no such (or no supported) kernel path */
+	BP_ERR_UNKNOWN_IMPL,		/* no such (or no supported) kernel path */
+	BP_ERR_MALFORMED_CODEBOOK,	/* a = bp_codebook_problem */
+	BP_ERR_CODEBOOK_DIM_MISMATCH,	/* a = vector dims, b = codebook dims */
+	BP_ERR_NO_LEVELS			/* asymmetric score asked of a codebook without levels */
 } bp_status;
+
+/* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
+typedef enum bp_codebook_problem
+{
+	BP_CB_SHORT = 1,			/* shorter than its header */
+	BP_CB_MAGIC,				/* not "BPCB" format 1 */
+	BP_CB_SIZE,					/* length does not match dims/components/bits */
+	BP_CB_SHAPE,				/* zero or too many dims, components or bits */
+	BP_CB_INDEX,				/* a bit names a component that does not exist */
+	BP_CB_NONFINITE,			/* NaN or infinity in the parameters */
+	BP_CB_ALIGN,				/* buffer not 4-byte aligned (a caller bug) */
+	BP_CB_ENDIAN				/* big-endian host: format is little-endian */
+} bp_codebook_problem;
 
 /* "lowercase, no period" message for a status, with its numbers filled in; returns buf. */
 const char *bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long long b);
@@ -99,5 +115,84 @@ void		bp_hamming_pairs(const uint8_t *a, const uint8_t *b, size_t n, size_t nbyt
 
 /* One path directly, whatever is selected (for tests and benchmarks). */
 uint64_t	bp_hamming_with(bp_impl impl, const uint8_t *a, const uint8_t *b, size_t nbytes);
+
+/* ---- codebooks: fitted map from a vector to bits (plugin/bitpress/codebook.py has the rules) ----
+ *
+ * Stored form (little-endian, 4-byte aligned): header "BPCB", u16 format = 1, u16 flags,
+ * u32 dims, u32 components, u32 bits, u32 0; then float32/int32 arrays in this order:
+ * center[dims] (flag 1), projection[components * dims] (flag 2), src_a[bits], thr_a[bits],
+ * src_b[bits], thr_b[bits] (flag 4), base[components], delta[bits] (flag 8).
+ *   z = projection @ (x - center)   (without a projection, z = x - center, components = dims)
+ *   bit b = z[src_a[b]] > thr_a[b]  ||  (src_b[b] >= 0 && z[src_b[b]] > thr_b[b])
+ * Projections accumulate in double, four partial sums in a fixed order, so every build gives
+ * the same bits.
+ */
+#define BP_CB_F_CENTER 1
+#define BP_CB_F_PROJECTION 2
+#define BP_CB_F_PAIRS 4
+#define BP_CB_F_RECON 8
+#define BP_CB_HEADER_BYTES 24
+
+typedef struct bp_codebook
+{
+	uint32_t	dims;
+	uint32_t	components;
+	uint32_t	bits;
+	const float *center;		/* dims, or NULL */
+	const float *projection;	/* components x dims row-major, or NULL */
+	const int32_t *src_a;		/* bits */
+	const float *thr_a;			/* bits */
+	const int32_t *src_b;		/* bits, -1 = single bit; or NULL */
+	const float *thr_b;			/* bits, or NULL */
+	const float *base;			/* components, or NULL: reconstruction levels */
+	const float *delta;			/* bits, or NULL */
+} bp_codebook;
+
+/* Checks a stored codebook and points cb into buf (no copy; buf must outlive cb and be
+ * 4-byte aligned). BP_ERR_MALFORMED_CODEBOOK with *problem set on failure. */
+bp_status	bp_codebook_parse(const void *buf, size_t len, bp_codebook *cb, int *problem);
+
+/* Floats of scratch space encode and query_weights need. */
+size_t		bp_codebook_scratch_floats(const bp_codebook *cb);
+
+/* Codes of n vectors of dim floats (row_stride apart) into out (out_stride apart,
+ * bp_code_bytes(cb->bits) each). scratch: bp_codebook_scratch_floats(cb) floats. */
+bp_status	bp_codebook_encode_batch(const bp_codebook *cb, const float *x, size_t n, size_t dim,
+									 size_t row_stride, uint8_t *out, size_t out_stride,
+									 float *scratch, size_t *bad_row, size_t *bad_index);
+
+/* ---- asymmetric scores: float query against bit codes ----
+ * With reconstruction levels, q . x_hat = constant + sum_b w[b] * bit_b. query_weights fills
+ * w[bits] and *constant (BP_ERR_NO_LEVELS if the codebook has no
+ * levels or has pair bits). asym_lut turns w into a table of bp_code_bytes(bits) * 256
+ * floats; asym_scan then scores each code with one lookup per byte. */
+bp_status	bp_codebook_query_weights(const bp_codebook *cb, const float *q, size_t dim,
+									  float *scratch, float *w, double *constant,
+									  size_t *bad_index);
+void		bp_asym_lut(const float *w, size_t bits, float *lut);
+void		bp_asym_scan(const float *lut, size_t nbytes, const uint8_t *codes, size_t n,
+						 size_t stride, double constant, double *out);
+
+/* ---- bounded top-k: indices of the k smallest keys, ascending by (key, index) ----
+ * heap: k entries of scratch. Returns the number written (min(k, n)). Ties go to the
+ * lower index, so every engine returns the same rows. */
+typedef struct bp_topk_entry
+{
+	double		key;
+	uint64_t	index;
+} bp_topk_entry;
+
+/* Streaming form: push keys one by one into a heap of capacity k holding *size entries,
+ * then finish sorts it ascending. */
+void		bp_topk_push(bp_topk_entry *heap, size_t *size, size_t k, double key, uint64_t index);
+void		bp_topk_finish(bp_topk_entry *heap, size_t size);
+
+size_t		bp_topk_smallest_u64(const uint64_t *keys, size_t n, size_t k, bp_topk_entry *heap);
+size_t		bp_topk_smallest_f64(const double *keys, size_t n, size_t k, bp_topk_entry *heap);
+
+/* Hamming k-NN in one pass: the k codes nearest q, ascending by (distance, index), without
+ * storing n distances. heap as above; result in heap[0..return). */
+size_t		bp_hamming_topk(const uint8_t *q, const uint8_t *codes, size_t n, size_t nbytes,
+							size_t stride, size_t k, bp_topk_entry *heap);
 
 #endif							/* BP_CORE_H */

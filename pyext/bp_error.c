@@ -3,6 +3,32 @@
 
 #include "bp_core.h"
 
+static const char *
+codebook_problem(int problem)
+{
+	switch (problem)
+	{
+		case BP_CB_SHORT:
+			return "shorter than its header";
+		case BP_CB_MAGIC:
+			return "not a bitpress codebook (format 1)";
+		case BP_CB_SIZE:
+			return "length does not match its dimensions and bits";
+		case BP_CB_SHAPE:
+			return "no or too many dimensions, components or bits";
+		case BP_CB_INDEX:
+			return "a bit refers to a component that does not exist";
+		case BP_CB_NONFINITE:
+			return "NaN or infinity in its parameters";
+		case BP_CB_ALIGN:
+			return "buffer not 4-byte aligned";
+		case BP_CB_ENDIAN:
+			return "big-endian hosts are not supported";
+		default:
+			return "unknown problem";
+	}
+}
+
 const char *
 bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long long b)
 {
@@ -33,6 +59,16 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 		case BP_ERR_UNKNOWN_IMPL:
 			snprintf(buf, bufsize, "kernel path not supported on this CPU or not compiled in");
 			break;
+		case BP_ERR_MALFORMED_CODEBOOK:
+			snprintf(buf, bufsize, "malformed codebook: %s", codebook_problem((int) a));
+			break;
+		case BP_ERR_CODEBOOK_DIM_MISMATCH:
+			snprintf(buf, bufsize, "vector has %lld dimensions but the codebook expects %lld", a, b);
+			break;
+		case BP_ERR_NO_LEVELS:
+			snprintf(buf, bufsize, "codebook has no reconstruction levels for asymmetric scores "
+					 "(it has pair bits or was stored without them)");
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -53,12 +89,16 @@ bp_error_sqlstate(bp_status status)
 		case BP_ERR_NONFINITE_THRESHOLD:
 			return "22P01";		/* floating_point_exception */
 		case BP_ERR_DIM_MISMATCH:
+		case BP_ERR_CODEBOOK_DIM_MISMATCH:
 		case BP_ERR_BIT_LENGTH_MISMATCH:
 			return "22000";		/* data_exception, as pgvector's dimension checks */
 		case BP_ERR_EMPTY:
 			return "2202E";		/* array_subscript_error: empty array */
 		case BP_ERR_UNKNOWN_IMPL:
+		case BP_ERR_NO_LEVELS:
 			return "22023";		/* invalid_parameter_value */
+		case BP_ERR_MALFORMED_CODEBOOK:
+			return "22P03";		/* invalid_binary_representation */
 		default:
 			return "XX000";
 	}

@@ -100,3 +100,21 @@ def openai_large():
 def minilm():
     """The first 2000 of 50k real all-MiniLM-L6-v2 embeddings of PyPI summaries (384-d)."""
     return load_shared("pypi-minilm", "corpus.npy")[:2000]
+
+
+@pytest.fixture
+def pg_books(pg):
+    """``pg`` with bitpress's tables migrated (bitpress.codebooks)."""
+    from bitpress import schema
+
+    schema.upgrade(pg)
+    return pg
+
+
+@pytest.fixture
+def duck_books(duck):
+    """``duck`` with bitpress's tables migrated (bitpress.codebooks)."""
+    from bitpress import schema
+
+    schema.upgrade(duck)
+    return duck

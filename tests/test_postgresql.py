@@ -134,11 +134,11 @@ BAD_INPUT = [
      "NaN or infinity not allowed in vector (element 2)"),
     ("SELECT binarize('{-Infinity}'::real[])", psycopg.errors.FloatingPointException,
      "NaN or infinity not allowed in vector (element 1)"),
-    ("SELECT binarize('[1,2,3]'::vector, '{0,NaN,0}')", psycopg.errors.FloatingPointException,
+    ("SELECT binarize('[1,2,3]'::vector, '{0,NaN,0}'::real[])", psycopg.errors.FloatingPointException,
      "NaN or infinity not allowed in thresholds (element 2)"),
-    ("SELECT binarize('[1,2,3]'::vector, '{0,0}')", psycopg.errors.DataException,
+    ("SELECT binarize('[1,2,3]'::vector, '{0,0}'::real[])", psycopg.errors.DataException,
      "vector has 3 dimensions but thresholds have 2"),
-    ("SELECT binarize('{1,2}'::real[], '{0,0,0}')", psycopg.errors.DataException,
+    ("SELECT binarize('{1,2}'::real[], '{0,0,0}'::real[])", psycopg.errors.DataException,
      "vector has 2 dimensions but thresholds have 3"),
     ("SELECT binarize('{}'::real[])", psycopg.errors.ArraySubscriptError,
      "vector must have at least 1 dimension"),
@@ -146,7 +146,7 @@ BAD_INPUT = [
      "vector must be a one-dimensional array, not 2-dimensional"),
     ("SELECT binarize('{1,NULL}'::real[])", psycopg.errors.NullValueNotAllowed,
      "vector must not contain nulls"),
-    ("SELECT binarize('{1,2}'::real[], '{NULL,1}')", psycopg.errors.NullValueNotAllowed,
+    ("SELECT binarize('{1,2}'::real[], '{NULL,1}'::real[])", psycopg.errors.NullValueNotAllowed,
      "thresholds must not contain nulls"),
     ("SELECT binarize(array_fill(1::real, ARRAY[65537]))", psycopg.errors.ProgramLimitExceeded,
      "vector cannot have more than 65536 dimensions, got 65537"),
@@ -178,20 +178,58 @@ def test_error_sqlstates_match_python(pg):
     assert str(py_exc.value) == pg_exc.value.diag.message_primary
 
 
+# signature -> (volatility, strict, parallel): IMMUTABLE where the result depends on the
+# arguments alone, STABLE where it reads bitpress.codebooks or runs a query
+CATALOG = {
+    "binarize(vector)": ("i", True, "s"),
+    "binarize(vector,real[])": ("i", True, "s"),
+    "binarize(real[])": ("i", True, "s"),
+    "binarize(real[],real[])": ("i", True, "s"),
+    "hamming(bit varying,bit varying)": ("i", True, "s"),
+    "code_bytes(bit varying)": ("i", True, "s"),
+    "code_from_bytes(bytea,integer)": ("i", True, "s"),
+    "bitpress_simd()": ("s", True, "s"),
+    "bitpress_simd_supported()": ("s", True, "s"),
+    "binarize(vector,text)": ("s", True, "s"),
+    "binarize(vector,text,integer)": ("s", True, "s"),
+    "binarize(real[],text)": ("s", True, "s"),
+    "binarize(real[],text,integer)": ("s", True, "s"),
+    "bitpress_score(bit varying,vector,text)": ("s", True, "s"),
+    "bitpress_score(bit varying,vector,text,integer)": ("s", True, "s"),
+    # k-NN helpers and functions raise on NULL arguments instead of returning nothing
+    "bitpress_check_knn(integer,integer)": ("i", False, "s"),
+    "bitpress_relation(anyelement)": ("s", False, "s"),
+    "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text)": ("s", False, "r"),
+    "bitpress_knn_codes(anyelement,text,vector,integer,integer,text)": ("s", False, "r"),
+}
+
+
 def test_catalog_properties(pg):
     rows = pg.execute("""
         SELECT p.oid::regprocedure::text, p.provolatile, p.proisstrict, p.proparallel,
                obj_description(p.oid, 'pg_proc')
         FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
         JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'bitpress'""").fetchall()
-    by_name = {r[0]: r[1:] for r in rows}
-    assert len(by_name) == 9
-    for sig, (volatile, strict, parallel, comment) in by_name.items():
-        assert strict, sig
-        assert parallel == "s", sig
+    got = {r[0]: tuple(r[1:4]) for r in rows}
+    assert got == CATALOG
+    for sig, *_, comment in rows:
         assert comment, f"{sig} has no COMMENT"
-        if not sig.startswith("bitpress_simd"):
-            assert volatile == "i", sig
+
+
+def test_upgrade_from_0_1_0_gives_the_same_functions(pg):
+    def catalog():
+        return sorted(pg.execute("""
+            SELECT p.oid::regprocedure::text, p.provolatile, p.proisstrict, p.proparallel,
+                   obj_description(p.oid, 'pg_proc'), p.prosrc
+            FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+            JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'bitpress'""").fetchall())
+    fresh = catalog()
+    pg.execute("DROP EXTENSION bitpress")
+    pg.execute("CREATE EXTENSION bitpress VERSION '0.1.0'")
+    assert len(catalog()) == 9
+    pg.execute("ALTER EXTENSION bitpress UPDATE")
+    assert pg.execute("SELECT extversion FROM pg_extension WHERE extname = 'bitpress'").fetchone()[0] == "0.2.0"
+    assert catalog() == fresh
 
 
 def test_extension_version_matches_package(pg):

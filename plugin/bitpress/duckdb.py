@@ -19,10 +19,50 @@ from . import _core, errors
 from .kernels import binarize as _binarize
 from .kernels import hamming as _hamming
 
-_MACROS = """
+_MACROS = ["""
 CREATE OR REPLACE TEMP MACRO binarize(v) AS bitpress_binarize_sign(CAST(v AS FLOAT[])),
-    (v, thresholds) AS bitpress_binarize(CAST(v AS FLOAT[]), CAST(thresholds AS FLOAT[]))
-"""
+    (v, thresholds_or_codebook) AS CASE WHEN typeof(thresholds_or_codebook) = 'VARCHAR'
+        THEN bitpress_encode(CAST(v AS FLOAT[]), CAST(thresholds_or_codebook AS VARCHAR), 0)
+        ELSE bitpress_binarize(CAST(v AS FLOAT[]), CAST(thresholds_or_codebook AS FLOAT[])) END,
+    (v, codebook, version) AS bitpress_encode(CAST(v AS FLOAT[]), codebook, CAST(version AS INTEGER))
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook) AS
+        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, 0),
+    (code, query, codebook, version) AS
+        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, CAST(version AS INTEGER))
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
+    CASE WHEN k IS NULL OR k < 1 THEN error('k must be at least 1, got ' || coalesce(k::VARCHAR, 'NULL'))
+         WHEN oversample IS NULL OR oversample < 1
+         THEN error('oversample must be at least 1, got ' || coalesce(oversample::VARCHAR, 'NULL'))
+         ELSE CAST(k AS BIGINT) * oversample END
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook) AS
+    CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, CAST(codebook AS VARCHAR)) END
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query, k,
+        oversample := 4, codebook := NULL, metric := 'cosine') AS TABLE
+    SELECT * EXCLUDE (_bitpress_v) FROM (
+        SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
+        FROM (SELECT * FROM query_table(tbl)
+              ORDER BY hamming(COLUMNS(lambda c: c = code_column), bitpress_query_code(query, codebook))
+              LIMIT bitpress_pool(k, oversample)))
+    ORDER BY CASE metric
+        WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
+        WHEN 'ip' THEN list_negative_inner_product(_bitpress_v, CAST(query AS FLOAT[]))
+        WHEN 'l2' THEN list_distance(_bitpress_v, CAST(query AS FLOAT[]))
+        ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
+    LIMIT bitpress_pool(k, 1)
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
+        oversample := 4, codebook := NULL) AS TABLE
+    SELECT * FROM (SELECT * FROM query_table(tbl)
+                   ORDER BY hamming(COLUMNS(lambda c: c = code_column), bitpress_query_code(query, codebook))
+                   LIMIT CASE WHEN codebook IS NULL THEN CAST(k AS BIGINT) ELSE bitpress_pool(k, oversample) END)
+    ORDER BY CASE WHEN codebook IS NULL THEN 0
+                  ELSE -bitpress_score(COLUMNS(lambda c: c = code_column), query, codebook) END
+    LIMIT bitpress_pool(k, 1)
+"""]
 
 
 def _list_rows(arr, what):
@@ -129,14 +169,131 @@ def _hamming_batch(a, b):
     return pa.array(np.asarray(d, dtype=np.int32))
 
 
+class _Codebooks:
+    """The codebooks one connection has used, checked against bitpress.codebooks per batch.
+
+    A batch costs one indexed lookup of (version, created_at) through a cursor of the same
+    database; the parameters are fetched and parsed only when they changed.
+    """
+
+    def __init__(self, con):
+        self.con = con
+        self.cache = {}
+
+    def get(self, name, version):
+        from .codebook import Codebook
+
+        cur = self.con.cursor()
+        try:
+            q = "SELECT version, CAST(created_at AS VARCHAR) FROM bitpress.codebooks WHERE name = ?"
+            args = [name]
+            if version:
+                q += " AND version = ?"
+                args.append(version)
+            row = cur.execute(q + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        except Exception as e:
+            if "codebooks" in str(e) and ("does not exist" in str(e) or "not found" in str(e).lower()):
+                raise errors.UnknownCodebookError(
+                    "table bitpress.codebooks does not exist; create it with `bitpress migrate`", "42P01")
+            raise
+        finally:
+            cur.close()
+        if row is None:
+            what = f'codebook "{name}"' + (f" version {version}" if version else "")
+            raise errors.UnknownCodebookError(f"{what} does not exist")
+        key = (name, version)
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] == row:
+            return hit[1]
+        cur = self.con.cursor()
+        try:
+            params = cur.execute("SELECT params FROM bitpress.codebooks WHERE name = ? AND version = ?",
+                                 [name, row[0]]).fetchone()[0]
+        finally:
+            cur.close()
+        blob = np.frombuffer(bytes(params), dtype=np.uint8).copy()  # aligned for the core
+        _core.codebook_shape(blob)  # malformed parameters fail here, with the core's message
+        self.cache[key] = (row, blob)
+        return blob
+
+
+def _groups(*cols):
+    """Row indices per distinct combination of the given (constant-ish) Arrow columns."""
+    keys = list(zip(*(c.to_pylist() for c in cols)))
+    first = keys[0] if keys else None
+    if all(k == first for k in keys):
+        return {first: np.arange(len(keys))}
+    out = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _encode_batch(books, v, name, version):
+    from .kernels import encode
+
+    values, offsets, lengths = _list_rows(v, "vector")
+    n = len(lengths)
+    if n == 0:
+        return pa.array([], type=pa.binary())
+    out = [None] * n
+    for (nm, ver), rows in _groups(name, version).items():
+        blob = books.get(nm, ver)
+        dims, _, bits, _ = _core.codebook_shape(blob)
+        bad = rows[lengths[rows] != dims]
+        if len(bad):
+            _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(lengths[bad[0]]), dims)
+        codes = encode(blob, _gather(values, offsets, rows, dims))
+        if len(rows) == n:
+            return _codes_array(codes, n)
+        for i, r in enumerate(rows):
+            out[r] = codes[i]
+    return _codes_array(out, n)
+
+
+def _score_batch(books, code, q, name, version):
+    from .kernels import asymmetric_scores
+
+    data, offsets, lengths = _binary_rows(code)
+    qvalues, qoffsets, qlengths = _list_rows(q, "query")
+    n = len(lengths)
+    out = np.empty(n, dtype=np.float64)
+    for (nm, ver), rows in _groups(name, version).items():
+        blob = books.get(nm, ver)
+        dims, _, bits, _ = _core.codebook_shape(blob)
+        nbytes = (bits + 7) // 8
+        bad = rows[lengths[rows] != nbytes]
+        if len(bad):
+            _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(lengths[bad[0]]) * 8, bits)
+        bad = rows[qlengths[rows] != dims]
+        if len(bad):
+            _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(qlengths[bad[0]]), dims)
+        qs = _gather(qvalues, qoffsets, rows, dims)
+        codes = np.stack([data[offsets[r]:offsets[r] + nbytes] for r in rows]) if len(rows) else None
+        same = (qs == qs[0]).all()
+        if same:  # one query for the batch: one lookup table
+            out[rows] = asymmetric_scores(blob, qs[0], codes)
+        else:
+            for i, r in enumerate(rows):
+                out[r] = asymmetric_scores(blob, qs[i], codes[i])[0]
+    return pa.array(out)
+
+
 def register(con):
     """Add bitpress's functions to a DuckDB connection; returns the connection.
 
     ``binarize(v)``, ``binarize(v, thresholds)``: v is any numeric list or array
     (``FLOAT[]``, ``DOUBLE[]``, ``FLOAT[384]`` ...), the result a BLOB code.
     ``hamming(a, b)``: INTEGER number of differing bits of two BLOB codes.
+    ``binarize(v, 'name'[, version])``: code under a codebook stored in bitpress.codebooks.
+    ``bitpress_score(code, query, 'name'[, version])``: asymmetric score (higher is closer).
+    ``bitpress_knn('table', 'code_col', 'vector_col', query, k[, oversample := 4,
+    codebook := 'name', metric := 'cosine'])`` and ``bitpress_knn_codes('table', 'code_col',
+    query, k[, oversample, codebook])``: table macros returning the k nearest rows.
     """
-    for name in ("bitpress_binarize_sign", "bitpress_binarize", "hamming"):
+    books = _Codebooks(con)
+    for name in ("bitpress_binarize_sign", "bitpress_binarize", "hamming", "bitpress_encode",
+                 "bitpress_score_udf"):
         try:
             con.remove_function(name)
         except Exception:  # not registered yet
@@ -147,7 +304,13 @@ def register(con):
                         type="arrow", side_effects=False)
     con.create_function("hamming", _hamming_batch, ["BLOB", "BLOB"], "INTEGER",
                         type="arrow", side_effects=False)
-    con.execute(_MACROS)
+    con.create_function("bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
+                        ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", type="arrow", side_effects=False)
+    con.create_function("bitpress_score_udf", lambda c, q, n, ver: _score_batch(books, c, q, n, ver),
+                        ["BLOB", "FLOAT[]", "VARCHAR", "INTEGER"], "DOUBLE", type="arrow",
+                        side_effects=False)
+    for macro in _MACROS:
+        con.execute(macro)
     return con
 
 

@@ -58,6 +58,24 @@ class UnsupportedKernelError(BitpressError):
     sqlstate = "22023"
 
 
+class MalformedCodebookError(BitpressError):
+    """Codebook parameters that are not a valid bitpress codebook."""
+
+    sqlstate = "22P03"
+
+
+class UnknownCodebookError(BitpressError):
+    """No codebook of that name (or version) in bitpress.codebooks."""
+
+    sqlstate = "42704"
+
+
+class InvalidParameterError(BitpressError):
+    """An argument out of range: k <= 0, oversample < 1, too few sample rows, unknown method."""
+
+    sqlstate = "22023"
+
+
 # bp_status values of pyext/bp_core.h, in order
 _BY_STATUS = {
     1: EmptyVectorError,
@@ -67,6 +85,9 @@ _BY_STATUS = {
     5: DimensionMismatchError,
     6: CodeLengthMismatchError,
     7: UnsupportedKernelError,
+    8: MalformedCodebookError,
+    9: DimensionMismatchError,
+    10: InvalidParameterError,
 }
 
 

@@ -101,3 +101,80 @@ def simd_supported() -> list[str]:
 def set_simd(name: str) -> str:
     """Force a kernel path ("auto" for the fastest supported); returns the one now in use."""
     return _core.set_impl(name)
+
+
+# ---- codebooks (see codebook.py for the rules) ----
+def _blob(codebook):
+    """The stored form of a codebook: a Codebook, or its bytes (bytes or a uint8 array)."""
+    if isinstance(codebook, (bytes, bytearray, memoryview, np.ndarray)):
+        return codebook
+    return codebook.to_bytes()
+
+
+def encode(codebook, x) -> np.ndarray:
+    """Codes of one vector (1-D) or a batch (2-D) under a fitted codebook, by the C core.
+
+    ``codebook`` is a :class:`bitpress.codebook.Codebook` or its stored bytes.
+    """
+    blob = _blob(codebook)
+    dims, _, bits, _ = _core.codebook_shape(blob)
+    a = _as_float32_rows(x)
+    single = a.ndim == 1
+    rows = a.reshape(1, -1) if single else a
+    out = np.empty((rows.shape[0], (bits + 7) // 8), dtype=np.uint8)
+    _core.encode_into(blob, rows, rows.shape[0], rows.shape[1], out)
+    return out[0] if single else out
+
+
+def asymmetric_scores(codebook, query, codes) -> np.ndarray:
+    """Estimated inner product ``query . x_hat`` for each code (float query, bit codes).
+
+    Needs reconstruction levels (``codebook.asymmetric``). Higher is closer. One table of
+    ``code bytes x 256`` partial sums per query, then one lookup per code byte.
+    """
+    blob = _blob(codebook)
+    q = _as_float32_rows(query, "query")
+    if q.ndim != 1:
+        raise errors.BitpressError("query must be one vector (1-D)")
+    c = np.atleast_2d(_as_codes(codes, "codes"))
+    out = np.empty(c.shape[0], dtype=np.float64)
+    _core.asym_scores_into(blob, q, c, c.shape[0], out)
+    return out
+
+
+def _check_k(k):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise errors.InvalidParameterError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def topk_smallest(values, k: int) -> np.ndarray:
+    """Indices of the k smallest values, ascending by (value, index): a bounded heap in C."""
+    k = _check_k(k)
+    v = np.asarray(values)
+    kind = "u" if v.dtype.kind in "ui" and (v.size == 0 or v.min() >= 0) else "d"
+    keys = np.ascontiguousarray(v, dtype=np.uint64 if kind == "u" else np.float64)
+    n = keys.shape[0]
+    idx = np.empty(min(k, n), dtype=np.int64)
+    key = np.empty(min(k, n), dtype=np.float64)
+    count = _core.topk_into(keys, kind, n, k, idx, key) if n else 0
+    return idx[:count]
+
+
+def hamming_topk(query_code, codes, k: int):
+    """The k codes nearest ``query_code``: (indices, distances), ascending by (distance, index).
+
+    One pass over the codes with a bounded heap; no array of n distances is built.
+    """
+    k = _check_k(k)
+    q = _as_codes(query_code, "query_code")
+    c = np.atleast_2d(_as_codes(codes, "codes"))
+    if q.ndim != 1:
+        raise errors.BitpressError("query_code must be one code (1-D)")
+    if q.shape[0] != c.shape[1]:
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, c.shape[1] * 8)
+    n = c.shape[0]
+    idx = np.empty(min(k, n), dtype=np.int64)
+    dist = np.empty(min(k, n), dtype=np.float64)
+    count = _core.hamming_topk_into(q, c, n, c.shape[1], k, idx, dist) if n else 0
+    return idx[:count], dist[:count].astype(np.int64)

@@ -13,19 +13,9 @@
 #include "utils/varbit.h"
 
 #include "bp_core.h"
+#include "bitpress.h"
 
 PG_MODULE_MAGIC;
-
-/* pgvector's on-disk layout of `vector` (pgvector/src/vector.h), stable since 0.1 */
-typedef struct PgVector
-{
-	int32		vl_len_;
-	int16		dim;
-	int16		unused;
-	float4		x[FLEXIBLE_ARRAY_MEMBER];
-} PgVector;
-
-#define DatumGetPgVector(d) ((PgVector *) PG_DETOAST_DATUM(d))
 
 static char *simd_setting = NULL;
 
@@ -33,9 +23,7 @@ void		_PG_init(void);
 
 /* ---- errors: messages and SQLSTATEs come from the core (bp_error.c) ---- */
 
-static void report(bp_status st, long long a, long long b) pg_attribute_noreturn();
-
-static void
+void
 report(bp_status st, long long a, long long b)
 {
 	char		msg[256];
@@ -48,7 +36,7 @@ report(bp_status st, long long a, long long b)
 	pg_unreachable();
 }
 
-static inline void
+void
 check_dim(int dim)
 {
 	if (dim < 1)
@@ -58,7 +46,7 @@ check_dim(int dim)
 }
 
 /* The floats of a one-dimensional real[] without NULLs. */
-static float4 *
+float4 *
 float4_array(ArrayType *a, int *dim, const char *what)
 {
 	if (ARR_ELEMTYPE(a) != FLOAT4OID)

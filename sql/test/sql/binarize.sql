@@ -5,8 +5,8 @@ SELECT binarize('{1,-2,3}'::real[]);
 SELECT binarize(ARRAY[1,-2,3]);
 
 -- per-dimension thresholds: bit i = v[i] > t[i]
-SELECT binarize('[1,2,3,4]'::vector, '{0,2,2.5,5}');
-SELECT binarize('{1,2,3,4}'::real[], '{1,1,1,1}');
+SELECT binarize('[1,2,3,4]'::vector, '{0,2,2.5,5}'::real[]);
+SELECT binarize('{1,2,3,4}'::real[], '{1,1,1,1}'::real[]);
 
 -- a code is a bit(n) value: length, text form, bytes
 SELECT length(binarize('{1,1,1,1,1,1,1,1,1,1}'::real[]));
@@ -19,8 +19,8 @@ SELECT binarize(NULL::vector) IS NULL, binarize('{1}'::real[], NULL) IS NULL;
 -- bad input
 SELECT binarize('{1,NaN}'::real[]);
 SELECT binarize('{Infinity}'::real[]);
-SELECT binarize('[1,2]'::vector, '{0,NaN}');
-SELECT binarize('[1,2,3]'::vector, '{0,0}');
+SELECT binarize('[1,2]'::vector, '{0,NaN}'::real[]);
+SELECT binarize('[1,2,3]'::vector, '{0,0}'::real[]);
 SELECT binarize('{}'::real[]);
 SELECT binarize('{{1,2},{3,4}}'::real[]);
 SELECT binarize('{1,NULL}'::real[]);

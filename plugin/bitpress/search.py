@@ -1,0 +1,58 @@
+"""``bitpress.search``: k nearest rows of a table from Python, on PostgreSQL or DuckDB.
+
+It calls the SQL functions (``bitpress_knn`` / ``bitpress_knn_codes``), so the rows are the
+ones a SQL user gets: Hamming top ``k * oversample`` over the codes, then an exact rerank on
+the stored vectors (or, with ``vector_column=None``, the codebook's asymmetric score).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors
+from .codebooks import _kind, _quoted
+
+
+def _check(k, oversample, metric):
+    for what, v in (("k", k), ("oversample", oversample)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise errors.InvalidParameterError(f"{what} must be at least 1, got {v!r}")
+    if metric not in ("cosine", "ip", "l2"):
+        raise errors.InvalidParameterError(f"metric must be cosine, ip or l2, got {metric!r}")
+
+
+def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_column: str = "code",
+           vector_column: str | None = "embedding", codebook: str | None = None,
+           metric: str = "cosine") -> list[dict]:
+    """The k rows of ``table`` nearest ``query``, best first, as dicts of column -> value.
+
+    ``conn`` is a psycopg connection (bitpress extension created) or a DuckDB connection
+    (``bitpress.duckdb.register`` done). ``codebook`` names the stored codebook the codes were
+    made with (None: sign codes, ``binarize(v)``).
+    """
+    _check(k, oversample, metric)
+    q = np.asarray(query, dtype=np.float32)
+    if q.ndim != 1:
+        raise errors.BitpressError("query must be one vector (1-D)")
+    if _kind(conn) == "pg":
+        from psycopg import sql
+
+        t, _ = _quoted(conn, table, code_column)
+        if vector_column is None:
+            stmt = sql.SQL("SELECT * FROM bitpress_knn_codes(NULL::{t}, %s, %s::real[]::vector, %s, %s, %s)").format(t=t)
+            args = (code_column, q.tolist(), k, oversample, codebook)
+        else:
+            stmt = sql.SQL("SELECT * FROM bitpress_knn(NULL::{t}, %s, %s, %s::real[]::vector, %s, %s, %s, %s)").format(t=t)
+            args = (code_column, vector_column, q.tolist(), k, oversample, codebook, metric)
+        cur = conn.execute(stmt, args)
+    else:
+        if vector_column is None:
+            stmt = ("SELECT * FROM bitpress_knn_codes(?, ?, ?::FLOAT[], ?, oversample := ?, "
+                    "codebook := ?::VARCHAR)")
+            args = [table, code_column, q.tolist(), k, oversample, codebook]
+        else:
+            stmt = ("SELECT * FROM bitpress_knn(?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
+                    "codebook := ?::VARCHAR, metric := ?)")
+            args = [table, code_column, vector_column, q.tolist(), k, oversample, codebook, metric]
+        cur = conn.execute(stmt, args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -1,0 +1,127 @@
+/* Bounded top-k: a max-heap of the k best (smallest) keys seen so far, never a full sort. */
+#include <math.h>
+
+#include "bp_core.h"
+
+/* a worse than b: larger key, or equal key and larger index */
+static inline int
+worse(const bp_topk_entry *a, const bp_topk_entry *b)
+{
+	return a->key > b->key || (a->key == b->key && a->index > b->index);
+}
+
+static void
+sift_down(bp_topk_entry *heap, size_t size, size_t i)
+{
+	for (;;)
+	{
+		size_t		l = 2 * i + 1,
+					r = l + 1,
+					m = i;
+		bp_topk_entry t;
+
+		if (l < size && worse(&heap[l], &heap[m]))
+			m = l;
+		if (r < size && worse(&heap[r], &heap[m]))
+			m = r;
+		if (m == i)
+			return;
+		t = heap[i];
+		heap[i] = heap[m];
+		heap[m] = t;
+		i = m;
+	}
+}
+
+void
+bp_topk_push(bp_topk_entry *heap, size_t *size, size_t k, double key, uint64_t index)
+{
+	bp_topk_entry e;
+
+	if (k == 0)
+		return;
+	if (key != key)				/* NaN ranks last */
+		key = HUGE_VAL;
+	e.key = key;
+	e.index = index;
+	if (*size < k)
+	{
+		size_t		i = (*size)++;
+
+		while (i > 0)
+		{
+			size_t		p = (i - 1) / 2;
+
+			if (!worse(&e, &heap[p]))
+				break;
+			heap[i] = heap[p];
+			i = p;
+		}
+		heap[i] = e;
+	}
+	else if (worse(&heap[0], &e))
+	{
+		heap[0] = e;
+		sift_down(heap, *size, 0);
+	}
+}
+
+void
+bp_topk_finish(bp_topk_entry *heap, size_t size)
+{
+	/* heapsort in place: the max goes to the end each round, so the result is ascending */
+	for (size_t end = size; end > 1; end--)
+	{
+		bp_topk_entry t = heap[0];
+
+		heap[0] = heap[end - 1];
+		heap[end - 1] = t;
+		sift_down(heap, end - 1, 0);
+	}
+}
+
+size_t
+bp_topk_smallest_u64(const uint64_t *keys, size_t n, size_t k, bp_topk_entry *heap)
+{
+	size_t		size = 0;
+
+	for (size_t i = 0; i < n; i++)
+		bp_topk_push(heap, &size, k, (double) keys[i], i);
+	bp_topk_finish(heap, size);
+	return size;
+}
+
+size_t
+bp_topk_smallest_f64(const double *keys, size_t n, size_t k, bp_topk_entry *heap)
+{
+	size_t		size = 0;
+
+	for (size_t i = 0; i < n; i++)
+		bp_topk_push(heap, &size, k, keys[i], i);
+	bp_topk_finish(heap, size);
+	return size;
+}
+
+size_t
+bp_hamming_topk(const uint8_t *q, const uint8_t *codes, size_t n, size_t nbytes,
+				size_t stride, size_t k, bp_topk_entry *heap)
+{
+	uint64_t	dist[256];
+	size_t		size = 0;
+
+	for (size_t start = 0; start < n; start += 256)
+	{
+		size_t		m = n - start < 256 ? n - start : 256;
+
+		bp_hamming_one_to_many(q, codes + start * stride, m, nbytes, stride, dist);
+		for (size_t i = 0; i < m; i++)
+		{
+			/* skip the heap when the candidate cannot enter it */
+			if (size == k && (double) dist[i] > heap[0].key)
+				continue;
+			bp_topk_push(heap, &size, k, (double) dist[i], start + i);
+		}
+	}
+	bp_topk_finish(heap, size);
+	return size;
+}

@@ -1,0 +1,131 @@
+-- bitpress 0.2.0: stored codebooks, asymmetric scores, k-NN with rerank.
+\echo Use "ALTER EXTENSION bitpress UPDATE TO '0.2.0'" to load this file. \quit
+
+-- binarize with a codebook from bitpress.codebooks ------------------------------------------
+-- STABLE, not IMMUTABLE: the result depends on a table row (checked once per statement).
+
+CREATE FUNCTION binarize(vector, codebook text) RETURNS varbit
+	AS 'MODULE_PATHNAME', 'binarize_vector_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION binarize(vector, codebook text, version integer) RETURNS varbit
+	AS 'MODULE_PATHNAME', 'binarize_vector_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION binarize(real[], codebook text) RETURNS varbit
+	AS 'MODULE_PATHNAME', 'binarize_float4_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION binarize(real[], codebook text, version integer) RETURNS varbit
+	AS 'MODULE_PATHNAME', 'binarize_float4_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION binarize(vector, text) IS
+	'code of a vector under the latest version of a codebook stored in bitpress.codebooks';
+COMMENT ON FUNCTION binarize(vector, text, integer) IS
+	'code of a vector under one version of a codebook stored in bitpress.codebooks';
+COMMENT ON FUNCTION binarize(real[], text) IS
+	'code of a real[] under the latest version of a stored codebook';
+COMMENT ON FUNCTION binarize(real[], text, integer) IS
+	'code of a real[] under one version of a stored codebook';
+
+-- asymmetric score: float query against a code -----------------------------------------------
+
+CREATE FUNCTION bitpress_score(code varbit, query vector, codebook text) RETURNS double precision
+	AS 'MODULE_PATHNAME', 'score_vector_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION bitpress_score(code varbit, query vector, codebook text, version integer)
+	RETURNS double precision
+	AS 'MODULE_PATHNAME', 'score_vector_codebook'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION bitpress_score(varbit, vector, text) IS
+	'estimated inner product of a float query with the vector a code stands for (codebook reconstruction levels); higher is closer';
+COMMENT ON FUNCTION bitpress_score(varbit, vector, text, integer) IS
+	'bitpress_score with one version of the codebook';
+
+-- k-NN: Hamming top k * oversample over the codes, then rerank ----------------------------------
+
+CREATE FUNCTION bitpress_check_knn(k integer, oversample integer) RETURNS bigint
+	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+	IF k IS NULL OR k < 1 THEN
+		RAISE EXCEPTION 'k must be at least 1, got %', coalesce(k::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF oversample IS NULL OR oversample < 1 THEN
+		RAISE EXCEPTION 'oversample must be at least 1, got %', coalesce(oversample::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN k::bigint * oversample;
+END $$;
+
+COMMENT ON FUNCTION bitpress_check_knn(integer, integer) IS
+	'internal: checks k and oversample of the k-NN functions, returns the candidate pool size';
+
+CREATE FUNCTION bitpress_relation(rows anyelement) RETURNS regclass
+	LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+	rel regclass;
+BEGIN
+	SELECT t.typrelid::regclass INTO rel FROM pg_type t
+		WHERE t.oid = pg_typeof(rows) AND t.typrelid <> 0;
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'the first argument must be a table''s row type, such as NULL::docs, not %',
+			pg_typeof(rows) USING ERRCODE = 'datatype_mismatch';
+	END IF;
+	RETURN rel;
+END $$;
+
+COMMENT ON FUNCTION bitpress_relation(anyelement) IS
+	'internal: the table whose row type the k-NN functions were given';
+
+CREATE FUNCTION bitpress_knn(rows anyelement, code_column text, vector_column text, query vector,
+							 k integer, oversample integer DEFAULT 4, codebook text DEFAULT NULL,
+							 metric text DEFAULT 'cosine')
+	RETURNS SETOF anyelement
+	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+	pool bigint := bitpress_check_knn(k, oversample);
+	rel regclass := bitpress_relation(rows);
+	op text := CASE metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' WHEN 'l2' THEN '<->' END;
+	qcode varbit := CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END;
+BEGIN
+	IF op IS NULL THEN
+		RAISE EXCEPTION 'metric must be cosine, ip or l2, got %', coalesce(metric, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- stage 1: exact Hamming top `pool` (a bounded top-N heap sort); stage 2: exact distance
+	RETURN QUERY EXECUTE format(
+		'SELECT c.* FROM (SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2) c '
+		'ORDER BY c.%I %s $3 LIMIT $4', rel, code_column, vector_column, op)
+		USING qcode, pool, query, k;
+END $$;
+
+COMMENT ON FUNCTION bitpress_knn(anyelement, text, text, vector, integer, integer, text, text) IS
+	'k nearest rows of a table: Hamming top k*oversample over its codes, reranked by exact cosine/ip/l2 on its vectors';
+
+CREATE FUNCTION bitpress_knn_codes(rows anyelement, code_column text, query vector, k integer,
+								   oversample integer DEFAULT 4, codebook text DEFAULT NULL)
+	RETURNS SETOF anyelement
+	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+	pool bigint := bitpress_check_knn(k, oversample);
+	rel regclass := bitpress_relation(rows);
+BEGIN
+	IF codebook IS NULL THEN
+		RETURN QUERY EXECUTE format(
+			'SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2', rel, code_column)
+			USING binarize(query), k;
+	ELSE
+		-- no full vectors: rerank the Hamming candidates by the asymmetric score
+		RETURN QUERY EXECUTE format(
+			'SELECT c.* FROM (SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2) c '
+			'ORDER BY bitpress_score(c.%I, $3, $4) DESC LIMIT $5', rel, code_column, code_column)
+			USING binarize(query, codebook), pool, query, codebook, k;
+	END IF;
+END $$;
+
+COMMENT ON FUNCTION bitpress_knn_codes(anyelement, text, vector, integer, integer, text) IS
+	'k nearest rows from codes alone: Hamming top k*oversample, reranked by the asymmetric score of the codebook (no full vectors needed)';

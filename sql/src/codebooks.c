@@ -1,0 +1,315 @@
+/*
+ * Codebooks stored in bitpress.codebooks: binarize(v, 'name'[, version]) and the asymmetric
+ * score bitpress_score(code, query, 'name'[, version]).
+ *
+ * Each backend keeps the parsed codebooks it has used. An entry is checked against the table
+ * once per statement (one indexed lookup of version and xmin), so a refit or an edit is seen
+ * by the next statement and never half-way through one.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/varbit.h"
+
+#include "bitpress.h"
+
+#define CODEBOOK_TABLE "bitpress.codebooks"
+
+typedef struct CachedCodebook
+{
+	struct CachedCodebook *next;
+	char	   *name;
+	int32		asked_version;	/* 0 = latest */
+	int32		version;		/* the version this entry holds */
+	TransactionId xmin;			/* of its row: changes when the row is rewritten */
+	TimestampTz checked_at;		/* statement start when last checked against the table */
+	uint64		generation;		/* changes each time the entry is (re)parsed */
+	void	   *blob;			/* aligned copy of params */
+	bp_codebook cb;				/* points into blob */
+} CachedCodebook;
+
+static CachedCodebook *cache = NULL;
+static uint64 generations = 0;
+
+static void
+unknown_codebook(const char *name, int32 version)
+{
+	if (version > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("codebook \"%s\" version %d does not exist", name, version),
+				 errhint("SELECT name, version FROM " CODEBOOK_TABLE " lists the stored codebooks.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("codebook \"%s\" does not exist", name),
+			 errhint("Fit one with \"bitpress fit\" or bitpress.codebooks.fit_table() in Python.")));
+}
+
+/* (version, xmin) of the codebook row, fetching params into *params when asked */
+static bool
+lookup_row(const char *name, int32 version, int32 *found_version, TransactionId *xmin,
+		   bytea **params, MemoryContext params_cxt)
+{
+	Oid			argtypes[2] = {TEXTOID, INT4OID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		isnull;
+	bool		found = false;
+	int			ret;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args("SELECT to_regclass('" CODEBOOK_TABLE "') IS NOT NULL", 0, NULL,
+								NULL, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1 ||
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table " CODEBOOK_TABLE " does not exist"),
+				 errhint("Create it with \"bitpress migrate\" (Alembic), then fit a codebook.")));
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(version);
+	if (params)
+		ret = SPI_execute_with_args(
+			"SELECT version, xmin::text::bigint, params FROM " CODEBOOK_TABLE
+			" WHERE name = $1 AND version = $2",
+			2, argtypes, values, nulls, true, 1);
+	else if (version > 0)
+		ret = SPI_execute_with_args(
+			"SELECT version, xmin::text::bigint FROM " CODEBOOK_TABLE
+			" WHERE name = $1 AND version = $2",
+			2, argtypes, values, nulls, true, 1);
+	else
+		ret = SPI_execute_with_args(
+			"SELECT version, xmin::text::bigint FROM " CODEBOOK_TABLE
+			" WHERE name = $1 ORDER BY version DESC LIMIT 1",
+			1, argtypes, values, nulls, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "looking up codebook \"%s\" failed", name);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		found = true;
+		*found_version = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		*xmin = (TransactionId) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		if (params)
+		{
+			Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+			MemoryContext old = MemoryContextSwitchTo(params_cxt);
+
+			*params = isnull ? NULL : DatumGetByteaPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+	return found;
+}
+
+/* The parsed codebook `name` (version 0 = latest), checked once per statement. */
+static const bp_codebook *
+get_codebook(const char *name, int32 version, uint64 *generation)
+{
+	TimestampTz now = GetCurrentStatementStartTimestamp();
+	CachedCodebook *e;
+	int32		found_version = 0;
+	TransactionId xmin = InvalidTransactionId;
+	bytea	   *params = NULL;
+	int			problem = 0;
+	bp_status	st;
+	Size		len;
+
+	if (version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("codebook version must be positive, got %d", version)));
+	for (e = cache; e != NULL; e = e->next)
+		if (e->asked_version == version && strcmp(e->name, name) == 0)
+			break;
+	if (e != NULL && e->checked_at == now)
+	{
+		if (generation)
+			*generation = e->generation;
+		return &e->cb;
+	}
+
+	if (!lookup_row(name, version, &found_version, &xmin, NULL, NULL))
+		unknown_codebook(name, version);
+	if (e != NULL && e->version == found_version && e->xmin == xmin)
+	{
+		e->checked_at = now;
+		if (generation)
+			*generation = e->generation;
+		return &e->cb;
+	}
+
+	/* new or changed: fetch and parse the parameters */
+	if (!lookup_row(name, found_version, &found_version, &xmin, &params, CurrentMemoryContext)
+		|| params == NULL)
+		unknown_codebook(name, version);
+	len = VARSIZE_ANY_EXHDR(params);
+	if (e == NULL)
+	{
+		e = MemoryContextAllocZero(TopMemoryContext, sizeof(CachedCodebook));
+		e->name = MemoryContextStrdup(TopMemoryContext, name);
+		e->asked_version = version;
+		e->next = cache;
+		cache = e;
+	}
+	else if (e->blob)
+	{
+		pfree(e->blob);
+		e->blob = NULL;
+	}
+	e->checked_at = 0;
+	e->version = -1;
+	e->generation = ++generations;
+	e->blob = MemoryContextAlloc(TopMemoryContext, len > 0 ? len : 1);	/* MAXALIGNed */
+	memcpy(e->blob, VARDATA_ANY(params), len);
+	pfree(params);
+	st = bp_codebook_parse(e->blob, len, &e->cb, &problem);
+	if (st != BP_OK)
+	{
+		char		msg[256];
+
+		bp_error_message(msg, sizeof(msg), st, problem, 0);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("codebook \"%s\" version %d: %s", name, found_version, msg)));
+	}
+	e->version = found_version;
+	e->xmin = xmin;
+	e->checked_at = now;
+	if (generation)
+		*generation = e->generation;
+	return &e->cb;
+}
+
+static VarBit *
+encode_one(const bp_codebook *cb, const float4 *x, int dim)
+{
+	VarBit	   *result;
+	int			len;
+	size_t		bad_row = 0,
+				bad_index = 0;
+	float	   *scratch;
+	bp_status	st;
+
+	check_dim(dim);
+	if ((uint32) dim != cb->dims)
+		report(BP_ERR_CODEBOOK_DIM_MISMATCH, dim, cb->dims);
+	len = VARBITTOTALLEN(cb->bits);
+	result = (VarBit *) palloc0(len);
+	SET_VARSIZE(result, len);
+	VARBITLEN(result) = cb->bits;
+	scratch = palloc(bp_codebook_scratch_floats(cb) * sizeof(float));
+	st = bp_codebook_encode_batch(cb, x, 1, (size_t) dim, (size_t) dim, VARBITS(result),
+								  VARBITBYTES(result), scratch, &bad_row, &bad_index);
+	if (st != BP_OK)
+		report(st, (long long) bad_index, 0);
+	pfree(scratch);
+	return result;
+}
+
+static int32
+version_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return PG_NARGS() > argno ? PG_GETARG_INT32(argno) : 0;
+}
+
+PG_FUNCTION_INFO_V1(binarize_vector_codebook);
+Datum
+binarize_vector_codebook(PG_FUNCTION_ARGS)
+{
+	PgVector   *v = DatumGetPgVector(PG_GETARG_DATUM(0));
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), NULL);
+
+	PG_RETURN_VARBIT_P(encode_one(cb, v->x, v->dim));
+}
+
+PG_FUNCTION_INFO_V1(binarize_float4_codebook);
+Datum
+binarize_float4_codebook(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = float4_array(PG_GETARG_ARRAYTYPE_P(0), &dim, "vector");
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), NULL);
+
+	PG_RETURN_VARBIT_P(encode_one(cb, x, dim));
+}
+
+/* Per call site: the lookup table of the last query seen, reused while the query repeats. */
+typedef struct ScoreState
+{
+	uint64		generation;		/* of the codebook entry the table was built from */
+	int			dim;
+	float4	   *query;			/* copy of the query vector */
+	float	   *lut;
+	double		constant;
+	size_t		nbytes;
+} ScoreState;
+
+PG_FUNCTION_INFO_V1(score_vector_codebook);
+Datum
+score_vector_codebook(PG_FUNCTION_ARGS)
+{
+	VarBit	   *code = PG_GETARG_VARBIT_P(0);
+	PgVector   *q = DatumGetPgVector(PG_GETARG_DATUM(1));
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	uint64		generation = 0;
+	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 3), &generation);
+	ScoreState *s = (ScoreState *) fcinfo->flinfo->fn_extra;
+
+	check_dim(q->dim);
+	if ((uint32) q->dim != cb->dims)
+		report(BP_ERR_CODEBOOK_DIM_MISMATCH, q->dim, cb->dims);
+	if ((uint32) VARBITLEN(code) != cb->bits)
+		report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(code), cb->bits);
+
+	if (s == NULL || s->generation != generation || s->dim != q->dim ||
+		memcmp(s->query, q->x, sizeof(float4) * q->dim) != 0)
+	{
+		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
+		float	   *scratch = palloc(bp_codebook_scratch_floats(cb) * sizeof(float));
+		float	   *w = palloc(cb->bits * sizeof(float));
+		size_t		bad = 0;
+		bp_status	st;
+
+		if (s == NULL)
+			s = MemoryContextAllocZero(cxt, sizeof(ScoreState));
+		else
+		{
+			pfree(s->query);
+			pfree(s->lut);
+		}
+		s->generation = 0;
+		st = bp_codebook_query_weights(cb, q->x, q->dim, scratch, w, &s->constant, &bad);
+		if (st != BP_OK)
+			report(st, (long long) bad, 0);
+		s->nbytes = bp_code_bytes(cb->bits);
+		s->lut = MemoryContextAlloc(cxt, s->nbytes * 256 * sizeof(float));
+		bp_asym_lut(w, cb->bits, s->lut);
+		s->query = MemoryContextAlloc(cxt, sizeof(float4) * q->dim);
+		memcpy(s->query, q->x, sizeof(float4) * q->dim);
+		s->dim = q->dim;
+		s->generation = generation;
+		fcinfo->flinfo->fn_extra = s;
+		pfree(scratch);
+		pfree(w);
+	}
+	{
+		double		out;
+
+		bp_asym_scan(s->lut, s->nbytes, VARBITS(code), 1, s->nbytes, s->constant, &out);
+		PG_RETURN_FLOAT8(out);
+	}
+}

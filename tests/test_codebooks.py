@@ -1,0 +1,199 @@
+"""Stored codebooks: one migration for both engines, binarize(v, 'name') giving the same bytes
+in PostgreSQL, DuckDB and numpy, versions, cache invalidation, asymmetric scores, bad input."""
+import numpy as np
+import psycopg
+import pytest
+
+from bitpress import codebooks, errors, kernels, schema
+from bitpress.codebook import Codebook
+from conftest import copy_vectors
+
+
+def median_book(x, levels=True):
+    t = np.median(x, axis=0)
+    lo = np.array([x[x[:, j] <= t[j], j].mean() for j in range(x.shape[1])])
+    hi = np.array([x[x[:, j] > t[j], j].mean() for j in range(x.shape[1])])
+    return Codebook("median", x.shape[1], src_a=np.arange(x.shape[1]), thr_a=t,
+                    base=lo if levels else None, delta=(hi - lo) if levels else None)
+
+
+def projected_book(x, bits=64, seed=0):
+    """Centre, random orthonormal projection, two cut points per component (thermometer-like)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((x.shape[1], bits // 2)))
+    c = x.mean(axis=0)
+    z = (x - c) @ q
+    s = z.std(axis=0)
+    return Codebook("proj", x.shape[1], src_a=np.repeat(np.arange(bits // 2), 2),
+                    thr_a=np.ravel(np.c_[-0.67 * s, 0.67 * s]), center=c, projection=q.T,
+                    base=-s, delta=np.repeat(s, 2))
+
+
+def pair_book(x):
+    d = x.shape[1]
+    lead = d // 2
+    src_b = np.r_[np.full(lead, -1), np.arange(lead + d // 4, d)]
+    return Codebook("hybrid", d, src_a=np.r_[np.arange(lead), np.arange(lead, lead + d // 4)],
+                    thr_a=np.zeros(lead + d // 4), src_b=src_b, thr_b=np.full(lead + d // 4, 0.02))
+
+
+def pg_codes(pg, sql, *args):
+    return np.stack([np.frombuffer(r[0], np.uint8) for r in pg.execute(sql, args).fetchall()])
+
+
+def duck_codes(con, sql, *args):
+    return np.stack([np.frombuffer(r[0], np.uint8) for r in con.execute(sql, list(args)).fetchall()])
+
+
+def test_one_migration_makes_the_same_table_in_both_engines(pg, duck):
+    assert schema.current(pg) is None and schema.current(duck) is None
+    assert schema.upgrade(pg) == schema.upgrade(duck) == schema.head() == "0001_codebooks"
+    assert schema.upgrade(pg) == "0001_codebooks"  # idempotent
+    cols = "SELECT column_name, is_nullable FROM information_schema.columns " \
+           "WHERE table_schema = 'bitpress' AND table_name = 'codebooks' ORDER BY ordinal_position"
+    assert pg.execute(cols).fetchall() == duck.execute(cols).fetchall()
+    assert [c for c, _ in pg.execute(cols).fetchall()] == [
+        "name", "version", "method", "dims", "bits", "params", "options", "sample_size", "created_at"]
+    # bitpress's Alembic history stays out of the application's public.alembic_version
+    assert pg.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is None
+    assert pg.execute("SELECT version_num FROM bitpress.alembic_version").fetchone()[0] == "0001_codebooks"
+    assert schema.downgrade(duck, "base") is None
+    assert duck.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'codebooks'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("make", [median_book, projected_book, pair_book])
+def test_stored_codebook_gives_identical_codes_everywhere(pg_books, duck_books, minilm, make):
+    cb = make(minilm)
+    assert codebooks.save(pg_books, "docs", cb, sample_size=len(minilm)) == 1
+    assert codebooks.save(duck_books, "docs", cb, sample_size=len(minilm)) == 1
+    want = kernels.encode(cb, minilm)
+    ref = cb.encode_reference(minilm)
+    # the core matches the numpy statement of the rules (projections: up to rounding ties)
+    assert (np.unpackbits(want ^ ref).sum()) <= (0 if cb.projection is None else 2)
+    copy_vectors(pg_books, "items", minilm)
+    got_pg = pg_codes(pg_books, "SELECT code_bytes(binarize(v, 'docs')) FROM items ORDER BY id")
+    got_pg_arr = pg_codes(pg_books, "SELECT code_bytes(binarize(v::real[], 'docs', 1)) FROM items ORDER BY id")
+    duck_books.execute("CREATE TABLE items AS SELECT unnest(range(?)) AS id, unnest(?) AS v",
+                       [len(minilm), minilm.tolist()])
+    got_duck = duck_codes(duck_books, "SELECT binarize(v, 'docs') FROM items ORDER BY id")
+    got_duck_v = duck_codes(duck_books, "SELECT binarize(v, 'docs', 1) FROM items ORDER BY id")
+    for got in (got_pg, got_pg_arr, got_duck, got_duck_v):
+        assert np.array_equal(got, want)
+    assert pg_books.execute("SELECT length(binarize(v, 'docs')) FROM items LIMIT 1").fetchone()[0] == cb.bits
+
+
+def test_save_and_load_round_trip_in_both_engines(pg_books, duck_books, minilm):
+    cb = projected_book(minilm)
+    cb.options = {"method_detail": "test", "sample": 2000}
+    for conn in (pg_books, duck_books):
+        codebooks.save(conn, "p", cb, 2000)
+        back = codebooks.load(conn, "p")
+        assert back.to_bytes() == cb.to_bytes()
+        assert back.options["version"] == 1 and back.options["method_detail"] == "test"
+        listed = codebooks.list_codebooks(conn)
+        assert [(r["name"], r["version"], r["method"], r["dims"], r["bits"], r["sample_size"]) for r in listed] \
+            == [("p", 1, "proj", 384, 64, 2000)]
+
+
+def test_refit_adds_a_version_and_the_next_statement_sees_it(pg_books, postgresql_proc, minilm):
+    pg = pg_books
+    copy_vectors(pg, "items", minilm[:50])
+    v1 = median_book(minilm[:1000])
+    v2 = median_book(minilm[1000:] * -1.0)  # very different thresholds
+    codebooks.save(pg, "docs", v1)
+    assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs')) FROM items ORDER BY id"),
+                          kernels.encode(v1, minilm[:50]))
+    # another session refits; this session's cache must notice on its next statement
+    p = postgresql_proc
+    with psycopg.connect(host=p.host, port=p.port, user=p.user, dbname=pg.info.dbname, autocommit=True) as other:
+        assert codebooks.save(other, "docs", v2) == 2
+    assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs')) FROM items ORDER BY id"),
+                          kernels.encode(v2, minilm[:50]))
+    assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs', 1)) FROM items ORDER BY id"),
+                          kernels.encode(v1, minilm[:50]))
+    # a row rewritten in place is noticed too (xmin changes)
+    pg.execute("UPDATE bitpress.codebooks SET params = %s WHERE name = 'docs' AND version = 2",
+               (v1.to_bytes(),))
+    assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs')) FROM items ORDER BY id"),
+                          kernels.encode(v1, minilm[:50]))
+
+
+def test_duckdb_sees_a_refit_on_the_next_query(duck_books, minilm):
+    con = duck_books
+    con.execute("CREATE TABLE items AS SELECT unnest(?) AS v", [minilm[:20].tolist()])
+    v1, v2 = median_book(minilm[:1000]), median_book(-minilm[1000:])
+    codebooks.save(con, "docs", v1)
+    assert np.array_equal(duck_codes(con, "SELECT binarize(v, 'docs') FROM items"), kernels.encode(v1, minilm[:20]))
+    codebooks.save(con, "docs", v2)
+    assert np.array_equal(duck_codes(con, "SELECT binarize(v, 'docs') FROM items"), kernels.encode(v2, minilm[:20]))
+    assert np.array_equal(duck_codes(con, "SELECT binarize(v, 'docs', 1) FROM items"), kernels.encode(v1, minilm[:20]))
+
+
+def test_asymmetric_score_is_the_same_in_both_engines(pg_books, duck_books, minilm):
+    cb = projected_book(minilm)
+    codes = kernels.encode(cb, minilm[:100])
+    q = minilm[1500]
+    want = kernels.asymmetric_scores(cb, q, codes)
+    # the score is q . x_hat, the reconstruction of each code
+    assert np.allclose(want, cb.reconstruct_reference(codes) @ q, atol=1e-4)
+    codebooks.save(pg_books, "p", cb)
+    codebooks.save(duck_books, "p", cb)
+    copy_vectors(pg_books, "items", minilm[:100])
+    got_pg = [r[0] for r in pg_books.execute(
+        "SELECT bitpress_score(binarize(v, 'p'), %s, 'p') FROM items ORDER BY id", (q,)).fetchall()]
+    duck_books.execute("CREATE TABLE items AS SELECT unnest(range(100)) AS id, unnest(?) AS v", [minilm[:100].tolist()])
+    got_duck = [r[0] for r in duck_books.execute(
+        "SELECT bitpress_score(binarize(v, 'p'), ?::FLOAT[], 'p') FROM items ORDER BY id", [q.tolist()]).fetchall()]
+    assert np.array_equal(np.asarray(got_pg), want)
+    assert np.array_equal(np.asarray(got_duck), want)
+
+
+PG_BAD = [
+    ("SELECT binarize('[1,2,3]'::vector, 'nope')", "42704", 'codebook "nope" does not exist'),
+    ("SELECT binarize('[1,2,3]'::vector, 'docs', 7)", "42704", 'codebook "docs" version 7 does not exist'),
+    ("SELECT binarize('[1,2,3]'::vector, 'docs')", "22000", "vector has 3 dimensions but the codebook expects 384"),
+    ("SELECT binarize('{1,NaN}'::real[], 'two')", "22P01", "NaN or infinity not allowed in vector (element 2)"),
+    ("SELECT binarize('[1,2]'::vector, 'broken')", "22P03", "malformed codebook: length does not match"),
+    ("SELECT bitpress_score(B'101', '[1,2]', 'two')", "22000", "different bit lengths 3 and 2"),
+    ("SELECT bitpress_score(B'10', '[1,2]', 'pairs')", "22023", "no reconstruction levels"),
+]
+
+
+@pytest.mark.parametrize("sql,state,message", PG_BAD)
+def test_postgresql_bad_input(pg_books, minilm, sql, state, message):
+    codebooks.save(pg_books, "docs", median_book(minilm))
+    codebooks.save(pg_books, "two", Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0], base=[0, 0], delta=[1, 1]))
+    codebooks.save(pg_books, "pairs", Codebook("hybrid", 2, src_a=[0, 0], thr_a=[0, 0], src_b=[-1, 1], thr_b=[0, 0]))
+    good = Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0]).to_bytes()
+    pg_books.execute("INSERT INTO bitpress.codebooks (name, version, method, dims, bits, params, sample_size) "
+                     "VALUES ('broken', 1, 'median', 2, 2, %s, 0)", (good[:-4],))
+    with pytest.raises(psycopg.Error) as e:
+        pg_books.execute(sql)
+    assert e.value.sqlstate == state
+    assert message in str(e.value)
+    assert pg_books.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_postgresql_without_the_table_says_to_migrate(pg):
+    with pytest.raises(psycopg.Error) as e:
+        pg.execute("SELECT binarize('[1,2]'::vector, 'docs')")
+    assert e.value.sqlstate == "42P01" and "bitpress migrate" in str(e.value)
+
+
+def test_duckdb_bad_input(duck_books, minilm):
+    import duckdb
+
+    codebooks.save(duck_books, "docs", median_book(minilm))
+    for sql, message in [
+        ("SELECT binarize([1.0, 2, 3], 'nope')", 'codebook "nope" does not exist'),
+        ("SELECT binarize([1.0, 2, 3], 'docs', 9)", 'codebook "docs" version 9 does not exist'),
+        ("SELECT binarize([1.0, 2, 3], 'docs')", "vector has 3 dimensions but the codebook expects 384"),
+    ]:
+        with pytest.raises(duckdb.Error, match=message):
+            duck_books.execute(sql).fetchall()
+    with pytest.raises(errors.UnknownCodebookError):
+        codebooks.load(duck_books, "nope")
+    with pytest.raises(errors.MalformedCodebookError):
+        Codebook.from_bytes(median_book(minilm).to_bytes()[:-1])
+    with pytest.raises(errors.MalformedCodebookError):
+        kernels.encode(b"BPCB" + bytes(30), minilm[:2])
