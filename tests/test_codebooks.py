@@ -197,3 +197,62 @@ def test_duckdb_bad_input(duck_books, minilm):
         Codebook.from_bytes(median_book(minilm).to_bytes()[:-1])
     with pytest.raises(errors.MalformedCodebookError):
         kernels.encode(b"BPCB" + bytes(30), minilm[:2])
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bitpress", *args], capture_output=True, text=True)
+
+
+def test_fit_command_samples_a_table_and_stores_a_codebook(pg, postgresql_proc, tmp_path, minilm):
+    import bitpress.duckdb
+
+    p = postgresql_proc
+    pg_dsn = f"host={p.host} port={p.port} user={p.user} dbname={pg.info.dbname}"
+
+    # PostgreSQL: a table with a pgvector column, in the session's default database
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        from pgvector.psycopg import register_vector
+        register_vector(conn)
+        conn.execute('DROP TABLE IF EXISTS "Fit Items"')
+        conn.execute('CREATE TABLE "Fit Items" (id int, "Emb" vector(384))')
+        with conn.cursor().copy('COPY "Fit Items" FROM STDIN WITH (FORMAT BINARY)') as cp:
+            cp.set_types(["int4", "vector"])
+            for i, v in enumerate(minilm):
+                cp.write_row([i, v])
+        r = run_cli("fit", "--dsn", pg_dsn, "--table", "Fit Items", "--vector-col", "Emb",
+                    "--name", "fit_cli", "--method", "median", "--sample", "1500", "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert "version 1: median, 384 dims -> 384 bits (48 bytes, 32x smaller" in r.stdout
+        cb = codebooks.load(conn, "fit_cli")
+        assert cb.options["version"] == 1
+        n, = conn.execute("SELECT sample_size FROM bitpress.codebooks WHERE name = 'fit_cli'").fetchone()
+        assert 1200 <= n <= 1500  # Bernoulli sample sized for 1500 rows, capped at 1500
+        codes = [np.frombuffer(c, np.uint8) for c, in conn.execute(
+            'SELECT code_bytes(binarize("Emb", \'fit_cli\')) FROM "Fit Items" ORDER BY id LIMIT 50').fetchall()]
+        assert np.array_equal(np.stack(codes), kernels.encode(cb, minilm[:50]))
+        # median thresholds of the sample: about half the bits set
+        assert 0.45 < np.unpackbits(kernels.encode(cb, minilm)).mean() < 0.55
+        conn.execute('DROP TABLE "Fit Items"')
+        conn.execute("DELETE FROM bitpress.codebooks WHERE name = 'fit_cli'")
+
+    # DuckDB file: the same command, reservoir sample of exactly --sample rows
+    path = str(tmp_path / "fit.duckdb")
+    con = bitpress.duckdb.connect(path)
+    con.execute("CREATE TABLE items AS SELECT unnest(?) AS emb", [minilm.tolist()])
+    con.close()
+    assert run_cli("migrate", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0001_codebooks")
+    r = run_cli("fit", "--duckdb", path, "--table", "items", "--vector-col", "emb", "--name", "d",
+                "--method", "itq", "--bits", "64", "--sample", "1000", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "itq, 384 dims -> 64 bits (8 bytes, 192x smaller" in r.stdout
+    con = bitpress.duckdb.connect(path)
+    assert con.execute("SELECT version, method, bits, sample_size FROM bitpress.codebooks").fetchall() == [(1, "itq", 64, 1000)]
+    con.close()
+    r = run_cli("fit", "--duckdb", path, "--table", "items", "--vector-col", "nope", "--name", "d", "--quiet")
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("fit", "--duckdb", path, "--table", "items", "--vector-col", "emb", "--name", "d",
+                "--method", "itq", "--bits", "64", "--sample", "10", "--quiet")
+    assert r.returncode == 2 and "bitpress:" in r.stderr  # too few rows for 64 components
