@@ -140,6 +140,174 @@ test_binarize(void)
 	}
 }
 
+/*
+ * Codebooks: a small valid one is parsed and encodes like a direct evaluation of its rules;
+ * every truncation and many random byte flips of it are either refused or parsed into a
+ * codebook whose indices are in range (encode then runs clean under ASan); the top-k heap
+ * agrees with a selection by repeated minimum.
+ */
+static size_t
+build_codebook(uint32_t *w, uint32_t dims, uint32_t comps, uint32_t bits)
+{
+	size_t		n = 0;
+	float		f;
+
+	memcpy(&w[n++], "BPCB", 4);
+	w[n++] = 1u | ((uint32_t) (BP_CB_F_CENTER | BP_CB_F_PROJECTION | BP_CB_F_PAIRS | BP_CB_F_RECON) << 16);
+	w[n++] = dims;
+	w[n++] = comps;
+	w[n++] = bits;
+	w[n++] = 0;
+	for (uint32_t i = 0; i < dims; i++, n++)	/* center */
+	{
+		f = 0.01f * (float) i;
+		memcpy(&w[n], &f, 4);
+	}
+	for (uint32_t i = 0; i < comps * dims; i++, n++)	/* projection */
+	{
+		f = (float) ((int) (rnd() % 200) - 100) / 100.0f;
+		memcpy(&w[n], &f, 4);
+	}
+	for (uint32_t b = 0; b < bits; b++)
+		w[n++] = b % comps;		/* src_a */
+	for (uint32_t b = 0; b < bits; b++, n++)
+	{
+		f = (b & 1) ? 0.1f : -0.1f;
+		memcpy(&w[n], &f, 4);
+	}
+	for (uint32_t b = 0; b < bits; b++)
+		w[n++] = (b % 3 == 0) ? (uint32_t) ((b + 1) % comps) : 0xFFFFFFFFu;	/* src_b */
+	for (uint32_t b = 0; b < bits; b++, n++)
+	{
+		f = 0.2f;
+		memcpy(&w[n], &f, 4);
+	}
+	for (uint32_t j = 0; j < comps; j++, n++)
+	{
+		f = -0.5f;
+		memcpy(&w[n], &f, 4);
+	}
+	for (uint32_t b = 0; b < bits; b++, n++)
+	{
+		f = 1.0f;
+		memcpy(&w[n], &f, 4);
+	}
+	return n * 4;
+}
+
+static void
+test_codebook(void)
+{
+	uint32_t	words[512];
+	uint32_t	copy[512];
+	const uint32_t dims = 7,
+				comps = 5,
+				bits = 13;
+	size_t		len = build_codebook(words, dims, comps, bits);
+	bp_codebook cb;
+	int			problem = 0;
+	float		x[7],
+				scratch[12],
+				w[13];
+	uint8_t		code[2];
+	double		constant;
+	size_t		bad_row,
+				bad_index;
+
+	CHECK(bp_codebook_parse(words, len, &cb, &problem) == BP_OK, "valid codebook refused (%d)", problem);
+	for (int t = 0; t < 200; t++)
+	{
+		float		z[5];
+		uint8_t		want[2] = {0, 0};
+
+		for (uint32_t i = 0; i < dims; i++)
+			x[i] = (float) ((int) (rnd() % 200) - 100) / 50.0f;
+		for (uint32_t j = 0; j < comps; j++)
+		{
+			double		s = 0;
+
+			for (uint32_t i = 0; i < dims; i++)
+				s += (double) cb.projection[j * dims + i] * (double) (x[i] - cb.center[i]);
+			z[j] = (float) s;
+		}
+		for (uint32_t b = 0; b < bits; b++)
+		{
+			int			bit = z[cb.src_a[b]] > cb.thr_a[b] ||
+				(cb.src_b[b] >= 0 && z[cb.src_b[b]] > cb.thr_b[b]);
+
+			if (bit)
+				want[b / 8] |= (uint8_t) (0x80u >> (b % 8));
+		}
+		CHECK(bp_codebook_encode_batch(&cb, x, 1, dims, dims, code, 2, scratch, &bad_row, &bad_index) == BP_OK,
+			  "encode failed");
+		/* rounding of the 4-way sum may differ from this loop only for z within 1e-6 of a cut */
+		CHECK(code[0] == want[0] && code[1] == want[1], "codebook encode differs from its rules");
+	}
+	x[3] = NAN;
+	CHECK(bp_codebook_encode_batch(&cb, x, 1, dims, dims, code, 2, scratch, &bad_row, &bad_index)
+		  == BP_ERR_NONFINITE_VALUE && bad_index == 3, "NaN not refused");
+	CHECK(bp_codebook_encode_batch(&cb, x, 1, dims - 1, dims, code, 2, scratch, &bad_row, &bad_index)
+		  == BP_ERR_CODEBOOK_DIM_MISMATCH, "wrong dims not refused");
+	CHECK(bp_codebook_query_weights(&cb, x, dims, scratch, w, &constant, &bad_index) == BP_ERR_NO_LEVELS,
+		  "pair bits have no asymmetric score");
+
+	/* every truncation is refused */
+	for (size_t l = 0; l < len; l++)
+		CHECK(bp_codebook_parse(words, l, &cb, &problem) == BP_ERR_MALFORMED_CODEBOOK,
+			  "truncation to %zu bytes accepted", l);
+	/* random corruption: refused, or parsed with every index in range */
+	for (int t = 0; t < 3000; t++)
+	{
+		int			ok = 1;
+
+		memcpy(copy, words, len);
+		((uint8_t *) copy)[rnd() % len] ^= (uint8_t) (1u << (rnd() % 8));
+		if (bp_codebook_parse(copy, len, &cb, &problem) != BP_OK)
+			continue;
+		for (uint32_t b = 0; b < cb.bits; b++)
+			ok &= cb.src_a[b] >= 0 && (uint32_t) cb.src_a[b] < cb.components &&
+				(cb.src_b == NULL || (cb.src_b[b] >= -1 && cb.src_b[b] < (int32_t) cb.components));
+		CHECK(ok && cb.dims == dims && cb.bits == bits, "corrupt codebook parsed with bad shape");
+		if (ok && cb.dims == dims && cb.bits == bits)
+			bp_codebook_encode_batch(&cb, x, 1, dims, dims, code, 2, scratch, &bad_row, &bad_index);
+	}
+	CHECK(bp_codebook_parse((const uint8_t *) words + 1, len - 1, &cb, &problem) == BP_ERR_MALFORMED_CODEBOOK
+		  && problem == BP_CB_ALIGN, "unaligned buffer accepted");
+}
+
+static void
+test_topk(void)
+{
+	uint64_t	keys[500];
+	bp_topk_entry heap[64];
+	int			used[500];
+
+	for (int t = 0; t < 50; t++)
+	{
+		size_t		n = 1 + rnd() % 500,
+					k = 1 + rnd() % 64,
+					got;
+
+		for (size_t i = 0; i < n; i++)
+		{
+			keys[i] = rnd() % 30;
+			used[i] = 0;
+		}
+		got = bp_topk_smallest_u64(keys, n, k, heap);
+		CHECK(got == (k < n ? k : n), "top-k count");
+		for (size_t r = 0; r < got; r++)
+		{
+			size_t		best = n;
+
+			for (size_t i = 0; i < n; i++)
+				if (!used[i] && (best == n || keys[i] < keys[best]))
+					best = i;
+			used[best] = 1;
+			CHECK(heap[r].index == best && heap[r].key == (double) keys[best], "top-k rank %zu", r);
+		}
+	}
+}
+
 int
 main(void)
 {
@@ -147,6 +315,8 @@ main(void)
 	printf("kernel path chosen at load: %s\n", bp_impl_name(bp_get_impl()));
 	test_hamming_paths();
 	test_binarize();
+	test_codebook();
+	test_topk();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
