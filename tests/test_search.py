@@ -34,6 +34,18 @@ def reference(codes, x, qcode, q, k, oversample):
     return best, determinate
 
 
+def items_in_both(pg, duck, x, cb):
+    """Table items(id, v, code) in both engines, codes made in SQL with codebook 'docs'."""
+    for conn in (pg, duck):
+        codebooks.save(conn, "docs", cb)
+    copy_vectors(pg, "items", x)
+    pg.execute("ALTER TABLE items ADD COLUMN code varbit")
+    pg.execute("UPDATE items SET code = binarize(v, 'docs')")
+    duck.execute("CREATE TABLE items AS SELECT unnest(range(?)) AS id, unnest(?) AS v", [len(x), x.tolist()])
+    duck.execute("ALTER TABLE items ADD COLUMN code BLOB")
+    duck.execute("UPDATE items SET code = binarize(v, 'docs')")
+
+
 def test_topk_heap_matches_a_full_sort():
     rng = np.random.default_rng(0)
     for n, k in [(1, 1), (10, 3), (1000, 10), (5000, 40), (300, 500)]:
@@ -57,14 +69,7 @@ def test_knn_gives_the_same_rows_in_postgresql_duckdb_and_numpy(pg_books, duck_b
     cb = median_book(x)
     codes = kernels.encode(cb, x)
     queries = load_queries()
-    for conn in (pg_books, duck_books):
-        codebooks.save(conn, "docs", cb)
-    copy_vectors(pg_books, "items", x)
-    pg_books.execute("ALTER TABLE items ADD COLUMN code varbit")
-    pg_books.execute("UPDATE items SET code = binarize(v, 'docs')")
-    duck_books.execute("CREATE TABLE items AS SELECT unnest(range(?)) AS id, unnest(?) AS v", [len(x), x.tolist()])
-    duck_books.execute("ALTER TABLE items ADD COLUMN code BLOB")
-    duck_books.execute("UPDATE items SET code = binarize(v, 'docs')")
+    items_in_both(pg_books, duck_books, x, cb)
     checked = 0
     for q in queries:
         want, determinate = reference(codes, x, kernels.encode(cb, q), q, K, OVERSAMPLE)
@@ -89,14 +94,7 @@ def test_codes_alone_use_the_asymmetric_score(pg_books, duck_books, minilm):
     cb = median_book(x)
     codes = kernels.encode(cb, x)
     q = load_queries()[0]
-    codebooks.save(pg_books, "docs", cb)
-    codebooks.save(duck_books, "docs", cb)
-    copy_vectors(pg_books, "items", x)
-    pg_books.execute("ALTER TABLE items ADD COLUMN code varbit")
-    pg_books.execute("UPDATE items SET code = binarize(v, 'docs')")
-    duck_books.execute("CREATE TABLE items AS SELECT unnest(range(?)) AS id, unnest(?) AS v", [len(x), x.tolist()])
-    duck_books.execute("ALTER TABLE items ADD COLUMN code BLOB")
-    duck_books.execute("UPDATE items SET code = binarize(v, 'docs')")
+    items_in_both(pg_books, duck_books, x, cb)
     # numpy: Hamming pool of 40, then by asymmetric score
     idx, _ = kernels.hamming_topk(kernels.encode(cb, q), codes, K * OVERSAMPLE)
     s = kernels.asymmetric_scores(cb, q, codes[idx])
