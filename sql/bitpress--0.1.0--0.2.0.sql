@@ -96,10 +96,12 @@ BEGIN
 		RAISE EXCEPTION 'metric must be cosine, ip or l2, got %', coalesce(metric, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- stage 1: exact Hamming top `pool` (a bounded top-N heap sort); stage 2: exact distance
+	-- stage 1: exact Hamming top `pool` by a bounded top-N heap sort that carries only the
+	-- row's ctid (not the wide row); stage 2: fetch those rows by TID, exact distance
 	RETURN QUERY EXECUTE format(
-		'SELECT c.* FROM (SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2) c '
-		'ORDER BY c.%I %s $3 LIMIT $4', rel, code_column, vector_column, op)
+		'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+		'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+		'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
 		USING qcode, pool, query, k;
 END $$;
 
@@ -121,8 +123,9 @@ BEGIN
 	ELSE
 		-- no full vectors: rerank the Hamming candidates by the asymmetric score
 		RETURN QUERY EXECUTE format(
-			'SELECT c.* FROM (SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2) c '
-			'ORDER BY bitpress_score(c.%I, $3, $4) DESC LIMIT $5', rel, code_column, code_column)
+			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+			'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+			'ORDER BY bitpress_score(c.%2$I, $3, $4) DESC LIMIT $5', rel, code_column)
 			USING binarize(query, codebook), pool, query, codebook, k;
 	END IF;
 END $$;

@@ -37,31 +37,36 @@ CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
          THEN error('oversample must be at least 1, got ' || coalesce(oversample::VARCHAR, 'NULL'))
          ELSE CAST(k AS BIGINT) * oversample END
 """, """
-CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook) AS
-    CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, CAST(codebook AS VARCHAR)) END
+CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample) AS
+    -- the query's code, computed once per query (a scalar subquery), after checking k and
+    -- oversample there: a LIMIT that can raise an error would cost DuckDB its top-N operator
+    CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(query)
+         ELSE binarize(query, CAST(codebook AS VARCHAR)) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query, k,
         oversample := 4, codebook := NULL, metric := 'cosine') AS TABLE
     SELECT * EXCLUDE (_bitpress_v) FROM (
         SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
         FROM (SELECT * FROM query_table(tbl)
-              ORDER BY hamming(COLUMNS(lambda c: c = code_column), bitpress_query_code(query, codebook))
-              LIMIT bitpress_pool(k, oversample)))
+              ORDER BY hamming(COLUMNS(lambda c: c = code_column),
+                               (SELECT bitpress_query_code(query, codebook, k, oversample)))
+              LIMIT greatest(CAST(k AS BIGINT) * oversample, 1)))
     ORDER BY CASE metric
         WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
         WHEN 'ip' THEN list_negative_inner_product(_bitpress_v, CAST(query AS FLOAT[]))
         WHEN 'l2' THEN list_distance(_bitpress_v, CAST(query AS FLOAT[]))
         ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
-    LIMIT bitpress_pool(k, 1)
+    LIMIT greatest(k, 1)  -- not k: DuckDB skips a LIMIT 0 plan without running the checks
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
         oversample := 4, codebook := NULL) AS TABLE
     SELECT * FROM (SELECT * FROM query_table(tbl)
-                   ORDER BY hamming(COLUMNS(lambda c: c = code_column), bitpress_query_code(query, codebook))
-                   LIMIT CASE WHEN codebook IS NULL THEN CAST(k AS BIGINT) ELSE bitpress_pool(k, oversample) END)
+                   ORDER BY hamming(COLUMNS(lambda c: c = code_column),
+                                    (SELECT bitpress_query_code(query, codebook, k, oversample)))
+                   LIMIT greatest(CAST(k AS BIGINT) * CASE WHEN codebook IS NULL THEN 1 ELSE oversample END, 1))
     ORDER BY CASE WHEN codebook IS NULL THEN 0
                   ELSE -bitpress_score(COLUMNS(lambda c: c = code_column), query, codebook) END
-    LIMIT bitpress_pool(k, 1)
+    LIMIT greatest(k, 1)
 """]
 
 

@@ -224,15 +224,59 @@ version_arg(FunctionCallInfo fcinfo, int argno)
 	return PG_NARGS() > argno ? PG_GETARG_INT32(argno) : 0;
 }
 
+/*
+ * Per call site: the last input and its code. `ORDER BY hamming(code, binarize(:q, 'docs'))`
+ * calls a STABLE function once per row with the same query; this makes those calls a compare.
+ */
+typedef struct EncodeMemo
+{
+	uint64		generation;
+	int			dim;
+	float4	   *input;
+	VarBit	   *code;
+} EncodeMemo;
+
+static Datum
+binarize_codebook_common(FunctionCallInfo fcinfo, const float4 *x, int dim)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	uint64		generation = 0;
+	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), &generation);
+	EncodeMemo *m = (EncodeMemo *) fcinfo->flinfo->fn_extra;
+	VarBit	   *code;
+
+	if (m != NULL && m->generation == generation && m->dim == dim &&
+		memcmp(m->input, x, sizeof(float4) * dim) == 0)
+		PG_RETURN_VARBIT_P((VarBit *) pg_detoast_datum_copy((struct varlena *) m->code));
+
+	code = encode_one(cb, x, dim);
+	if (m == NULL)
+	{
+		m = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(EncodeMemo));
+		fcinfo->flinfo->fn_extra = m;
+	}
+	else
+	{
+		pfree(m->input);
+		pfree(m->code);
+	}
+	m->generation = 0;
+	m->input = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(float4) * dim);
+	memcpy(m->input, x, sizeof(float4) * dim);
+	m->code = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, VARSIZE(code));
+	memcpy(m->code, code, VARSIZE(code));
+	m->dim = dim;
+	m->generation = generation;
+	PG_RETURN_VARBIT_P(code);
+}
+
 PG_FUNCTION_INFO_V1(binarize_vector_codebook);
 Datum
 binarize_vector_codebook(PG_FUNCTION_ARGS)
 {
 	PgVector   *v = DatumGetPgVector(PG_GETARG_DATUM(0));
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), NULL);
 
-	PG_RETURN_VARBIT_P(encode_one(cb, v->x, v->dim));
+	return binarize_codebook_common(fcinfo, v->x, v->dim);
 }
 
 PG_FUNCTION_INFO_V1(binarize_float4_codebook);
@@ -241,10 +285,8 @@ binarize_float4_codebook(PG_FUNCTION_ARGS)
 {
 	int			dim;
 	float4	   *x = float4_array(PG_GETARG_ARRAYTYPE_P(0), &dim, "vector");
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), NULL);
 
-	PG_RETURN_VARBIT_P(encode_one(cb, x, dim));
+	return binarize_codebook_common(fcinfo, x, dim);
 }
 
 /* Per call site: the lookup table of the last query seen, reused while the query repeats. */
