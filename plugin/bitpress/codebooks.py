@@ -13,17 +13,9 @@ import numpy as np
 
 from . import errors
 from .codebook import Codebook
-from .schema import _is_duckdb, _is_psycopg
+from .tables import kind as _kind
 
 TABLE = "bitpress.codebooks"
-
-
-def _kind(conn) -> str:
-    if _is_duckdb(conn):
-        return "duckdb"
-    if _is_psycopg(conn):
-        return "pg"
-    raise TypeError(f"expected a psycopg or DuckDB connection, got {type(conn).__name__}")
 
 
 def _rows(conn, query, params=()):
@@ -94,67 +86,11 @@ def list_codebooks(conn) -> list[dict]:
     return [dict(zip(keys, r)) for r in rows]
 
 
-def _quoted(conn, table: str, column: str):
-    """(table, column) quoted for SQL: psycopg.sql for PostgreSQL, SQLAlchemy's quoting for DuckDB.
-    ``table`` may be schema-qualified as "schema.table"."""
-    parts = table.split(".") if isinstance(table, str) else list(table)
-    if _kind(conn) == "pg":
-        from psycopg import sql
-
-        return sql.Identifier(*parts), sql.Identifier(column)
-    from sqlalchemy.dialects import postgresql
-
-    prep = postgresql.dialect().identifier_preparer
-    return ".".join(prep.quote_identifier(p) for p in parts), prep.quote_identifier(column)
-
-
 def sample(conn, table: str, column: str, n: int = 50_000, seed: int = 0, progress=None) -> np.ndarray:
-    """Up to ``n`` non-NULL vectors of ``table.column``, sampled in SQL, as float32 rows.
+    """About ``n`` non-NULL vectors of ``table.column``, sampled in SQL (see tables.read_vectors)."""
+    from .tables import read_vectors
 
-    PostgreSQL: ``TABLESAMPLE BERNOULLI ... REPEATABLE (seed)`` sized for about n rows (all rows
-    when the table is small); DuckDB: ``USING SAMPLE reservoir(n ROWS) REPEATABLE (seed)``.
-    """
-    from .progress import bar
-
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise errors.InvalidParameterError(f"sample size must be a positive integer, got {n!r}")
-    t, c = _quoted(conn, table, column)
-    rows = []
-    if _kind(conn) == "pg":
-        from psycopg import sql
-
-        total = conn.execute(sql.SQL("SELECT count({c}) FROM {t}").format(c=c, t=t)).fetchone()[0]
-        want = min(n, total)
-        pct = 100.0 if want == total else min(100.0, 100.0 * n * 1.25 / total)
-        q = sql.SQL("SELECT {c}::real[] FROM {t} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) "
-                    "WHERE {c} IS NOT NULL LIMIT %s").format(c=c, t=t)
-        with bar(total=want, desc=f"sampling {table}.{column}", progress=progress) as pb:
-            with conn.cursor(binary=True) as cur:
-                cur.execute(q, (pct, seed, n))
-                while chunk := cur.fetchmany(4096):
-                    rows.extend(r[0] for r in chunk)
-                    pb.update(len(chunk))
-            if len(rows) < want:  # Bernoulli fell short: take the rest in table order
-                cur = conn.cursor(binary=True)
-                cur.execute(sql.SQL("SELECT {c}::real[] FROM {t} WHERE {c} IS NOT NULL LIMIT %s")
-                            .format(c=c, t=t), (want,))
-                rows = [r[0] for r in cur.fetchall()]
-                pb.update(want - pb.n)
-    else:
-        q = (f"SELECT CAST({c} AS FLOAT[]) FROM (SELECT {c} FROM {t} WHERE {c} IS NOT NULL) "
-             f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})")
-        with bar(total=None, desc=f"sampling {table}.{column}", progress=progress):
-            rows = [r[0] for r in conn.execute(q).fetchall()]
-    return _stack(rows)
-
-
-def _stack(rows) -> np.ndarray:
-    if not rows:
-        raise errors.InvalidParameterError("the column holds no vectors to fit on")
-    dims = {len(r) for r in rows}
-    if len(dims) != 1:
-        raise errors.DimensionMismatchError(f"the sampled vectors have different dimensions: {sorted(dims)[:5]}")
-    return np.asarray(rows, dtype=np.float32)
+    return read_vectors(conn, table, column, sample=n, seed=seed, progress=progress)
 
 
 def fit_table(conn, table: str, column: str, name: str, method: str = "median",

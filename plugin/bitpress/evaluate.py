@@ -34,6 +34,7 @@ import numpy as np
 
 from . import errors, kernels
 from .fit import DEFAULT_OPTIONS, METHODS, fit
+from .tables import check_matrix as _check_vectors
 
 DEFAULT_METHODS = (
     "sign", "mean", "median", "learned", "thermometer",
@@ -151,17 +152,6 @@ def _top_by_score(scores, ids, k):
     return ids[order]
 
 
-def _check_vectors(x, what):
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise errors.InvalidParameterError(f"{what} must be a non-empty 2-D array (one vector per row), got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        raise errors.NonFiniteError(f"NaN or infinity in {what} (row {int(np.argmin(finite))})")
-    return x
-
-
 def holdout(vectors, n_queries, k, seed=0, source="vectors") -> Data:
     """Hold out ``n_queries`` random rows (seeded) as queries; the rest is the corpus; the
     ground truth is the exact cosine top-k of each query in that corpus."""
@@ -196,62 +186,24 @@ def load_dataset(path, k, n_queries=None) -> Data:
 def read_pg(dsn, table, column) -> np.ndarray:
     """The non-NULL vectors of ``table.column`` in PostgreSQL (pgvector ``vector`` or ``real[]``)."""
     import psycopg
-    from pgvector.psycopg import register_vector
-    from psycopg import sql
 
-    parts = table.split(".")
-    query = sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL").format(
-        sql.Identifier(column), sql.Identifier(*parts), sql.Identifier(column))
+    from .tables import read_vectors
+
     with psycopg.connect(dsn) as conn:
-        try:
-            register_vector(conn)
-        except psycopg.ProgrammingError:  # no pgvector in this database: real[] columns still work
-            pass
-        rows = conn.execute(query).fetchall()
-    if not rows:
-        raise errors.InvalidParameterError(f"no vectors in {table}.{column}")
-    return _stack([r[0] for r in rows], f"{table}.{column}")
+        return read_vectors(conn, table, column)
 
 
 def read_duckdb(path, table, column) -> np.ndarray:
     """The non-NULL vectors of ``table.column`` in a DuckDB file (FLOAT[n], FLOAT[], DOUBLE[]...)."""
     import duckdb
-    from sqlalchemy.dialects import postgresql
 
-    quote = postgresql.dialect().identifier_preparer.quote_identifier
-    qtable = ".".join(quote(p) for p in table.split("."))
-    qcol = quote(column)
+    from .tables import read_vectors
+
     con = duckdb.connect(str(path), read_only=True)
     try:
-        col = con.sql(f"SELECT {qcol} FROM {qtable} WHERE {qcol} IS NOT NULL").fetch_arrow_table().column(0)
+        return read_vectors(con, table, column)
     finally:
         con.close()
-    if len(col) == 0:
-        raise errors.InvalidParameterError(f"no vectors in {table}.{column}")
-    import pyarrow as pa
-
-    arr = col.combine_chunks()
-    if pa.types.is_fixed_size_list(arr.type):
-        return _check_vectors(arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size),
-                              f"{table}.{column}")
-    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        lengths = np.diff(arr.offsets.to_numpy())
-        if len(set(lengths.tolist())) != 1:
-            raise errors.DimensionMismatchError(f"{table}.{column} holds vectors of different lengths "
-                                                f"({lengths.min()} to {lengths.max()})")
-        return _check_vectors(arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), int(lengths[0])),
-                              f"{table}.{column}")
-    raise errors.InvalidParameterError(f"{table}.{column} is {arr.type}, not a list of numbers")
-
-
-def _stack(values, what):
-    try:
-        return _check_vectors(np.stack([np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v,
-                                                   dtype=np.float32) for v in values]), what)
-    except ValueError as e:
-        if isinstance(e, errors.BitpressError):
-            raise
-        raise errors.DimensionMismatchError(f"{what} holds vectors of different lengths") from None
 
 
 # ---------------------------------------------------------------------------------------------

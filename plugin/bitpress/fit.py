@@ -49,9 +49,9 @@ import time
 import numpy as np
 
 from . import errors
+from ._core import MAX_DIM
 from .codebook import Codebook
 
-MAX_DIM = 65536
 METHODS = ("sign", "mean", "median", "learned", "matryoshka", "hybrid", "pca", "itq", "thermometer")
 LEARNED_MIN_ROWS = 256
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors
-from .codebooks import _kind, _quoted
+from .tables import kind as _kind
+from .tables import quoted as _quoted
 
 
 def _check(k, oversample, metric):

@@ -1,0 +1,124 @@
+"""Reading a vector column of a user's table, in PostgreSQL or DuckDB: all rows or a sample.
+
+Table and column names are quoted by psycopg.sql.Identifier (PostgreSQL) or SQLAlchemy's
+identifier quoting (DuckDB speaks the same quoting rules), never formatted into SQL as text.
+A table name may be schema-qualified as "schema.table".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors
+from .schema import _is_duckdb, _is_psycopg
+
+
+def kind(conn) -> str:
+    """"pg" for a psycopg connection, "duckdb" for a DuckDB one."""
+    if _is_duckdb(conn):
+        return "duckdb"
+    if _is_psycopg(conn):
+        return "pg"
+    raise TypeError(f"expected a psycopg or DuckDB connection, got {type(conn).__name__}")
+
+
+def quoted(conn, table: str, column: str | None = None):
+    """(table, column) ready for SQL: psycopg.sql objects for PostgreSQL, quoted text for DuckDB."""
+    parts = table.split(".")
+    if kind(conn) == "pg":
+        from psycopg import sql
+
+        return sql.Identifier(*parts), None if column is None else sql.Identifier(column)
+    from sqlalchemy.dialects import postgresql
+
+    q = postgresql.dialect().identifier_preparer.quote_identifier
+    return ".".join(q(p) for p in parts), None if column is None else q(column)
+
+
+def check_matrix(x, what) -> np.ndarray:
+    """x as a C-contiguous float32 matrix with at least one finite row and column."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise errors.InvalidParameterError(
+            f"{what} must be a non-empty 2-D array (one vector per row), got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise errors.NonFiniteError(f"NaN or infinity in {what} (row {int(np.argmin(finite))})")
+    return x
+
+
+def _from_arrow(arr, what) -> np.ndarray:
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        raise errors.InvalidParameterError(f"no vectors in {what}")
+    if pa.types.is_fixed_size_list(arr.type):
+        dim = arr.type.list_size
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        lengths = np.diff(arr.offsets.to_numpy())
+        if len(set(lengths.tolist())) != 1:
+            raise errors.DimensionMismatchError(
+                f"{what} holds vectors of different lengths ({lengths.min()} to {lengths.max()})")
+        dim = int(lengths[0])
+    else:
+        raise errors.InvalidParameterError(f"{what} is {arr.type}, not a list of numbers")
+    if arr.flatten().null_count:
+        raise errors.NullValueError(f"{what} holds vectors with NULL elements")
+    return check_matrix(arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim), what)
+
+
+def read_vectors(conn, table: str, column: str, sample: int | None = None, seed: int = 0,
+                 progress=None) -> np.ndarray:
+    """The non-NULL vectors of ``table.column`` as a float32 matrix.
+
+    ``sample=None`` reads every row; ``sample=n`` reads about n rows chosen in SQL:
+    PostgreSQL ``TABLESAMPLE BERNOULLI ... REPEATABLE (seed)`` sized for n (topped up in table
+    order when it falls short), DuckDB ``USING SAMPLE reservoir(n ROWS) REPEATABLE (seed)``.
+    """
+    from .progress import bar
+
+    what = f"{table}.{column}"
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
+                               or sample < 1):
+        raise errors.InvalidParameterError(f"sample size must be a positive integer, got {sample!r}")
+    t, c = quoted(conn, table, column)
+    if kind(conn) == "duckdb":
+        q = f"SELECT CAST({c} AS FLOAT[]) FROM (SELECT {c} FROM {t} WHERE {c} IS NOT NULL)"
+        if sample is not None:
+            q += f" USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
+        with bar(total=None, desc=f"reading {what}", progress=progress):
+            rel = conn.sql(q)
+            table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb < 1.4
+            return _from_arrow(table.column(0), what)
+
+    from psycopg import sql
+
+    total = conn.execute(sql.SQL("SELECT count({c}) FROM {t}").format(c=c, t=t)).fetchone()[0]
+    want = total if sample is None else min(sample, total)
+    plain = sql.SQL("SELECT {c}::real[] FROM {t} WHERE {c} IS NOT NULL LIMIT %s").format(c=c, t=t)
+    if want == total:
+        query, args = plain, (want,)
+    else:
+        query = sql.SQL("SELECT {c}::real[] FROM {t} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) "
+                        "WHERE {c} IS NOT NULL LIMIT %s").format(c=c, t=t)
+        args = (min(100.0, 100.0 * sample * 1.25 / total), seed, want)
+    rows = []
+    with bar(total=want, desc=f"reading {what}", progress=progress) as pb:
+        with conn.cursor(binary=True) as cur:
+            cur.execute(query, args)
+            while chunk := cur.fetchmany(4096):
+                rows.extend(r[0] for r in chunk)
+                pb.update(len(chunk))
+        if len(rows) < want:  # the Bernoulli sample fell short: take the rows in table order
+            with conn.cursor(binary=True) as cur:
+                rows = [r[0] for r in cur.execute(plain, (want,)).fetchall()]
+            pb.update(want - pb.n)
+    if not rows:
+        raise errors.InvalidParameterError(f"no vectors in {what}")
+    if len({len(r) for r in rows}) != 1:
+        raise errors.DimensionMismatchError(f"{what} holds vectors of different lengths")
+    if any(v is None for r in rows for v in r):
+        raise errors.NullValueError(f"{what} holds vectors with NULL elements")
+    return check_matrix(np.asarray(rows, dtype=np.float32), what)
