@@ -11,6 +11,8 @@ PostgreSQL 15 (a throwaway cluster, one backend, no parallel workers):
   pgvector_bq  pgvector's binary-quantization recipe: bit(384) column of binary_quantize(v),
              ORDER BY bq <~> binary_quantize(q) LIMIT 40, then rerank by v <=> q
   bitpress_knn[sign|median|thermometer]  bitpress_knn(NULL::items, 'code', 'v', q, 10, 4, cb)
+  bitpress_knn[..., asym]  the same with scoring => 'asymmetric' (candidates by the score of
+             the float query against each code, then the exact rerank)
 DuckDB (in process):
   exact      ORDER BY array_cosine_distance(v, q) LIMIT 10 over FLOAT[384]  -- baseline
   bitpress_knn[...]  the table macro, oversample 4
@@ -95,6 +97,10 @@ def bench_postgresql(x, q, gt, nq, books, hnsw, rows):
                 cb = f"'{name}'"
             stmts[f"bitpress_knn[{name}]"] = (
                 f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, 4, {cb})")
+            if name != "sign":
+                stmts[f"bitpress_knn[{name}, asym]"] = (
+                    f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, 4, {cb}, "
+                    "scoring => 'asymmetric')")
         conn.execute("VACUUM ANALYZE items")
         if hnsw:
             t0 = time.perf_counter()
@@ -149,11 +155,13 @@ def bench_duckdb(x, q, gt, nq, books, rows):
             con.execute(f"UPDATE items SET {col} = binarize(v, '{name}')")
             cb = name
 
-        def knn(qi, col=col, cb=cb):
+        def knn(qi, col=col, cb=cb, scoring="hamming"):
             return [r[0] for r in con.execute(
-                "SELECT id FROM bitpress_knn('items', ?, 'v', ?::FLOAT[], 10, oversample := 4, codebook := ?::VARCHAR)",
-                [col, q[qi].tolist(), cb]).fetchall()]
+                "SELECT id FROM bitpress_knn('items', ?, 'v', ?::FLOAT[], 10, oversample := 4, "
+                "codebook := ?::VARCHAR, scoring := ?)", [col, q[qi].tolist(), cb, scoring]).fetchall()]
         fns[f"bitpress_knn[{name}]"] = knn
+        if cb is not None:
+            fns[f"bitpress_knn[{name}, asym]"] = lambda qi, knn=knn: knn(qi, scoring="asymmetric")
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     for name, (ms, got) in timed(fns, nq).items():
         rows.append({"engine": "duckdb", "method": name, "recall_at_10": recall(got, gt),

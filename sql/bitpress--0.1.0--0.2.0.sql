@@ -64,6 +64,23 @@ END $$;
 COMMENT ON FUNCTION bitpress_check_knn(integer, integer) IS
 	'internal: checks k and oversample of the k-NN functions, returns the candidate pool size';
 
+CREATE FUNCTION bitpress_check_scoring(scoring text, codebook text) RETURNS boolean
+	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+	IF scoring IS NULL OR scoring NOT IN ('hamming', 'asymmetric') THEN
+		RAISE EXCEPTION 'scoring must be hamming or asymmetric, got %', coalesce(scoring, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF scoring = 'asymmetric' AND codebook IS NULL THEN
+		RAISE EXCEPTION 'asymmetric scoring needs a codebook with reconstruction levels'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN scoring = 'asymmetric';
+END $$;
+
+COMMENT ON FUNCTION bitpress_check_scoring(text, text) IS
+	'internal: checks the scoring argument of the k-NN functions; true for asymmetric';
+
 CREATE FUNCTION bitpress_relation(rows anyelement) RETURNS regclass
 	LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
@@ -83,33 +100,43 @@ COMMENT ON FUNCTION bitpress_relation(anyelement) IS
 
 CREATE FUNCTION bitpress_knn(rows anyelement, code_column text, vector_column text, query vector,
 							 k integer, oversample integer DEFAULT 4, codebook text DEFAULT NULL,
-							 metric text DEFAULT 'cosine')
+							 metric text DEFAULT 'cosine', scoring text DEFAULT 'hamming')
 	RETURNS SETOF anyelement
 	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
 	pool bigint := bitpress_check_knn(k, oversample);
 	rel regclass := bitpress_relation(rows);
 	op text := CASE metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' WHEN 'l2' THEN '<->' END;
-	qcode varbit := CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END;
 BEGIN
 	IF op IS NULL THEN
 		RAISE EXCEPTION 'metric must be cosine, ip or l2, got %', coalesce(metric, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- stage 1: exact Hamming top `pool` by a bounded top-N heap sort that carries only the
-	-- row's ctid (not the wide row); stage 2: fetch those rows by TID, exact distance
-	RETURN QUERY EXECUTE format(
-		'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
-		'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
-		'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
-		USING qcode, pool, query, k;
+	-- stage 1: the `pool` best codes by a bounded top-N heap sort that carries only each row's
+	-- ctid (not the wide row), by Hamming distance to the query's code or, with asymmetric,
+	-- by the float query's score against each code; stage 2: those rows by TID, exact distance
+	IF bitpress_check_scoring(scoring, codebook) THEN
+		RETURN QUERY EXECUTE format(
+			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+			'SELECT t.ctid FROM %1$s t ORDER BY bitpress_score(t.%2$I, $1, $2) DESC LIMIT $3)) '
+			'ORDER BY c.%3$I %4$s $1 LIMIT $4', rel, code_column, vector_column, op)
+			USING query, codebook, pool, k;
+	ELSE
+		RETURN QUERY EXECUTE format(
+			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+			'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+			'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
+			USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
+				  pool, query, k;
+	END IF;
 END $$;
 
-COMMENT ON FUNCTION bitpress_knn(anyelement, text, text, vector, integer, integer, text, text) IS
-	'k nearest rows of a table: Hamming top k*oversample over its codes, reranked by exact cosine/ip/l2 on its vectors';
+COMMENT ON FUNCTION bitpress_knn(anyelement, text, text, vector, integer, integer, text, text, text) IS
+	'k nearest rows of a table: top k*oversample codes by Hamming distance (or, scoring => ''asymmetric'', by the codebook''s score), reranked by exact cosine/ip/l2 on its vectors';
 
 CREATE FUNCTION bitpress_knn_codes(rows anyelement, code_column text, query vector, k integer,
-								   oversample integer DEFAULT 4, codebook text DEFAULT NULL)
+								   oversample integer DEFAULT 4, codebook text DEFAULT NULL,
+								   scoring text DEFAULT 'hamming')
 	RETURNS SETOF anyelement
 	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
@@ -117,11 +144,20 @@ DECLARE
 	rel regclass := bitpress_relation(rows);
 BEGIN
 	IF codebook IS NULL THEN
+		IF bitpress_check_scoring(scoring, codebook) THEN
+			RAISE EXCEPTION 'asymmetric scoring needs a codebook with reconstruction levels'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
 		RETURN QUERY EXECUTE format(
 			'SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2', rel, code_column)
 			USING binarize(query), k;
+	ELSIF bitpress_check_scoring(scoring, codebook) THEN
+		-- every code scored against the float query
+		RETURN QUERY EXECUTE format(
+			'SELECT t.* FROM %s t ORDER BY bitpress_score(t.%I, $1, $2) DESC LIMIT $3', rel, code_column)
+			USING query, codebook, k;
 	ELSE
-		-- no full vectors: rerank the Hamming candidates by the asymmetric score
+		-- Hamming candidates, reranked by the asymmetric score
 		RETURN QUERY EXECUTE format(
 			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
 			'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
@@ -130,5 +166,5 @@ BEGIN
 	END IF;
 END $$;
 
-COMMENT ON FUNCTION bitpress_knn_codes(anyelement, text, vector, integer, integer, text) IS
-	'k nearest rows from codes alone: Hamming top k*oversample, reranked by the asymmetric score of the codebook (no full vectors needed)';
+COMMENT ON FUNCTION bitpress_knn_codes(anyelement, text, vector, integer, integer, text, text) IS
+	'k nearest rows from codes alone (no full vectors): Hamming top k*oversample reranked by the codebook''s asymmetric score, or with scoring => ''asymmetric'' every code scored';

@@ -7,7 +7,7 @@ import pytest
 from bitpress import cli, errors
 from bitpress import evaluate as ev
 
-from conftest import SHARED_DATA
+from conftest import load_shared
 
 KEYS = {"method", "bits", "bytes", "compression", "recall_at_10", "recall_at_10_oversample_2",
         "recall_at_10_oversample_4", "recall_at_10_oversample_10", "ms_per_query"}
@@ -45,9 +45,9 @@ def test_holdout_and_exact_ground_truth(minilm):
 
 
 def test_exact_topk_matches_the_shared_ground_truth():
-    corpus = np.load(SHARED_DATA / "pypi-minilm" / "corpus.npy")
-    queries = np.load(SHARED_DATA / "pypi-minilm" / "queries.npy")[:5]
-    gt = np.load(SHARED_DATA / "pypi-minilm" / "gt_top100.npy")[:5, :10]
+    corpus = load_shared("pypi-minilm", "corpus.npy")
+    queries = load_shared("pypi-minilm", "queries.npy")[:5]
+    gt = load_shared("pypi-minilm", "gt_top100.npy")[:5, :10]
     found = ev.exact_topk(corpus, queries, 10)
     for f, g in zip(found, gt):
         assert set(f.tolist()) == set(g.tolist())

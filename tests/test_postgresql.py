@@ -199,8 +199,9 @@ CATALOG = {
     # k-NN helpers and functions raise on NULL arguments instead of returning nothing
     "bitpress_check_knn(integer,integer)": ("i", False, "s"),
     "bitpress_relation(anyelement)": ("s", False, "s"),
-    "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text)": ("s", False, "r"),
-    "bitpress_knn_codes(anyelement,text,vector,integer,integer,text)": ("s", False, "r"),
+    "bitpress_check_scoring(text,text)": ("i", False, "s"),
+    "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text,text)": ("s", False, "r"),
+    "bitpress_knn_codes(anyelement,text,vector,integer,integer,text,text)": ("s", False, "r"),
 }
 
 

@@ -102,6 +102,26 @@ def test_codes_alone_use_the_asymmetric_score(pg_books, duck_books, minilm):
     got_pg = [r["id"] for r in search(pg_books, "items", q, K, vector_column=None, codebook="docs")]
     got_duck = [r["id"] for r in search(duck_books, "items", q, K, vector_column=None, codebook="docs")]
     assert len(set(got_pg) & set(want)) >= K - 1 and len(set(got_duck) & set(want)) >= K - 1
+    # scoring => 'asymmetric': every code scored against the float query (codes alone), or the
+    # top k*oversample by score reranked exactly on the vectors; the same rows in both engines
+    s_all = kernels.asymmetric_scores(cb, q, codes)
+    order = np.lexsort((np.arange(len(s_all)), -s_all))
+    want_codes = list(order[:K])
+    pool = order[:K * OVERSAMPLE]
+    cos = x[pool] @ q / np.linalg.norm(x[pool], axis=1)
+    want_knn = list(pool[np.argsort(-cos, kind="stable")][:K])
+    for conn in (pg_books, duck_books):
+        got = [r["id"] for r in search(conn, "items", q, K, vector_column=None, codebook="docs", scoring="asymmetric")]
+        assert got == want_codes
+        got = [r["id"] for r in search(conn, "items", q, K, vector_column="v", codebook="docs", scoring="asymmetric")]
+        assert got == want_knn
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs a codebook"):
+        pg_books.execute("SELECT * FROM bitpress_knn(NULL::items, 'code', 'v', %s, 5, scoring => 'asymmetric')", (q,))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="scoring must be hamming or asymmetric"):
+        pg_books.execute("SELECT * FROM bitpress_knn_codes(NULL::items, 'code', %s, 5, scoring => 'cosine')", (q,))
+    import duckdb
+    with pytest.raises(duckdb.Error, match="scoring must be hamming or asymmetric"):
+        duck_books.execute("SELECT * FROM bitpress_knn('items', 'code', 'v', ?::FLOAT[], 5, scoring := 'x')", [q.tolist()]).fetchall()
     # and without a codebook: plain Hamming order of sign codes
     pg_books.execute("UPDATE items SET code = binarize(v)")
     got = [r["id"] for r in search(pg_books, "items", q, 5, vector_column=None)]

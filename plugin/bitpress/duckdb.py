@@ -26,10 +26,23 @@ CREATE OR REPLACE TEMP MACRO binarize(v) AS bitpress_binarize_sign(CAST(v AS FLO
         ELSE bitpress_binarize(CAST(v AS FLOAT[]), CAST(thresholds_or_codebook AS FLOAT[])) END,
     (v, codebook, version) AS bitpress_encode(CAST(v AS FLOAT[]), codebook, CAST(version AS INTEGER))
 """, """
-CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook) AS
-        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, 0),
-    (code, query, codebook, version) AS
-        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, CAST(version AS INTEGER))
+CREATE OR REPLACE TEMP MACRO bitpress_stamp(codebook, version, books := 'bitpress.codebooks') AS
+    -- "version:hash of params" of a stored codebook, looked up once per query, so the scoring
+    -- function can trust its cache for the whole query without asking the table per batch.
+    -- `books` is a parameter (always bitpress.codebooks) so that DuckDB binds the table when
+    -- the macro is used, not when it is created (before any migration)
+    coalesce((SELECT CAST(c.version AS VARCHAR) || ':' || CAST(hash(c.params) AS VARCHAR)
+              FROM query_table(books) c  -- a parameter: bound when used, after migration
+              WHERE c.name = codebook AND (version = 0 OR c.version = version)
+              ORDER BY c.version DESC LIMIT 1),
+             error('codebook "' || codebook || '"' ||
+                   CASE WHEN version = 0 THEN '' ELSE ' version ' || version END || ' does not exist'))
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook, books := 'bitpress.codebooks') AS
+        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, bitpress_stamp(codebook, 0, books := books)),
+    (code, query, codebook, version, books := 'bitpress.codebooks') AS
+        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook,
+                           bitpress_stamp(codebook, CAST(version AS INTEGER), books := books))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
     CASE WHEN k IS NULL OR k < 1 THEN error('k must be at least 1, got ' || coalesce(k::VARCHAR, 'NULL'))
@@ -43,13 +56,28 @@ CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample)
     CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(query)
          ELSE binarize(query, CAST(codebook AS VARCHAR)) END
 """, """
+CREATE OR REPLACE TEMP MACRO bitpress_scoring(scoring) AS
+    CASE WHEN scoring IN ('hamming', 'asymmetric') THEN scoring
+         ELSE error('scoring must be hamming or asymmetric, got ' || coalesce(scoring, 'NULL')) END
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_rank(code, query, codebook, k, oversample, scoring) AS
+    -- stage-1 order of a code: Hamming distance to the query's code, or minus the asymmetric score
+    -- (stamp '': the codebook is looked up per batch, so that this macro binds without the
+    -- bitpress.codebooks table when only Hamming ranking is used)
+    CASE WHEN bitpress_scoring(scoring) = 'asymmetric'
+         THEN -bitpress_score_udf(code, CAST(query AS FLOAT[]),
+                                  coalesce((SELECT CAST(codebook AS VARCHAR) WHERE bitpress_pool(k, oversample) > 0),
+                                           error('asymmetric scoring needs a codebook with reconstruction levels')),
+                                  '')
+         ELSE hamming(code, (SELECT bitpress_query_code(query, codebook, k, oversample))) END
+""", """
 CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query, k,
-        oversample := 4, codebook := NULL, metric := 'cosine') AS TABLE
+        oversample := 4, codebook := NULL, metric := 'cosine', scoring := 'hamming') AS TABLE
     SELECT * EXCLUDE (_bitpress_v) FROM (
         SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
         FROM (SELECT * FROM query_table(tbl)
-              ORDER BY hamming(COLUMNS(lambda c: c = code_column),
-                               (SELECT bitpress_query_code(query, codebook, k, oversample)))
+              ORDER BY bitpress_rank(COLUMNS(lambda c: c = code_column), query, codebook, k, oversample,
+                                     scoring)
               LIMIT greatest(CAST(k AS BIGINT) * oversample, 1)))
     ORDER BY CASE metric
         WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
@@ -59,13 +87,15 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query
     LIMIT greatest(k, 1)  -- not k: DuckDB skips a LIMIT 0 plan without running the checks
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
-        oversample := 4, codebook := NULL) AS TABLE
+        oversample := 4, codebook := NULL, scoring := 'hamming') AS TABLE
     SELECT * FROM (SELECT * FROM query_table(tbl)
-                   ORDER BY hamming(COLUMNS(lambda c: c = code_column),
-                                    (SELECT bitpress_query_code(query, codebook, k, oversample)))
-                   LIMIT greatest(CAST(k AS BIGINT) * CASE WHEN codebook IS NULL THEN 1 ELSE oversample END, 1))
-    ORDER BY CASE WHEN codebook IS NULL THEN 0
-                  ELSE -bitpress_score(COLUMNS(lambda c: c = code_column), query, codebook) END
+                   ORDER BY bitpress_rank(COLUMNS(lambda c: c = code_column), query, codebook, k,
+                                          oversample, scoring)
+                   LIMIT greatest(CAST(k AS BIGINT) *
+                                  CASE WHEN codebook IS NULL OR scoring = 'asymmetric' THEN 1 ELSE oversample END, 1))
+    ORDER BY CASE WHEN codebook IS NULL OR scoring = 'asymmetric' THEN 0
+                  ELSE -bitpress_score_udf(COLUMNS(lambda c: c = code_column), CAST(query AS FLOAT[]),
+                                           CAST(codebook AS VARCHAR), '') END
     LIMIT greatest(k, 1)
 """]
 
@@ -185,9 +215,17 @@ class _Codebooks:
         self.con = con
         self.cache = {}
 
-    def get(self, name, version):
-        from .codebook import Codebook
-
+    def get(self, name, version, stamp=None):
+        """The stored form of codebook ``name`` (``version`` 0: the latest). With ``stamp``
+        ("version:hash", computed once per query by the bitpress_stamp macro) a cached copy
+        with that stamp is used without asking the table."""
+        if stamp is not None:
+            hit = self.cache.get((name, "stamp", stamp))
+            if hit is not None:
+                return hit
+            blob = self.get(name, int(stamp.split(":")[0]))
+            self.cache[(name, "stamp", stamp)] = blob
+            return blob
         cur = self.con.cursor()
         try:
             q = "SELECT version, CAST(created_at AS VARCHAR) FROM bitpress.codebooks WHERE name = ?"
@@ -224,10 +262,10 @@ class _Codebooks:
 
 def _groups(*cols):
     """Row indices per distinct combination of the given (constant-ish) Arrow columns."""
+    n = len(cols[0])
+    if n and all(len(c.unique()) == 1 for c in cols):  # the usual case: constants (C++ check)
+        return {tuple(c[0].as_py() for c in cols): np.arange(n)}
     keys = list(zip(*(c.to_pylist() for c in cols)))
-    first = keys[0] if keys else None
-    if all(k == first for k in keys):
-        return {first: np.arange(len(keys))}
     out = {}
     for i, k in enumerate(keys):
         out.setdefault(k, []).append(i)
@@ -256,15 +294,15 @@ def _encode_batch(books, v, name, version):
     return _codes_array(out, n)
 
 
-def _score_batch(books, code, q, name, version):
+def _score_batch(books, code, q, name, stamp):
     from .kernels import asymmetric_scores
 
     data, offsets, lengths = _binary_rows(code)
     qvalues, qoffsets, qlengths = _list_rows(q, "query")
     n = len(lengths)
     out = np.empty(n, dtype=np.float64)
-    for (nm, ver), rows in _groups(name, version).items():
-        blob = books.get(nm, ver)
+    for (nm, st), rows in _groups(name, stamp).items():
+        blob = books.get(nm, 0, st or None)
         dims, _, bits, _ = _core.codebook_shape(blob)
         nbytes = (bits + 7) // 8
         bad = rows[lengths[rows] != nbytes]
@@ -273,11 +311,16 @@ def _score_batch(books, code, q, name, version):
         bad = rows[qlengths[rows] != dims]
         if len(bad):
             _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(qlengths[bad[0]]), dims)
+        start = offsets[rows[0]]
+        if np.array_equal(offsets[rows], start + nbytes * np.arange(len(rows))):  # contiguous
+            codes = data[start:start + nbytes * len(rows)].reshape(len(rows), nbytes)
+        else:
+            codes = data[np.add.outer(offsets[rows], np.arange(nbytes))]
+        first = qoffsets[rows[0]]
+        q0 = qvalues[first:first + dims]
         qs = _gather(qvalues, qoffsets, rows, dims)
-        codes = np.stack([data[offsets[r]:offsets[r] + nbytes] for r in rows]) if len(rows) else None
-        same = (qs == qs[0]).all()
-        if same:  # one query for the batch: one lookup table
-            out[rows] = asymmetric_scores(blob, qs[0], codes)
+        if (qs == q0).all():  # one query for the batch: one lookup table
+            out[rows] = asymmetric_scores(blob, q0, codes)
         else:
             for i, r in enumerate(rows):
                 out[r] = asymmetric_scores(blob, qs[i], codes[i])[0]
@@ -311,8 +354,8 @@ def register(con):
                         type="arrow", side_effects=False)
     con.create_function("bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
                         ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", type="arrow", side_effects=False)
-    con.create_function("bitpress_score_udf", lambda c, q, n, ver: _score_batch(books, c, q, n, ver),
-                        ["BLOB", "FLOAT[]", "VARCHAR", "INTEGER"], "DOUBLE", type="arrow",
+    con.create_function("bitpress_score_udf", lambda c, q, n, st: _score_batch(books, c, q, n, st),
+                        ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR"], "DOUBLE", type="arrow",
                         side_effects=False)
     for macro in _MACROS:
         con.execute(macro)

@@ -21,16 +21,26 @@ def _check(k, oversample, metric):
         raise errors.InvalidParameterError(f"metric must be cosine, ip or l2, got {metric!r}")
 
 
+def _check_scoring(scoring, codebook):
+    if scoring not in ("hamming", "asymmetric"):
+        raise errors.InvalidParameterError(f"scoring must be hamming or asymmetric, got {scoring!r}")
+    if scoring == "asymmetric" and codebook is None:
+        raise errors.InvalidParameterError("asymmetric scoring needs a codebook with reconstruction levels")
+
+
 def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_column: str = "code",
            vector_column: str | None = "embedding", codebook: str | None = None,
-           metric: str = "cosine") -> list[dict]:
+           metric: str = "cosine", scoring: str = "hamming") -> list[dict]:
     """The k rows of ``table`` nearest ``query``, best first, as dicts of column -> value.
 
     ``conn`` is a psycopg connection (bitpress extension created) or a DuckDB connection
     (``bitpress.duckdb.register`` done). ``codebook`` names the stored codebook the codes were
-    made with (None: sign codes, ``binarize(v)``).
+    made with (None: sign codes, ``binarize(v)``). ``scoring="asymmetric"`` picks the
+    candidates by the codebook's asymmetric score of the float query instead of Hamming
+    distance (with ``vector_column=None``: every code is scored, no Hamming stage).
     """
     _check(k, oversample, metric)
+    _check_scoring(scoring, codebook)
     q = np.asarray(query, dtype=np.float32)
     if q.ndim != 1:
         raise errors.BitpressError("query must be one vector (1-D)")
@@ -39,21 +49,21 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
 
         t, _ = _quoted(conn, table, code_column)
         if vector_column is None:
-            stmt = sql.SQL("SELECT * FROM bitpress_knn_codes(NULL::{t}, %s, %s::real[]::vector, %s, %s, %s)").format(t=t)
-            args = (code_column, q.tolist(), k, oversample, codebook)
+            stmt = sql.SQL("SELECT * FROM bitpress_knn_codes(NULL::{t}, %s, %s::real[]::vector, %s, %s, %s, %s)").format(t=t)
+            args = (code_column, q.tolist(), k, oversample, codebook, scoring)
         else:
-            stmt = sql.SQL("SELECT * FROM bitpress_knn(NULL::{t}, %s, %s, %s::real[]::vector, %s, %s, %s, %s)").format(t=t)
-            args = (code_column, vector_column, q.tolist(), k, oversample, codebook, metric)
+            stmt = sql.SQL("SELECT * FROM bitpress_knn(NULL::{t}, %s, %s, %s::real[]::vector, %s, %s, %s, %s, %s)").format(t=t)
+            args = (code_column, vector_column, q.tolist(), k, oversample, codebook, metric, scoring)
         cur = conn.execute(stmt, args)
     else:
         if vector_column is None:
             stmt = ("SELECT * FROM bitpress_knn_codes(?, ?, ?::FLOAT[], ?, oversample := ?, "
-                    "codebook := ?::VARCHAR)")
-            args = [table, code_column, q.tolist(), k, oversample, codebook]
+                    "codebook := ?::VARCHAR, scoring := ?)")
+            args = [table, code_column, q.tolist(), k, oversample, codebook, scoring]
         else:
             stmt = ("SELECT * FROM bitpress_knn(?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
-                    "codebook := ?::VARCHAR, metric := ?)")
-            args = [table, code_column, vector_column, q.tolist(), k, oversample, codebook, metric]
+                    "codebook := ?::VARCHAR, metric := ?, scoring := ?)")
+            args = [table, code_column, vector_column, q.tolist(), k, oversample, codebook, metric, scoring]
         cur = conn.execute(stmt, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
