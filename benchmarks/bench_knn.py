@@ -169,6 +169,14 @@ def bench_duckdb(x, q, gt, nq, books, rows):
     con.close()
 
 
+def print_table(rows):
+    print(f"{'engine':<11} {'method':<32} {'recall@10':>9} {'ms/query':>9} {'vs exact':>9}  notes")
+    print("-" * 96)
+    for r in rows:
+        print(f"{r['engine']:<11} {r['method']:<32} {r['recall_at_10']:>9.3f} {r['ms_per_query']:>9.2f} "
+              f"{r['vs_exact']:>8.2f}x  {r['notes']}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--queries", type=int, default=30, help="queries timed per method (median)")
@@ -189,11 +197,7 @@ def main(argv=None):
     for r in rows:
         base = next(b for b in rows if b["engine"] == r["engine"] and b["method"] == "exact")
         r["vs_exact"] = base["ms_per_query"] / r["ms_per_query"]
-    print(f"{'engine':<11} {'method':<26} {'recall@10':>9} {'ms/query':>9} {'vs exact':>9}  notes")
-    print("-" * 90)
-    for r in rows:
-        print(f"{r['engine']:<11} {r['method']:<26} {r['recall_at_10']:>9.3f} {r['ms_per_query']:>9.2f} "
-              f"{r['vs_exact']:>8.2f}x  {r['notes']}")
+    print_table(rows)
     print(f"50,000 x 384 real MiniLM vectors, {nq} queries, k=10, oversample 4; "
           f"wall time {time.perf_counter() - t0:.0f} s")
     if args.json:
