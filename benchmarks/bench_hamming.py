@@ -280,6 +280,9 @@ def copy_binary_rows(codes, bits, start):
     return rows.tobytes()
 
 
+SEGMENT_CODES = int(os.environ.get("BITPRESS_SEGMENT_CODES", "16384"))
+
+
 def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
     import psycopg
 
@@ -360,10 +363,27 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
             if got.get(i) != bitstring(codes[i], bits):
                 raise Mismatch(f"postgresql: code of row {i} differs from the generated code")
 
+        # the packed code store (segments of many codes per row, one C call each)
+        from bitpress import schema
+
+        schema.upgrade(conn)
+        conn.execute("SELECT bitpress_store_drop(name) FROM bitpress.code_stores WHERE name = 'bench'")
+        t0 = time.perf_counter()
+        conn.execute(f"SELECT bitpress_store_create('bench', '{table}', 'id', 'code', {SEGMENT_CODES})")
+        conn.execute("VACUUM (ANALYZE) bitpress.code_segments")
+        store_s = time.perf_counter() - t0
+        store_bytes = conn.execute("SELECT pg_total_relation_size('bitpress.code_segments')").fetchone()[0]
+        info_store = {"store_build_s": round(store_s, 2), "store_bytes": store_bytes,
+                      "store_vs_raw_codes": round(store_bytes / (n * nbytes), 3),
+                      "segment_codes": SEGMENT_CODES}
+        log(f"postgresql: store built in {store_s:.1f} s, {store_bytes / 1e6:.1f} MB on disk = "
+            f"{store_bytes / (n * nbytes):.2f}x the raw codes (ids take 4 or 8 bytes per code)")
+
         qbits = [bitstring(q, bits) for q in queries]
         sql = {
             "pgvector": f"SELECT id, code <~> %s::bit({bits}) AS d FROM {table} ORDER BY d LIMIT {K}",
             "bitpress": f"SELECT id, hamming(code, %s::bit({bits})) AS d FROM {table} ORDER BY d LIMIT {K}",
+            "bitpress_store": f"SELECT id, distance FROM bitpress_store_knn('bench', %s::varbit, {K})",
         }
         for name, q in sql.items():
             plan = conn.execute("EXPLAIN (COSTS OFF) " + q, [qbits[0]]).fetchall()
@@ -382,12 +402,16 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
         times = time_interleaved(fns, nq,
                                  after=lambda name, qi: truth.check(f"postgresql/{name}", qi, last[name]))
         for name in fns:
-            extra = {"simd": simd} if name == "bitpress" else {}
+            extra = {"simd": simd} if name.startswith("bitpress") else {}
+            if name == "bitpress_store":
+                extra.update(info_store)
             results.append(dict(
                 engine="postgresql", method=name, n=n, bits=bits, ms_per_query=median_ms(times[name]),
                 all_ms=[t * 1e3 for t in times[name]], load_s=round(load_s, 2), **info, **extra,
                 note=f"workers={info['max_parallel_workers_per_gather']}, jit={info['jit']}, "
-                     + (f"simd={simd}" if name == "bitpress" else f"pgvector {info['pgvector_version']}")))
+                     + (f"simd={simd}" if name.startswith("bitpress") else f"pgvector {info['pgvector_version']}")
+                     + (f", packed {SEGMENT_CODES}/segment, {info_store['store_vs_raw_codes']}x raw"
+                        if name == "bitpress_store" else "")))
     finally:
         if server is None and dsn is not None:  # an existing server: leave no table behind
             try:

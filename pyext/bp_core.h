@@ -195,4 +195,28 @@ size_t		bp_topk_smallest_f64(const double *keys, size_t n, size_t k, bp_topk_ent
 size_t		bp_hamming_topk(const uint8_t *q, const uint8_t *codes, size_t n, size_t nbytes,
 							size_t stride, size_t k, bp_topk_entry *heap);
 
+/* ---- packed code segments: many codes in one buffer, with their row ids ----
+ * Streaming Hamming k-NN over one segment of n codes (nbytes each, back to back) whose ids are
+ * n integers of id_width bytes (4 or 8) stored big-endian (as PostgreSQL's int4send / int8send
+ * write them; 4 when every id of the segment fits, which keeps ids to 4 bytes a code). Ids found in skip (sorted
+ * ascending, nskip of them) are ignored: rows changed since the segment was written. Pushes into
+ * heap (capacity k, *size entries) with key = distance and index = bp_id_key(id), so ties go to
+ * the lower id; bp_key_id turns an index back into the id. */
+static inline uint64_t
+bp_id_key(int64_t id)
+{
+	return (uint64_t) id ^ UINT64_C(0x8000000000000000);
+}
+
+static inline int64_t
+bp_key_id(uint64_t key)
+{
+	return (int64_t) (key ^ UINT64_C(0x8000000000000000));
+}
+
+void		bp_hamming_topk_segment(const uint8_t *q, const uint8_t *codes, const uint8_t *ids_be,
+									int id_width, size_t n, size_t nbytes,
+									const int64_t *skip, size_t nskip,
+									bp_topk_entry *heap, size_t *size, size_t k);
+
 #endif							/* BP_CORE_H */

@@ -125,3 +125,62 @@ bp_hamming_topk(const uint8_t *q, const uint8_t *codes, size_t n, size_t nbytes,
 	bp_topk_finish(heap, size);
 	return size;
 }
+
+static inline int64_t
+load_be(const uint8_t *p, int width)
+{
+	uint64_t	v = 0;
+
+	for (int i = 0; i < width; i++)
+		v = (v << 8) | p[i];
+	if (width == 4)
+		return (int64_t) (int32_t) (uint32_t) v;	/* sign-extend */
+	return (int64_t) v;
+}
+
+static int
+in_sorted(const int64_t *a, size_t n, int64_t x)
+{
+	size_t		lo = 0,
+				hi = n;
+
+	while (lo < hi)
+	{
+		size_t		mid = lo + (hi - lo) / 2;
+
+		if (a[mid] < x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && a[lo] == x;
+}
+
+void
+bp_hamming_topk_segment(const uint8_t *q, const uint8_t *codes, const uint8_t *ids_be,
+						int id_width, size_t n, size_t nbytes, const int64_t *skip, size_t nskip,
+						bp_topk_entry *heap, size_t *size, size_t k)
+{
+	uint64_t	dist[256];
+
+	if (k == 0)
+		return;
+	for (size_t start = 0; start < n; start += 256)
+	{
+		size_t		m = n - start < 256 ? n - start : 256;
+
+		bp_hamming_one_to_many(q, codes + start * nbytes, m, nbytes, nbytes, dist);
+		for (size_t i = 0; i < m; i++)
+		{
+			int64_t		id;
+
+			/* a candidate worse than the whole full heap cannot enter it (ties may: lower id) */
+			if (*size == k && (double) dist[i] > heap[0].key)
+				continue;
+			id = load_be(ids_be + (size_t) id_width * (start + i), id_width);
+			if (nskip && in_sorted(skip, nskip, id))
+				continue;
+			bp_topk_push(heap, size, k, (double) dist[i], bp_id_key(id));
+		}
+	}
+}

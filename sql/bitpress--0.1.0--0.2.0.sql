@@ -98,6 +98,20 @@ END $$;
 COMMENT ON FUNCTION bitpress_relation(anyelement) IS
 	'internal: the table whose row type the k-NN functions were given';
 
+CREATE FUNCTION bitpress_store_for(rel regclass, code_column text, OUT name text, OUT id_column text)
+	LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+	-- the packed code store following rel.code_column, if bitpress.code_stores exists and has one
+	IF to_regclass('bitpress.code_stores') IS NOT NULL THEN
+		EXECUTE 'SELECT c.name, c.id_column FROM bitpress.code_stores c '
+				'WHERE c.source = $1 AND c.code_column = $2 ORDER BY c.name LIMIT 1'
+			INTO name, id_column USING rel::text, code_column;
+	END IF;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_for(regclass, text) IS
+	'internal: the packed code store (name, id column) that follows a table''s code column, if any';
+
 CREATE FUNCTION bitpress_knn(rows anyelement, code_column text, vector_column text, query vector,
 							 k integer, oversample integer DEFAULT 4, codebook text DEFAULT NULL,
 							 metric text DEFAULT 'cosine', scoring text DEFAULT 'hamming')
@@ -107,6 +121,7 @@ DECLARE
 	pool bigint := bitpress_check_knn(k, oversample);
 	rel regclass := bitpress_relation(rows);
 	op text := CASE metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' WHEN 'l2' THEN '<->' END;
+	store record;
 BEGIN
 	IF op IS NULL THEN
 		RAISE EXCEPTION 'metric must be cosine, ip or l2, got %', coalesce(metric, 'NULL')
@@ -122,12 +137,23 @@ BEGIN
 			'ORDER BY c.%3$I %4$s $1 LIMIT $4', rel, code_column, vector_column, op)
 			USING query, codebook, pool, k;
 	ELSE
-		RETURN QUERY EXECUTE format(
-			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
-			'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
-			'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
-			USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
-				  pool, query, k;
+		store := bitpress_store_for(rel, code_column);
+		IF store.name IS NOT NULL THEN
+			-- a packed code store follows this column: stage 1 is one C scan of its segments
+			RETURN QUERY EXECUTE format(
+				'SELECT c.* FROM %1$s c WHERE c.%2$I = ANY (ARRAY('
+				'SELECT s.id FROM bitpress_store_knn($5, $1, $2::integer) s)) '
+				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, store.id_column, vector_column, op)
+				USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
+					  pool, query, k, store.name;
+		ELSE
+			RETURN QUERY EXECUTE format(
+				'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+				'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
+				USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
+					  pool, query, k;
+		END IF;
 	END IF;
 END $$;
 
@@ -168,3 +194,137 @@ END $$;
 
 COMMENT ON FUNCTION bitpress_knn_codes(anyelement, text, vector, integer, integer, text, text) IS
 	'k nearest rows from codes alone (no full vectors): Hamming top k*oversample reranked by the codebook''s asymmetric score, or with scoring => ''asymmetric'' every code scored';
+
+-- packed code stores --------------------------------------------------------------------------
+-- The codes of a table's column, packed many per row in bitpress.code_segments (tables made by
+-- `bitpress migrate`), kept exact under inserts, updates and deletes by statement triggers that
+-- write bitpress.code_delta; bitpress_store_knn scans them with one C call per segment.
+
+CREATE FUNCTION bitpress_store_knn(store text, query varbit, k integer)
+	RETURNS TABLE (id bigint, distance integer)
+	AS 'MODULE_PATHNAME', 'store_knn'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE ROWS 10;
+
+COMMENT ON FUNCTION bitpress_store_knn(text, varbit, integer) IS
+	'exact Hamming k-NN over a packed code store: the k ids nearest the query code, ascending by (distance, id)';
+
+CREATE FUNCTION bitpress_store_rebuild(store text) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+	s bitpress.code_stores;
+	n bigint;
+BEGIN
+	-- one rebuild at a time per store; writers of the source table are never blocked
+	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = store FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	-- Order matters under READ COMMITTED (each statement its own snapshot): the delta is cleared
+	-- first, so a change committed before the segments are read is either in the segments or
+	-- still in the delta (which overrides them); never lost.
+	DELETE FROM bitpress.code_delta d WHERE d.store = s.name;
+	DELETE FROM bitpress.code_segments g WHERE g.store = s.name;
+	-- ids: 4 bytes each (int4send) when the whole segment fits in int4, else 8 (int8send); the
+	-- C scan tells them apart by length
+	EXECUTE format(
+		'INSERT INTO bitpress.code_segments (store, segment, n, ids, codes) '
+		'SELECT $1, seg, count(*), '
+		'       string_agg(CASE WHEN narrow THEN int4send(i::integer) ELSE int8send(i) END, '
+		'                  ''''::bytea ORDER BY r), '
+		'       string_agg(c, ''''::bytea ORDER BY r) '
+		'FROM (SELECT i, c, r, (r - 1) / $2 AS seg, '
+		'             bool_and(i BETWEEN -2147483648 AND 2147483647) OVER (PARTITION BY (r - 1) / $2) AS narrow '
+		'      FROM (SELECT t.%1$I::bigint AS i, code_bytes(t.%2$I) AS c, '
+		'                   row_number() OVER (ORDER BY t.%1$I) AS r '
+		'            FROM %3$s t WHERE t.%2$I IS NOT NULL) x) y '
+		'GROUP BY seg', s.id_column, s.code_column, s.source)
+		USING s.name, s.segment_codes;
+	SELECT coalesce(sum(g.n), 0) INTO n FROM bitpress.code_segments g WHERE g.store = s.name;
+	RETURN n;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_rebuild(text) IS
+	'rewrite a code store''s segments from its table and fold the delta in; returns the number of codes';
+
+CREATE FUNCTION bitpress_store_track() RETURNS trigger
+	LANGUAGE plpgsql AS $$
+DECLARE
+	s bitpress.code_stores;
+BEGIN
+	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = TG_ARGV[0];
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	IF TG_OP IN ('UPDATE', 'DELETE') THEN
+		EXECUTE format('INSERT INTO bitpress.code_delta (store, id, code) '
+					   'SELECT $1, o.%I::bigint, NULL FROM old_rows o', s.id_column) USING s.name;
+	END IF;
+	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		EXECUTE format('INSERT INTO bitpress.code_delta (store, id, code) '
+					   'SELECT $1, n.%1$I::bigint, code_bytes(n.%2$I) FROM new_rows n '
+					   'WHERE n.%2$I IS NOT NULL', s.id_column, s.code_column) USING s.name;
+	END IF;
+	RETURN NULL;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_track() IS
+	'internal: statement trigger that records a code store''s changed rows in bitpress.code_delta';
+
+CREATE FUNCTION bitpress_store_create(store text, source regclass, id_column text, code_column text,
+									  segment_codes integer DEFAULT 16384) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+	bits integer;
+	lens bigint;
+	trig text := 'bitpress_store_' || md5(store);
+BEGIN
+	IF segment_codes IS NULL OR segment_codes < 1 THEN
+		RAISE EXCEPTION 'segment_codes must be at least 1, got %', coalesce(segment_codes::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	EXECUTE format('SELECT min(length(t.%1$I)), count(DISTINCT length(t.%1$I)) FROM %2$s t', code_column, source)
+		INTO bits, lens;
+	IF bits IS NULL THEN
+		RAISE EXCEPTION 'column %.% holds no codes to size the store from', source, code_column
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF lens > 1 THEN
+		RAISE EXCEPTION 'column %.% holds codes of % different lengths', source, code_column, lens
+			USING ERRCODE = 'data_exception';
+	END IF;
+	INSERT INTO bitpress.code_stores (name, source, id_column, code_column, bits, segment_codes)
+		VALUES (store, source::text, id_column, code_column, bits, segment_codes);
+	EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_i', source, store);
+	EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_u', source, store);
+	EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_d', source, store);
+	RETURN bitpress_store_rebuild(store);
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_create(text, regclass, text, text, integer) IS
+	'create a packed code store over table.code_column (ids from id_column, unique bigint-castable), kept in sync by triggers; returns the number of codes';
+
+CREATE FUNCTION bitpress_store_drop(store text) RETURNS void
+	LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+	s bitpress.code_stores;
+	trig text := 'bitpress_store_' || md5(store);
+BEGIN
+	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = store;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	IF to_regclass(s.source) IS NOT NULL THEN
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_i', s.source);
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_u', s.source);
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_d', s.source);
+	END IF;
+	DELETE FROM bitpress.code_delta d WHERE d.store = s.name;
+	DELETE FROM bitpress.code_segments g WHERE g.store = s.name;
+	DELETE FROM bitpress.code_stores c WHERE c.name = s.name;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_drop(text) IS
+	'remove a code store, its segments, its delta and its triggers';

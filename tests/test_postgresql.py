@@ -200,6 +200,12 @@ CATALOG = {
     "bitpress_check_knn(integer,integer)": ("i", False, "s"),
     "bitpress_relation(anyelement)": ("s", False, "s"),
     "bitpress_check_scoring(text,text)": ("i", False, "s"),
+    "bitpress_store_for(regclass,text)": ("s", False, "s"),
+    "bitpress_store_knn(text,bit varying,integer)": ("s", True, "s"),
+    "bitpress_store_rebuild(text)": ("v", False, "u"),
+    "bitpress_store_track()": ("v", False, "u"),
+    "bitpress_store_create(text,regclass,text,text,integer)": ("v", False, "u"),
+    "bitpress_store_drop(text)": ("v", False, "u"),
     "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text,text)": ("s", False, "r"),
     "bitpress_knn_codes(anyelement,text,vector,integer,integer,text,text)": ("s", False, "r"),
 }
