@@ -97,6 +97,9 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
                   ELSE -bitpress_score_udf(COLUMNS(lambda c: c = code_column), CAST(query AS FLOAT[]),
                                            CAST(codebook AS VARCHAR), '') END
     LIMIT greatest(k, 1)
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_store_knn(store, query, k) AS TABLE
+    SELECT unnest(bitpress_store_knn_udf(store, CAST(query AS BLOB), CAST(k AS INTEGER)), recursive := true)
 """]
 
 
@@ -327,6 +330,26 @@ def _score_batch(books, code, q, name, stamp):
     return pa.array(out)
 
 
+_KNN_TYPE = pa.list_(pa.struct([("id", pa.int64()), ("distance", pa.int32())]))
+
+
+def _store_knn_batch(con, store, query, k):
+    """One k-NN per row (usually one row: constant arguments) over a packed store."""
+    from .stores import _duckdb_knn
+
+    out = []
+    for s, q, kk in zip(store.to_pylist(), query.to_pylist(), k.to_pylist()):
+        if kk is None or kk < 1:
+            raise errors.InvalidParameterError(f"k must be at least 1, got {kk}")
+        cur = con.cursor()
+        try:
+            rows = _duckdb_knn(con, s, np.frombuffer(q, dtype=np.uint8), kk, cursor=cur)
+        finally:
+            cur.close()
+        out.append([{"id": i, "distance": d} for i, d in rows])
+    return pa.array(out, type=_KNN_TYPE)
+
+
 def register(con):
     """Add bitpress's functions to a DuckDB connection; returns the connection.
 
@@ -341,7 +364,7 @@ def register(con):
     """
     books = _Codebooks(con)
     for name in ("bitpress_binarize_sign", "bitpress_binarize", "hamming", "bitpress_encode",
-                 "bitpress_score_udf"):
+                 "bitpress_score_udf", "bitpress_store_knn_udf"):
         try:
             con.remove_function(name)
         except Exception:  # not registered yet
@@ -357,6 +380,9 @@ def register(con):
     con.create_function("bitpress_score_udf", lambda c, q, n, st: _score_batch(books, c, q, n, st),
                         ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR"], "DOUBLE", type="arrow",
                         side_effects=False)
+    con.create_function("bitpress_store_knn_udf", lambda s_, q, k: _store_knn_batch(con, s_, q, k),
+                        ["VARCHAR", "BLOB", "INTEGER"], "STRUCT(id BIGINT, distance INTEGER)[]",
+                        type="arrow", side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
     return con

@@ -1,0 +1,171 @@
+"""Packed code stores: a table's codes kept as segments of many codes per row, scanned by one
+C call per segment with a bounded heap (exact Hamming k-NN at memory speed).
+
+PostgreSQL: ``bitpress_store_create(...)`` in SQL (this module calls it); statement triggers
+record every insert, update and delete in ``bitpress.code_delta``, which queries fold in, so a
+store is always exact. DuckDB has no triggers: a DuckDB store is a snapshot of the table when
+it was built, and ``rebuild()`` brings it up to date (``knn`` says so in its docs).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _core, errors
+from .tables import kind, quoted
+
+SEGMENT_CODES = 16384
+
+
+def create(conn, name: str, table: str, id_column: str, code_column: str,
+           segment_codes: int = SEGMENT_CODES) -> int:
+    """Creates store ``name`` over ``table.code_column`` (row ids from ``id_column``, unique
+    and bigint-castable); returns the number of codes stored."""
+    if kind(conn) == "pg":
+        return conn.execute("SELECT bitpress_store_create(%s, %s::regclass, %s, %s, %s)",
+                            (name, table, id_column, code_column, segment_codes)).fetchone()[0]
+    if isinstance(segment_codes, bool) or not isinstance(segment_codes, int) or segment_codes < 1:
+        raise errors.InvalidParameterError(f"segment_codes must be at least 1, got {segment_codes!r}")
+    # bits is set by the first rebuild (1 until then: the table's check wants a positive size)
+    conn.execute("INSERT INTO bitpress.code_stores (name, source, id_column, code_column, bits, segment_codes) "
+                 "VALUES (?, ?, ?, ?, 1, ?)", [name, table, id_column, code_column, segment_codes]).fetchall()
+    try:
+        return rebuild(conn, name)
+    except Exception:
+        conn.execute("DELETE FROM bitpress.code_stores WHERE name = ?", [name]).fetchall()
+        raise
+
+
+def _store(conn, name):
+    q = "SELECT source, id_column, code_column, bits, segment_codes FROM bitpress.code_stores WHERE name = "
+    rows = conn.execute(q + ("%s" if kind(conn) == "pg" else "?"), [name]).fetchall()
+    row = rows[0] if rows else None  # fetchall: DuckDB keeps a half-read result open
+    if row is None:
+        raise errors.UnknownCodebookError(f'code store "{name}" does not exist')
+    return row
+
+
+def rebuild(conn, name: str) -> int:
+    """Rewrites the segments from the table (and, in PostgreSQL, folds the delta in)."""
+    if kind(conn) == "pg":
+        return conn.execute("SELECT bitpress_store_rebuild(%s)", (name,)).fetchone()[0]
+    source, id_column, code_column, _, segment_codes = _store(conn, name)
+    t, c = quoted(conn, source, code_column)
+    _, i = quoted(conn, source, id_column)
+    rel = conn.sql(f"SELECT CAST({i} AS BIGINT), {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {i}")
+    arrow = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+    ids = arrow.column(0).to_numpy()
+    codes = arrow.column(1).combine_chunks()
+    n = len(ids)
+    if n == 0:
+        raise errors.InvalidParameterError(f"column {source}.{code_column} holds no codes")
+    offsets = np.frombuffer(codes.buffers()[1], dtype=np.int32)[codes.offset:codes.offset + n + 1]
+    lengths = np.unique(np.diff(offsets))
+    if len(lengths) != 1:
+        raise errors.CodeLengthMismatchError(
+            f"column {source}.{code_column} holds codes of {len(lengths)} different lengths")
+    nbytes = int(lengths[0])
+    if len(np.unique(ids)) != n:
+        raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
+    data = np.frombuffer(codes.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[0] + n * nbytes]
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("DELETE FROM bitpress.code_segments WHERE store = ?", [name]).fetchall()
+        for seg, start in enumerate(range(0, n, segment_codes)):
+            part = ids[start:start + segment_codes]
+            width = 4 if part.min() >= -2**31 and part.max() < 2**31 else 8
+            conn.execute("INSERT INTO bitpress.code_segments (store, segment, n, ids, codes) VALUES (?, ?, ?, ?, ?)",
+                         [name, seg, len(part), part.astype(f">i{width}").tobytes(),
+                          data[start * nbytes:(start + len(part)) * nbytes].tobytes()]).fetchall()
+        conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now() WHERE name = ?",
+                     [nbytes * 8, name]).fetchall()
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    _CACHE.pop((id(conn), name), None)
+    return n
+
+
+def drop(conn, name: str) -> None:
+    if kind(conn) == "pg":
+        conn.execute("SELECT bitpress_store_drop(%s)", (name,))
+        return
+    _store(conn, name)
+    for t in ("code_segments", "code_delta"):
+        conn.execute(f"DELETE FROM bitpress.{t} WHERE store = ?", [name]).fetchall()
+    conn.execute("DELETE FROM bitpress.code_stores WHERE name = ?", [name]).fetchall()
+
+
+# DuckDB: the segments of a store, held as two contiguous arrays, checked per query against
+# the store's created_at (which rebuild() bumps)
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+class _Packed:
+    def __init__(self, stamp, bits, ids, codes):
+        self.stamp, self.bits, self.ids, self.codes = stamp, bits, ids, codes
+
+
+def _packed(conn, name, cursor=None) -> _Packed:
+    cur = cursor or conn
+    rows = cur.execute("SELECT bits, CAST(created_at AS VARCHAR) FROM bitpress.code_stores WHERE name = ?",
+                       [name]).fetchall()
+    row = rows[0] if rows else None
+    if row is None:
+        raise errors.UnknownCodebookError(f'code store "{name}" does not exist')
+    bits, stamp = row
+    key = (id(conn), name)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit.stamp == stamp:
+            return hit
+    nbytes = (bits + 7) // 8
+    ids, codes = [], []
+    for n, idb, cb in cur.execute("SELECT n, ids, codes FROM bitpress.code_segments WHERE store = ? "
+                                  "ORDER BY segment", [name]).fetchall():
+        width = len(idb) // n if n else 8
+        if width not in (4, 8) or len(idb) != n * width or len(cb) != n * nbytes:
+            raise errors.BitpressError(f'code store "{name}": a segment\'s sizes do not match its {n} codes',
+                                       "XX001")
+        ids.append(np.frombuffer(idb, dtype=f">i{width}").astype(np.int64))
+        codes.append(np.frombuffer(cb, dtype=np.uint8).reshape(n, nbytes))
+    packed = _Packed(stamp, bits, np.concatenate(ids) if ids else np.empty(0, np.int64),
+                     np.concatenate(codes) if codes else np.empty((0, nbytes), np.uint8))
+    with _LOCK:
+        _CACHE[key] = packed
+    return packed
+
+
+def knn(conn, name: str, query_code, k: int) -> list[tuple[int, int]]:
+    """The k (id, distance) nearest ``query_code`` in store ``name``, ascending by (distance, id).
+
+    PostgreSQL: exact at all times (segments + delta). DuckDB: exact for the table as of the
+    last ``create``/``rebuild``.
+    """
+    from .kernels import _as_codes, _check_k
+
+    k = _check_k(k)
+    q = _as_codes(query_code, "query_code")
+    if kind(conn) == "pg":
+        return [tuple(r) for r in conn.execute(
+            "SELECT id, distance FROM bitpress_store_knn(%s, %s::varbit, %s)",
+            (name, "".join(format(b, "08b") for b in q.tobytes())[:_store(conn, name)[3]], k)).fetchall()]
+    return _duckdb_knn(conn, name, q, k)
+
+
+def _duckdb_knn(conn, name, q, k, cursor=None):
+    p = _packed(conn, name, cursor)
+    if q.shape[0] * 8 < p.bits or q.shape[0] != (p.bits + 7) // 8:
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, p.bits)
+    n = p.codes.shape[0]
+    if n == 0:
+        return []
+    idx = np.empty(min(k, n), dtype=np.int64)
+    dist = np.empty(min(k, n), dtype=np.float64)
+    # ties in Hamming distance go to the lower position, and positions follow ids (segments
+    # are written in id order), so the order is (distance, id) as in PostgreSQL
+    count = _core.hamming_topk_into(q, p.codes, n, p.codes.shape[1], k, idx, dist)
+    return [(int(p.ids[i]), int(d)) for i, d in zip(idx[:count], dist[:count])]
