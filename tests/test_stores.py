@@ -8,7 +8,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from bitpress import kernels, schema
+from bitpress import errors, kernels, schema
 
 BITS = 64  # short codes: many ties, so the (distance, id) order is exercised
 
@@ -191,3 +191,70 @@ def test_knn_uses_a_store_and_returns_the_same_rows(pg_books, duck_books, minilm
         want = list(np.lexsort((np.arange(len(d)), d))[:40])
         got = [r[0] for r in pg.execute("SELECT id FROM bitpress_store_knn('items_code', binarize(%s, 'docs'), 40)", (q,)).fetchall()]
         assert got == want
+
+
+def duck_items(duck, rng, n, first_id=0):
+    import pyarrow as pa
+
+    codes = rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8)
+    ids = np.arange(first_id, first_id + n) * 3 - 7
+    tbl = pa.table({"id": pa.array(ids, pa.int64()),
+                    "code": pa.array([c.tobytes() for c in codes], pa.binary())})
+    duck.register("tmp_in", tbl)
+    duck.execute("INSERT INTO items SELECT * FROM tmp_in")
+    duck.unregister("tmp_in")
+    return dict(zip(ids.tolist(), codes))
+
+
+def test_duckdb_store_is_exact_as_of_its_last_rebuild(duck_books):
+    import duckdb
+
+    from bitpress import stores
+
+    duck, rng = duck_books, np.random.default_rng(5)
+    duck.execute("CREATE TABLE items (id BIGINT, code BLOB)")
+    rows = duck_items(duck, rng, 3000)
+    assert stores.create(duck, "s", "items", "id", "code", 700) == 3000
+    assert duck.execute("SELECT count(*), sum(n) FROM bitpress.code_segments").fetchall() == [(5, 3000)]
+    for q in rng.integers(0, 256, (5, BITS // 8), dtype=np.uint8):
+        want = brute(rows, q, 30)
+        assert stores.knn(duck, "s", q, 30) == want
+        assert duck.execute("SELECT id, distance FROM bitpress_store_knn('s', ?, 30)", [q.tobytes()]).fetchall() == want
+    # no triggers in DuckDB: changes are seen after a rebuild, not before
+    new = duck_items(duck, rng, 100, first_id=2_000_000_000)
+    q = next(iter(new.values()))
+    assert stores.knn(duck, "s", q, 5) == brute(rows, q, 5)
+    rows.update(new)
+    assert stores.rebuild(duck, "s") == 3100
+    assert stores.knn(duck, "s", q, 5) == brute(rows, q, 5)
+    assert stores.knn(duck, "s", q, 1)[0][1] == 0
+    for sql, args, message in [
+        ("SELECT * FROM bitpress_store_knn('nope', ?, 3)", [q.tobytes()], 'code store "nope" does not exist'),
+        ("SELECT * FROM bitpress_store_knn('s', ?, 3)", [b"\x01"], "different bit lengths 8 and 64"),
+        ("SELECT * FROM bitpress_store_knn('s', ?, 0)", [q.tobytes()], "k must be at least 1, got 0"),
+    ]:
+        with pytest.raises(duckdb.Error, match=message):
+            duck.execute(sql, args).fetchall()
+    duck.execute("CREATE TABLE mixed AS SELECT * FROM (VALUES (1, '\\x01'::BLOB), (2, '\\x0102'::BLOB)) t(id, code)")
+    with pytest.raises(errors.CodeLengthMismatchError):
+        stores.create(duck, "m", "mixed", "id", "code")
+    assert duck.execute("SELECT count(*) FROM bitpress.code_stores WHERE name = 'm'").fetchall() == [(0,)]
+    stores.drop(duck, "s")
+    assert duck.execute("SELECT count(*) FROM bitpress.code_segments").fetchall() == [(0,)]
+
+
+def test_same_store_answers_in_both_engines(items, duck_books):
+    from bitpress import stores
+
+    pg, duck, rng = items, duck_books, np.random.default_rng(6)
+    rows = make_items(pg, rng, 2000)
+    duck.execute("CREATE TABLE items (id BIGINT, code BLOB)")
+    import pyarrow as pa
+    ids = sorted(rows)
+    duck.register("tmp_in", pa.table({"id": pa.array(ids, pa.int64()),
+                                      "code": pa.array([rows[i].tobytes() for i in ids], pa.binary())}))
+    duck.execute("INSERT INTO items SELECT * FROM tmp_in")
+    stores.create(pg, "s", "items", "id", "code", 256)
+    stores.create(duck, "s", "items", "id", "code", 256)
+    for q in rng.integers(0, 256, (5, BITS // 8), dtype=np.uint8):
+        assert stores.knn(pg, "s", q, 40) == stores.knn(duck, "s", q, 40) == brute(rows, q, 40)
