@@ -220,11 +220,18 @@ def test_duckdb_store_is_exact_as_of_its_last_rebuild(duck_books):
         want = brute(rows, q, 30)
         assert stores.knn(duck, "s", q, 30) == want
         assert duck.execute("SELECT id, distance FROM bitpress_store_knn('s', ?, 30)", [q.tobytes()]).fetchall() == want
-    # no triggers in DuckDB: changes are seen after a rebuild, not before
+    # no triggers in DuckDB: changes are seen after a rebuild, not before; check() notices them
+    assert stores.check(duck, "s")
     new = duck_items(duck, rng, 100, first_id=2_000_000_000)
-    q = next(iter(new.values()))
+    q = list(new.values())[1]  # (the first new row is zeroed below)
+    assert not stores.check(duck, "s")
     assert stores.knn(duck, "s", q, 5) == brute(rows, q, 5)
     rows.update(new)
+    assert stores.knn(duck, "s", q, 5, refresh=True) == brute(rows, q, 5)  # rebuilt first
+    assert stores.check(duck, "s")
+    duck.execute("UPDATE items SET code = ? WHERE id = ?", [bytes(BITS // 8), next(iter(new))])
+    assert not stores.check(duck, "s")
+    rows[next(iter(new))] = np.zeros(BITS // 8, np.uint8)
     assert stores.rebuild(duck, "s") == 3100
     assert stores.knn(duck, "s", q, 5) == brute(rows, q, 5)
     assert stores.knn(duck, "s", q, 1)[0][1] == 0

@@ -31,6 +31,9 @@ def upgrade():
         sa.Column("code_column", sa.Text, nullable=False),
         sa.Column("bits", sa.Integer, nullable=False),
         sa.Column("segment_codes", sa.Integer, nullable=False),
+        # DuckDB (no triggers): count and hash of the (id, code) pairs when the segments were
+        # written, so stores.check() can tell a stale store from a current one
+        sa.Column("fingerprint", sa.Text, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
                   server_default=sa.text("CURRENT_TIMESTAMP")),
         sa.CheckConstraint("bits > 0 AND segment_codes > 0", name="code_stores_shape_check"),

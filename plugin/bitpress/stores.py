@@ -78,14 +78,35 @@ def rebuild(conn, name: str) -> int:
             conn.execute("INSERT INTO bitpress.code_segments (store, segment, n, ids, codes) VALUES (?, ?, ?, ?, ?)",
                          [name, seg, len(part), part.astype(f">i{width}").tobytes(),
                           data[start * nbytes:(start + len(part)) * nbytes].tobytes()]).fetchall()
-        conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now() WHERE name = ?",
-                     [nbytes * 8, name]).fetchall()
+        conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ? "
+                     "WHERE name = ?", [nbytes * 8, _fingerprint(conn, source, id_column, code_column),
+                                        name]).fetchall()
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
     _CACHE.pop((id(conn), name), None)
     return n
+
+
+def _fingerprint(conn, source, id_column, code_column) -> str:
+    t, c = quoted(conn, source, code_column)
+    _, i = quoted(conn, source, id_column)
+    n, h = conn.execute(f"SELECT count({c}), bit_xor(hash(CAST({i} AS BIGINT), {c})) FROM {t} "
+                        f"WHERE {c} IS NOT NULL").fetchall()[0]
+    return f"{n}:{h}"
+
+
+def check(conn, name: str) -> bool:
+    """Whether the store still matches its table. PostgreSQL stores always do (triggers); a
+    DuckDB store is compared with the table by a count and hash of its (id, code) pairs, which
+    reads the whole code column (about 15 ms per million codes here)."""
+    if kind(conn) == "pg":
+        _store(conn, name)
+        return True
+    source, id_column, code_column, _, _ = _store(conn, name)
+    stored = conn.execute("SELECT fingerprint FROM bitpress.code_stores WHERE name = ?", [name]).fetchall()[0][0]
+    return stored == _fingerprint(conn, source, id_column, code_column)
 
 
 def drop(conn, name: str) -> None:
@@ -139,16 +160,19 @@ def _packed(conn, name, cursor=None) -> _Packed:
     return packed
 
 
-def knn(conn, name: str, query_code, k: int) -> list[tuple[int, int]]:
+def knn(conn, name: str, query_code, k: int, *, refresh: bool = False) -> list[tuple[int, int]]:
     """The k (id, distance) nearest ``query_code`` in store ``name``, ascending by (distance, id).
 
     PostgreSQL: exact at all times (segments + delta). DuckDB: exact for the table as of the
-    last ``create``/``rebuild``.
+    last ``create``/``rebuild``; with ``refresh=True`` the store is first checked against its
+    table (``check``) and rebuilt if the table changed, so the answer is exact now.
     """
     from .kernels import _as_codes, _check_k
 
     k = _check_k(k)
     q = _as_codes(query_code, "query_code")
+    if refresh and not check(conn, name):
+        rebuild(conn, name)
     if kind(conn) == "pg":
         return [tuple(r) for r in conn.execute(
             "SELECT id, distance FROM bitpress_store_knn(%s, %s::varbit, %s)",
