@@ -276,7 +276,7 @@ def bench_duckdb(codes, queries, nq, truth, bits, results, threads, chunk):
                                 note=f"threads={nthreads}" + (
                                     f", simd={bitpress.simd()}" if name.startswith("bitpress") else "")
                                 + (f", packed, segments cached (first query {first_ms:.0f} ms)"
-                                   if name == "bitpress_store" else "")))
+                                   if name.startswith("bitpress_store") else "")))
     finally:
         con.close()
 
@@ -299,6 +299,7 @@ def copy_binary_rows(codes, bits, start):
 
 
 SEGMENT_CODES = int(os.environ.get("BITPRESS_SEGMENT_CODES", "16384"))
+PARALLEL_WORKERS = 2  # bitpress_store_par: max_parallel_workers_per_gather (this machine: 2 cores)
 
 
 def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
@@ -409,6 +410,10 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
             log(f"postgresql plan [{name}]: {text}")
 
         last = {}
+        # the same store through bitpress_store_knn_parallel, in a session that allows workers
+        pconn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
+        pconn.execute(f"SET max_parallel_workers_per_gather = {PARALLEL_WORKERS}")
+        sql_par = f"SELECT id, distance FROM bitpress_store_knn_parallel('bench', %s::varbit, {K})"
 
         def method(name):
             def f(qi):
@@ -416,20 +421,24 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
             return f
 
         fns = {name: method(name) for name in sql}
+
+        def m_par(qi):
+            last["bitpress_store_par"] = pconn.execute(sql_par, [qbits[qi]]).fetchall()
+        fns["bitpress_store_par"] = m_par
         # the warm-up also reads the table into shared_buffers
         times = time_interleaved(fns, nq,
                                  after=lambda name, qi: truth.check(f"postgresql/{name}", qi, last[name]))
         for name in fns:
             extra = {"simd": simd} if name.startswith("bitpress") else {}
-            if name == "bitpress_store":
+            if name.startswith("bitpress_store"):
                 extra.update(info_store)
             results.append(dict(
                 engine="postgresql", method=name, n=n, bits=bits, ms_per_query=median_ms(times[name]),
                 all_ms=[t * 1e3 for t in times[name]], load_s=round(load_s, 2), **info, **extra,
-                note=f"workers={info['max_parallel_workers_per_gather']}, jit={info['jit']}, "
+                note=f"workers={PARALLEL_WORKERS if name == 'bitpress_store_par' else info['max_parallel_workers_per_gather']}, jit={info['jit']}, "
                      + (f"simd={simd}" if name.startswith("bitpress") else f"pgvector {info['pgvector_version']}")
                      + (f", packed {SEGMENT_CODES}/segment, {info_store['store_vs_raw_codes']}x raw"
-                        if name == "bitpress_store" else "")))
+                        if name.startswith("bitpress_store") else "")))
     finally:
         if server is None and dsn is not None:  # an existing server: leave no table behind
             try:

@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SIZES = [(1_000_000, 384, 3), (3_000_000, 384, 3), (10_000_000, 384, 3),
          (1_000_000, 256, 5), (1_000_000, 768, 5), (1_000_000, 1536, 5)]
-METHODS = ["pgvector", "bitpress", "bitpress_store", "bit_count_xor", "bitwise_count"]
+METHODS = ["pgvector", "bitpress", "bitpress_store", "bitpress_store_par", "bit_count_xor", "bitwise_count"]
 
 
 def main(argv=None):

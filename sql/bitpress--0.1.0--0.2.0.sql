@@ -328,3 +328,48 @@ END $$;
 
 COMMENT ON FUNCTION bitpress_store_drop(text) IS
 	'remove a code store, its segments, its delta and its triggers';
+
+CREATE FUNCTION bitpress_segment_knn(n integer, ids bytea, codes bytea, query varbit, k integer,
+									 skip bigint[])
+	RETURNS TABLE (id bigint, distance integer)
+	AS 'MODULE_PATHNAME', 'segment_knn'
+	-- COST: one call scans a whole segment (~0.2 ms), which is what makes workers worth starting
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 1000000 ROWS 10;
+
+COMMENT ON FUNCTION bitpress_segment_knn(integer, bytea, bytea, varbit, integer, bigint[]) IS
+	'the k best codes of one packed segment, ids in skip left out (for parallel store scans)';
+
+CREATE FUNCTION bitpress_store_knn_parallel(store text, query varbit, k integer)
+	RETURNS TABLE (id bigint, distance integer)
+	LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE ROWS 10
+	SET jit = off  -- the per-segment COST must not trigger JIT compilation of this plan
+	AS $$
+BEGIN
+	-- the same answer as bitpress_store_knn, as a plan whose segments PostgreSQL can split among
+	-- parallel workers (one C call per segment, in the target list so that each call is costed);
+	-- it pays off on large stores only: starting workers costs tens of milliseconds
+	IF k < 1 THEN
+		RAISE EXCEPTION 'k must be at least 1, got %', k USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM bitpress.code_stores c WHERE c.name = store) THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN QUERY
+	SELECT u.i, u.d FROM (
+		SELECT (x.r).id AS i, (x.r).distance AS d
+		FROM (SELECT bitpress_segment_knn(g.n, g.ids, g.codes, query, k,
+					(SELECT coalesce(array_agg(y.id ORDER BY y.id), '{}')
+					 FROM (SELECT DISTINCT e.id FROM bitpress.code_delta e WHERE e.store = $1) y)) AS r
+			  FROM bitpress.code_segments g WHERE g.store = $1) x
+		UNION ALL
+		SELECT e.id, hamming(code_from_bytes(e.code, length(query)), query)
+		FROM (SELECT DISTINCT ON (f.id) f.id, f.code FROM bitpress.code_delta f
+			  WHERE f.store = $1 ORDER BY f.id, f.seq DESC) e
+		WHERE e.code IS NOT NULL
+	) u
+	ORDER BY u.d, u.i
+	LIMIT k;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_knn_parallel(text, varbit, integer) IS
+	'bitpress_store_knn as a plan parallel workers can share (segments split among them); worth it on large stores';

@@ -206,6 +206,8 @@ CATALOG = {
     "bitpress_store_track()": ("v", False, "u"),
     "bitpress_store_create(text,regclass,text,text,integer)": ("v", False, "u"),
     "bitpress_store_drop(text)": ("v", False, "u"),
+    "bitpress_segment_knn(integer,bytea,bytea,bit varying,integer,bigint[])": ("i", True, "s"),
+    "bitpress_store_knn_parallel(text,bit varying,integer)": ("s", True, "s"),
     "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text,text)": ("s", False, "r"),
     "bitpress_knn_codes(anyelement,text,vector,integer,integer,text,text)": ("s", False, "r"),
 }

@@ -35,8 +35,12 @@ def brute(rows, q, k):
 
 
 def store_knn(pg, q, k, store="s"):
-    return [tuple(r) for r in pg.execute("SELECT id, distance FROM bitpress_store_knn(%s, %s::varbit, %s)",
-                                         (store, bitstrings([q])[0], k)).fetchall()]
+    """bitpress_store_knn, after checking that the parallel form gives the same rows."""
+    args = (store, bitstrings([q])[0], k)
+    got = [tuple(r) for r in pg.execute("SELECT id, distance FROM bitpress_store_knn(%s, %s::varbit, %s)", args).fetchall()]
+    par = [tuple(r) for r in pg.execute("SELECT id, distance FROM bitpress_store_knn_parallel(%s, %s::varbit, %s)", args).fetchall()]
+    assert par == got
+    return got
 
 
 @pytest.fixture

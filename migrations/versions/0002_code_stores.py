@@ -64,6 +64,9 @@ def upgrade():
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE bitpress.code_segments ALTER COLUMN codes SET STORAGE EXTERNAL, "
                    "ALTER COLUMN ids SET STORAGE EXTERNAL")
+        # segment rows are small (their bytes live in TOAST): spread them over pages (fillfactor)
+        # so that parallel workers can split them (bitpress_store_knn_parallel)
+        op.execute("ALTER TABLE bitpress.code_segments SET (fillfactor = 10)")
 
 
 def downgrade():

@@ -11,6 +11,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
@@ -145,6 +146,74 @@ store_knn(PG_FUNCTION_ARGS)
 	SPI_cursor_close(portal);
 	SPI_finish();
 
+	bp_topk_finish(heap, size);
+	for (size_t i = 0; i < size; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = Int64GetDatum(bp_key_id(heap[i].index));
+		values[1] = Int32GetDatum((int32) heap[i].key);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * bitpress_segment_knn(n, ids, codes, query, k, skip bigint[]): the k best of one segment, for
+ * plans that hand segments to parallel workers (bitpress_store_knn_parallel).
+ */
+PG_FUNCTION_INFO_V1(segment_knn);
+Datum
+segment_knn(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32		n = PG_GETARG_INT32(0);
+	bytea	   *ids = PG_GETARG_BYTEA_PP(1);
+	bytea	   *codes = PG_GETARG_BYTEA_PP(2);
+	VarBit	   *query = PG_GETARG_VARBIT_P(3);
+	int32		k = PG_GETARG_INT32(4);
+	ArrayType  *skip_arr = PG_GETARG_ARRAYTYPE_P(5);
+	size_t		nbytes = VARBITBYTES(query);
+	size_t		idlen = VARSIZE_ANY_EXHDR(ids);
+	int			id_width = n > 0 && idlen == (size_t) n * 4 ? 4 : 8;
+	int64	   *skip = NULL;
+	int			nskip = 0;
+	bp_topk_entry *heap;
+	size_t		size = 0;
+
+	if (k < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("k must be at least 1, got %d", k)));
+	if (n < 0 || idlen != (size_t) n * id_width || VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
+	{
+		if (n > 0 && VARSIZE_ANY_EXHDR(codes) % (size_t) n == 0)
+			report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(query),
+				   (long long) (VARSIZE_ANY_EXHDR(codes) / (size_t) n) * 8);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("a code segment's sizes do not match its %d codes", n)));
+	}
+	if (ARR_ELEMTYPE(skip_arr) != INT8OID || ARR_NDIM(skip_arr) > 1 || array_contains_nulls(skip_arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("skip must be a one-dimensional bigint[] without NULLs, sorted ascending")));
+	if (ARR_NDIM(skip_arr) == 1)
+	{
+		nskip = ARR_DIMS(skip_arr)[0];
+		skip = (int64 *) ARR_DATA_PTR(skip_arr);
+		for (int i = 1; i < nskip; i++)
+			if (skip[i - 1] > skip[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("skip must be sorted ascending")));
+	}
+	InitMaterializedSRF(fcinfo, 0);
+	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
+	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
+							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
+							skip, (size_t) nskip, heap, &size, (size_t) k);
 	bp_topk_finish(heap, size);
 	for (size_t i = 0; i < size; i++)
 	{
