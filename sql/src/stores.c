@@ -30,6 +30,31 @@ cmp_int64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static void
+check_k(int32 k)
+{
+	if (k < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("k must be at least 1, got %d", k)));
+}
+
+/* The heap, sorted ascending by (distance, id), as the rows (id, distance) of an SRF result. */
+static void
+emit_heap(ReturnSetInfo *rsinfo, bp_topk_entry *heap, size_t size)
+{
+	bp_topk_finish(heap, size);
+	for (size_t i = 0; i < size; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = Int64GetDatum(bp_key_id(heap[i].index));
+		values[1] = Int32GetDatum((int32) heap[i].key);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+}
+
 PG_FUNCTION_INFO_V1(store_knn);
 Datum
 store_knn(PG_FUNCTION_ARGS)
@@ -51,10 +76,7 @@ store_knn(PG_FUNCTION_ARGS)
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext segcxt;
 
-	if (k < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("k must be at least 1, got %d", k)));
+	check_k(k);
 	InitMaterializedSRF(fcinfo, 0);
 	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
 	args[0] = CStringGetTextDatum(store);
@@ -146,16 +168,7 @@ store_knn(PG_FUNCTION_ARGS)
 	SPI_cursor_close(portal);
 	SPI_finish();
 
-	bp_topk_finish(heap, size);
-	for (size_t i = 0; i < size; i++)
-	{
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
-
-		values[0] = Int64GetDatum(bp_key_id(heap[i].index));
-		values[1] = Int32GetDatum((int32) heap[i].key);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+	emit_heap(rsinfo, heap, size);
 	return (Datum) 0;
 }
 
@@ -182,10 +195,7 @@ segment_knn(PG_FUNCTION_ARGS)
 	bp_topk_entry *heap;
 	size_t		size = 0;
 
-	if (k < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("k must be at least 1, got %d", k)));
+	check_k(k);
 	if (n < 0 || idlen != (size_t) n * id_width || VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
 	{
 		if (n > 0 && VARSIZE_ANY_EXHDR(codes) % (size_t) n == 0)
@@ -214,15 +224,6 @@ segment_knn(PG_FUNCTION_ARGS)
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
 							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
 							skip, (size_t) nskip, heap, &size, (size_t) k);
-	bp_topk_finish(heap, size);
-	for (size_t i = 0; i < size; i++)
-	{
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
-
-		values[0] = Int64GetDatum(bp_key_id(heap[i].index));
-		values[1] = Int32GetDatum((int32) heap[i].key);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+	emit_heap(rsinfo, heap, size);
 	return (Datum) 0;
 }
