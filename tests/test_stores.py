@@ -187,6 +187,13 @@ def test_knn_uses_a_store_and_returns_the_same_rows(pg_books, duck_books, minilm
     with_store = [[r[0] for r in pg.execute(sql, (q,)).fetchall()] for q in queries]
     agree = sum(a == b for a, b in zip(without, with_store))
     assert agree >= 6  # the rest differ only by rows tied at the pool's edge (see test_search)
+    # DuckDB: a store passed to search() gives the PostgreSQL store's rows
+    from bitpress import stores
+    from bitpress.search import search
+    stores.create(duck_books, "items_code", "items", "id", "code", 512)
+    for q, want in zip(queries, with_store):
+        got = [r["id"] for r in search(duck_books, "items", q, 10, vector_column="v", codebook="docs", store="items_code")]
+        assert got == want
     # the store's answer is exact: its pool equals brute-force Hamming under (distance, id)
     codes = kernels.encode(cb, minilm)
     for q in queries:

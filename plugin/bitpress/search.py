@@ -30,7 +30,7 @@ def _check_scoring(scoring, codebook):
 
 def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_column: str = "code",
            vector_column: str | None = "embedding", codebook: str | None = None,
-           metric: str = "cosine", scoring: str = "hamming") -> list[dict]:
+           metric: str = "cosine", scoring: str = "hamming", store: str | None = None) -> list[dict]:
     """The k rows of ``table`` nearest ``query``, best first, as dicts of column -> value.
 
     ``conn`` is a psycopg connection (bitpress extension created) or a DuckDB connection
@@ -38,6 +38,10 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
     made with (None: sign codes, ``binarize(v)``). ``scoring="asymmetric"`` picks the
     candidates by the codebook's asymmetric score of the float query instead of Hamming
     distance (with ``vector_column=None``: every code is scored, no Hamming stage).
+
+    ``store`` names a packed code store over ``table.code_column`` for the Hamming stage. In
+    PostgreSQL, ``bitpress_knn`` finds such a store by itself; in DuckDB the store is a
+    snapshot (see ``bitpress.stores``), so pass it explicitly.
     """
     _check(k, oversample, metric)
     _check_scoring(scoring, codebook)
@@ -55,6 +59,8 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
             stmt = sql.SQL("SELECT * FROM bitpress_knn(NULL::{t}, %s, %s, %s::real[]::vector, %s, %s, %s, %s, %s)").format(t=t)
             args = (code_column, vector_column, q.tolist(), k, oversample, codebook, metric, scoring)
         cur = conn.execute(stmt, args)
+    elif store is not None and vector_column is not None and scoring == "hamming":
+        cur = _duckdb_store_search(conn, table, q, k, oversample, store, vector_column, codebook, metric)
     else:
         if vector_column is None:
             stmt = ("SELECT * FROM bitpress_knn_codes(?, ?, ?::FLOAT[], ?, oversample := ?, "
@@ -67,3 +73,24 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
         cur = conn.execute(stmt, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+_DUCK_METRIC = {"cosine": "list_cosine_distance", "ip": "list_negative_inner_product", "l2": "list_distance"}
+
+
+def _duckdb_store_search(conn, table, q, k, oversample, store, vector_column, codebook, metric):
+    """DuckDB: the store's exact Hamming top k*oversample, then the exact rerank in SQL."""
+    from . import stores
+
+    source, id_column, code_column, _, _ = stores._store(conn, store)
+    if source != table:
+        raise errors.InvalidParameterError(f'code store "{store}" follows {source}, not {table}')
+    code = conn.execute("SELECT binarize(?::FLOAT[])" if codebook is None else
+                        "SELECT binarize(?::FLOAT[], ?::VARCHAR)",
+                        [q.tolist()] + ([] if codebook is None else [codebook])).fetchall()[0][0]
+    ids = [i for i, _ in stores.knn(conn, store, np.frombuffer(code, dtype=np.uint8), k * oversample)]
+    t, v = _quoted(conn, table, vector_column)
+    _, i = _quoted(conn, table, id_column)
+    return conn.execute(f"SELECT * FROM {t} WHERE {i} IN (SELECT unnest(?::BIGINT[])) "
+                        f"ORDER BY {_DUCK_METRIC[metric]}(CAST({v} AS FLOAT[]), ?::FLOAT[]), {i} LIMIT ?",
+                        [ids, q.tolist(), k])
