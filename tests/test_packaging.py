@@ -1,4 +1,5 @@
-"""One version everywhere, and no -march=native anywhere in what ships."""
+"""One version everywhere, no -march=native anywhere in what ships, and a wheel that carries
+what `bitpress pg install` and `bitpress migrate` need."""
 import re
 
 from conftest import ROOT
@@ -16,3 +17,27 @@ def test_no_march_native_in_builds():
     for path in ("setup.py", "sql/Makefile", "pyproject.toml"):
         text = (ROOT / path).read_text()
         assert not re.search(r"^[^#]*-march=native", text, re.M), path
+
+
+def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
+    """A wheel must carry sql/ + pyext/ (for `bitpress pg install`) and the Alembic migrations
+    (for `bitpress migrate`), since neither lives inside plugin/."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o", "results"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path / "wheels"), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    wheel, = (tmp_path / "wheels").glob("bitpress-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in ("bitpress/_pgsrc/sql/bitpress.sql", "bitpress/_pgsrc/sql/bitpress--0.1.0--0.2.0.sql",
+                 "bitpress/_pgsrc/sql/src/stores.c", "bitpress/_pgsrc/pyext/bp_codebook.c",
+                 "bitpress/_migrations/env.py", "bitpress/_migrations/versions/0001_codebooks.py",
+                 "bitpress/_migrations/versions/0002_code_stores.py", "bitpress/schema.py"):
+        assert path in names, path
+    assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)
