@@ -194,6 +194,10 @@ def test_knn_uses_a_store_and_returns_the_same_rows(pg_books, duck_books, minilm
     for q, want in zip(queries, with_store):
         got = [r["id"] for r in search(duck_books, "items", q, 10, vector_column="v", codebook="docs", store="items_code")]
         assert got == want
+        got = [r[0] for r in duck_books.execute(
+            "SELECT id FROM bitpress_knn_store('items', 'items_code', 'id', 'v', ?::FLOAT[], 10, codebook := 'docs')",
+            [q.tolist()]).fetchall()]
+        assert got == want
     # the store's answer is exact: its pool equals brute-force Hamming under (distance, id)
     codes = kernels.encode(cb, minilm)
     for q in queries:

@@ -98,6 +98,22 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
                                            CAST(codebook AS VARCHAR), '') END
     LIMIT greatest(k, 1)
 """, """
+CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_column, query, k,
+        oversample := 4, codebook := NULL, metric := 'cosine') AS TABLE
+    -- bitpress_knn with its Hamming stage taken from a packed code store over tbl
+    SELECT * EXCLUDE (_bitpress_v) FROM (
+        SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
+        FROM query_table(tbl)
+        WHERE COLUMNS(lambda c: c = id_column) IN (
+            SELECT id FROM bitpress_store_knn(store, (SELECT bitpress_query_code(query, codebook, k, oversample)),
+                                              greatest(CAST(k AS BIGINT) * oversample, 1))))
+    ORDER BY CASE metric
+        WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
+        WHEN 'ip' THEN list_negative_inner_product(_bitpress_v, CAST(query AS FLOAT[]))
+        WHEN 'l2' THEN list_distance(_bitpress_v, CAST(query AS FLOAT[]))
+        ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
+    LIMIT greatest(k, 1)
+""", """
 CREATE OR REPLACE TEMP MACRO bitpress_store_knn(store, query, k) AS TABLE
     SELECT unnest(bitpress_store_knn_udf(store, CAST(query AS BLOB), CAST(k AS INTEGER)), recursive := true)
 """]

@@ -75,22 +75,14 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-_DUCK_METRIC = {"cosine": "list_cosine_distance", "ip": "list_negative_inner_product", "l2": "list_distance"}
-
-
 def _duckdb_store_search(conn, table, q, k, oversample, store, vector_column, codebook, metric):
-    """DuckDB: the store's exact Hamming top k*oversample, then the exact rerank in SQL."""
+    """DuckDB: the bitpress_knn_store macro (the store's exact Hamming top k*oversample, then the
+    exact rerank)."""
     from . import stores
 
-    source, id_column, code_column, _, _ = stores._store(conn, store)
+    source, id_column, _, _, _ = stores._store(conn, store)
     if source != table:
         raise errors.InvalidParameterError(f'code store "{store}" follows {source}, not {table}')
-    code = conn.execute("SELECT binarize(?::FLOAT[])" if codebook is None else
-                        "SELECT binarize(?::FLOAT[], ?::VARCHAR)",
-                        [q.tolist()] + ([] if codebook is None else [codebook])).fetchall()[0][0]
-    ids = [i for i, _ in stores.knn(conn, store, np.frombuffer(code, dtype=np.uint8), k * oversample)]
-    t, v = _quoted(conn, table, vector_column)
-    _, i = _quoted(conn, table, id_column)
-    return conn.execute(f"SELECT * FROM {t} WHERE {i} IN (SELECT unnest(?::BIGINT[])) "
-                        f"ORDER BY {_DUCK_METRIC[metric]}(CAST({v} AS FLOAT[]), ?::FLOAT[]), {i} LIMIT ?",
-                        [ids, q.tolist(), k])
+    return conn.execute("SELECT * FROM bitpress_knn_store(?, ?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
+                        "codebook := ?::VARCHAR, metric := ?)",
+                        [table, store, id_column, vector_column, q.tolist(), k, oversample, codebook, metric])
