@@ -13,15 +13,10 @@ import numpy as np
 
 from . import errors
 from .codebook import Codebook
+from .tables import fetchall as _rows
 from .tables import kind as _kind
 
 TABLE = "bitpress.codebooks"
-
-
-def _rows(conn, query, params=()):
-    if _kind(conn) == "duckdb":
-        return conn.execute(query.replace("%s", "?"), list(params)).fetchall()
-    return conn.execute(query, params).fetchall()
 
 
 def _ensure_table(conn):

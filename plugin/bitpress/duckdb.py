@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from . import _core, errors
 from .kernels import binarize as _binarize
+from .kernels import check_count
 from .kernels import hamming as _hamming
 
 _MACROS = ["""
@@ -71,6 +72,14 @@ CREATE OR REPLACE TEMP MACRO bitpress_rank(code, query, codebook, k, oversample,
                                   '')
          ELSE hamming(code, (SELECT bitpress_query_code(query, codebook, k, oversample))) END
 """, """
+CREATE OR REPLACE TEMP MACRO bitpress_distance(v, query, metric) AS
+    -- the exact distance of the rerank stage (smaller is nearer)
+    CASE metric
+        WHEN 'cosine' THEN list_cosine_distance(v, CAST(query AS FLOAT[]))
+        WHEN 'ip' THEN list_negative_inner_product(v, CAST(query AS FLOAT[]))
+        WHEN 'l2' THEN list_distance(v, CAST(query AS FLOAT[]))
+        ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
+""", """
 CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query, k,
         oversample := 4, codebook := NULL, metric := 'cosine', scoring := 'hamming') AS TABLE
     SELECT * EXCLUDE (_bitpress_v) FROM (
@@ -79,11 +88,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query
               ORDER BY bitpress_rank(COLUMNS(lambda c: c = code_column), query, codebook, k, oversample,
                                      scoring)
               LIMIT greatest(CAST(k AS BIGINT) * oversample, 1)))
-    ORDER BY CASE metric
-        WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
-        WHEN 'ip' THEN list_negative_inner_product(_bitpress_v, CAST(query AS FLOAT[]))
-        WHEN 'l2' THEN list_distance(_bitpress_v, CAST(query AS FLOAT[]))
-        ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
+    ORDER BY bitpress_distance(_bitpress_v, query, metric)
     LIMIT greatest(k, 1)  -- not k: DuckDB skips a LIMIT 0 plan without running the checks
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
@@ -107,11 +112,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_co
         WHERE COLUMNS(lambda c: c = id_column) IN (
             SELECT id FROM bitpress_store_knn(store, (SELECT bitpress_query_code(query, codebook, k, oversample)),
                                               greatest(CAST(k AS BIGINT) * oversample, 1))))
-    ORDER BY CASE metric
-        WHEN 'cosine' THEN list_cosine_distance(_bitpress_v, CAST(query AS FLOAT[]))
-        WHEN 'ip' THEN list_negative_inner_product(_bitpress_v, CAST(query AS FLOAT[]))
-        WHEN 'l2' THEN list_distance(_bitpress_v, CAST(query AS FLOAT[]))
-        ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
+    ORDER BY bitpress_distance(_bitpress_v, query, metric)
     LIMIT greatest(k, 1)
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_store_knn(store, query, k) AS TABLE
@@ -330,11 +331,7 @@ def _score_batch(books, code, q, name, stamp):
         bad = rows[qlengths[rows] != dims]
         if len(bad):
             _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(qlengths[bad[0]]), dims)
-        start = offsets[rows[0]]
-        if np.array_equal(offsets[rows], start + nbytes * np.arange(len(rows))):  # contiguous
-            codes = data[start:start + nbytes * len(rows)].reshape(len(rows), nbytes)
-        else:
-            codes = data[np.add.outer(offsets[rows], np.arange(nbytes))]
+        codes = _gather(data, offsets, rows, nbytes)
         first = qoffsets[rows[0]]
         q0 = qvalues[first:first + dims]
         qs = _gather(qvalues, qoffsets, rows, dims)
@@ -355,8 +352,7 @@ def _store_knn_batch(con, store, query, k):
 
     out = []
     for s, q, kk in zip(store.to_pylist(), query.to_pylist(), k.to_pylist()):
-        if kk is None or kk < 1:
-            raise errors.InvalidParameterError(f"k must be at least 1, got {kk}")
+        kk = check_count("k", kk)
         cur = con.cursor()
         try:
             rows = _duckdb_knn(con, s, np.frombuffer(q, dtype=np.uint8), kk, cursor=cur)

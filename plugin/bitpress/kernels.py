@@ -142,15 +142,17 @@ def asymmetric_scores(codebook, query, codes) -> np.ndarray:
     return out
 
 
-def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise errors.InvalidParameterError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+def check_count(what, v) -> int:
+    """v as an int, or InvalidParameterError unless it is an integer >= 1 (k, oversample)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise errors.InvalidParameterError(f"{what} must be at least 1, got {v!r}")
+    return int(v)
+
 
 
 def topk_smallest(values, k: int) -> np.ndarray:
     """Indices of the k smallest values, ascending by (value, index): a bounded heap in C."""
-    k = _check_k(k)
+    k = check_count("k", k)
     v = np.asarray(values)
     kind = "u" if v.dtype.kind in "ui" and (v.size == 0 or v.min() >= 0) else "d"
     keys = np.ascontiguousarray(v, dtype=np.uint64 if kind == "u" else np.float64)
@@ -166,7 +168,7 @@ def hamming_topk(query_code, codes, k: int):
 
     One pass over the codes with a bounded heap; no array of n distances is built.
     """
-    k = _check_k(k)
+    k = check_count("k", k)
     q = _as_codes(query_code, "query_code")
     c = np.atleast_2d(_as_codes(codes, "codes"))
     if q.ndim != 1:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors
+from .kernels import check_count
 from .tables import kind as _kind
 from .tables import quoted as _quoted
 
 
 def _check(k, oversample, metric):
-    for what, v in (("k", k), ("oversample", oversample)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise errors.InvalidParameterError(f"{what} must be at least 1, got {v!r}")
+    check_count("k", k)
+    check_count("oversample", oversample)
     if metric not in ("cosine", "ip", "l2"):
         raise errors.InvalidParameterError(f"metric must be cosine, ip or l2, got {metric!r}")
 

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import _core, errors
-from .tables import kind, quoted
+from .tables import fetchall, kind, quoted
 
 SEGMENT_CODES = 16384
 
@@ -38,37 +38,37 @@ def create(conn, name: str, table: str, id_column: str, code_column: str,
 
 
 def _store(conn, name):
-    q = "SELECT source, id_column, code_column, bits, segment_codes FROM bitpress.code_stores WHERE name = "
-    rows = conn.execute(q + ("%s" if kind(conn) == "pg" else "?"), [name]).fetchall()
-    row = rows[0] if rows else None  # fetchall: DuckDB keeps a half-read result open
-    if row is None:
+    rows = fetchall(conn, "SELECT source, id_column, code_column, bits, segment_codes "
+                          "FROM bitpress.code_stores WHERE name = %s", [name])
+    if not rows:
         raise errors.UnknownCodebookError(f'code store "{name}" does not exist')
-    return row
+    return rows[0]
 
 
 def rebuild(conn, name: str) -> int:
     """Rewrites the segments from the table (and, in PostgreSQL, folds the delta in)."""
     if kind(conn) == "pg":
         return conn.execute("SELECT bitpress_store_rebuild(%s)", (name,)).fetchone()[0]
+    from .duckdb import _binary_rows
+
     source, id_column, code_column, _, segment_codes = _store(conn, name)
     t, c = quoted(conn, source, code_column)
     _, i = quoted(conn, source, id_column)
     rel = conn.sql(f"SELECT CAST({i} AS BIGINT), {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {i}")
     arrow = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     ids = arrow.column(0).to_numpy()
-    codes = arrow.column(1).combine_chunks()
     n = len(ids)
     if n == 0:
         raise errors.InvalidParameterError(f"column {source}.{code_column} holds no codes")
-    offsets = np.frombuffer(codes.buffers()[1], dtype=np.int32)[codes.offset:codes.offset + n + 1]
-    lengths = np.unique(np.diff(offsets))
+    data, offsets, lengths = _binary_rows(arrow.column(1))
+    lengths = np.unique(lengths)
     if len(lengths) != 1:
         raise errors.CodeLengthMismatchError(
             f"column {source}.{code_column} holds codes of {len(lengths)} different lengths")
     nbytes = int(lengths[0])
     if len(np.unique(ids)) != n:
         raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
-    data = np.frombuffer(codes.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[0] + n * nbytes]
+    data = data[offsets[0]:offsets[0] + n * nbytes]
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute("DELETE FROM bitpress.code_segments WHERE store = ?", [name]).fetchall()
@@ -167,9 +167,9 @@ def knn(conn, name: str, query_code, k: int, *, refresh: bool = False) -> list[t
     last ``create``/``rebuild``; with ``refresh=True`` the store is first checked against its
     table (``check``) and rebuilt if the table changed, so the answer is exact now.
     """
-    from .kernels import _as_codes, _check_k
+    from .kernels import _as_codes, check_count
 
-    k = _check_k(k)
+    k = check_count("k", k)
     q = _as_codes(query_code, "query_code")
     if refresh and not check(conn, name):
         rebuild(conn, name)

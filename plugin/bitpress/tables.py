@@ -21,6 +21,14 @@ def kind(conn) -> str:
     raise TypeError(f"expected a psycopg or DuckDB connection, got {type(conn).__name__}")
 
 
+def fetchall(conn, query: str, params=()) -> list:
+    """All rows of a query written with %s placeholders, on a psycopg or a DuckDB connection
+    (DuckDB takes ?; fetchall also leaves no half-read DuckDB result behind)."""
+    if kind(conn) == "duckdb":
+        return conn.execute(query.replace("%s", "?"), list(params)).fetchall()
+    return conn.execute(query, params).fetchall()
+
+
 def quoted(conn, table: str, column: str | None = None):
     """(table, column) ready for SQL: psycopg.sql objects for PostgreSQL, quoted text for DuckDB."""
     parts = table.split(".")
