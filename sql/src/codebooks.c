@@ -113,9 +113,9 @@ lookup_row(const char *name, int32 version, int32 *found_version, TransactionId 
 	return found;
 }
 
-/* The parsed codebook `name` (version 0 = latest), checked once per statement. */
-static const bp_codebook *
-get_codebook(const char *name, int32 version, uint64 *generation)
+/* The cache entry of codebook `name` (version 0 = latest), checked once per statement. */
+static const CachedCodebook *
+get_codebook(const char *name, int32 version)
 {
 	TimestampTz now = GetCurrentStatementStartTimestamp();
 	CachedCodebook *e;
@@ -134,20 +134,14 @@ get_codebook(const char *name, int32 version, uint64 *generation)
 		if (e->asked_version == version && strcmp(e->name, name) == 0)
 			break;
 	if (e != NULL && e->checked_at == now)
-	{
-		if (generation)
-			*generation = e->generation;
-		return &e->cb;
-	}
+		return e;
 
 	if (!lookup_row(name, version, &found_version, &xmin, NULL, NULL))
 		unknown_codebook(name, version);
 	if (e != NULL && e->version == found_version && e->xmin == xmin)
 	{
 		e->checked_at = now;
-		if (generation)
-			*generation = e->generation;
-		return &e->cb;
+		return e;
 	}
 
 	/* new or changed: fetch and parse the parameters */
@@ -187,9 +181,7 @@ get_codebook(const char *name, int32 version, uint64 *generation)
 	e->version = found_version;
 	e->xmin = xmin;
 	e->checked_at = now;
-	if (generation)
-		*generation = e->generation;
-	return &e->cb;
+	return e;
 }
 
 static VarBit *
@@ -240,12 +232,12 @@ static Datum
 binarize_codebook_common(FunctionCallInfo fcinfo, const float4 *x, int dim)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	uint64		generation = 0;
-	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 2), &generation);
+	const CachedCodebook *e = get_codebook(name, version_arg(fcinfo, 2));
+	const bp_codebook *cb = &e->cb;
 	EncodeMemo *m = (EncodeMemo *) fcinfo->flinfo->fn_extra;
 	VarBit	   *code;
 
-	if (m != NULL && m->generation == generation && m->dim == dim &&
+	if (m != NULL && m->generation == e->generation && m->dim == dim &&
 		memcmp(m->input, x, sizeof(float4) * dim) == 0)
 		PG_RETURN_VARBIT_P((VarBit *) pg_detoast_datum_copy((struct varlena *) m->code));
 
@@ -266,7 +258,7 @@ binarize_codebook_common(FunctionCallInfo fcinfo, const float4 *x, int dim)
 	m->code = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, VARSIZE(code));
 	memcpy(m->code, code, VARSIZE(code));
 	m->dim = dim;
-	m->generation = generation;
+	m->generation = e->generation;
 	PG_RETURN_VARBIT_P(code);
 }
 
@@ -307,8 +299,8 @@ score_vector_codebook(PG_FUNCTION_ARGS)
 	VarBit	   *code = PG_GETARG_VARBIT_P(0);
 	PgVector   *q = DatumGetPgVector(PG_GETARG_DATUM(1));
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	uint64		generation = 0;
-	const bp_codebook *cb = get_codebook(name, version_arg(fcinfo, 3), &generation);
+	const CachedCodebook *e = get_codebook(name, version_arg(fcinfo, 3));
+	const bp_codebook *cb = &e->cb;
 	ScoreState *s = (ScoreState *) fcinfo->flinfo->fn_extra;
 
 	check_dim(q->dim);
@@ -317,7 +309,7 @@ score_vector_codebook(PG_FUNCTION_ARGS)
 	if ((uint32) VARBITLEN(code) != cb->bits)
 		report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(code), cb->bits);
 
-	if (s == NULL || s->generation != generation || s->dim != q->dim ||
+	if (s == NULL || s->generation != e->generation || s->dim != q->dim ||
 		memcmp(s->query, q->x, sizeof(float4) * q->dim) != 0)
 	{
 		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
@@ -343,7 +335,7 @@ score_vector_codebook(PG_FUNCTION_ARGS)
 		s->query = MemoryContextAlloc(cxt, sizeof(float4) * q->dim);
 		memcpy(s->query, q->x, sizeof(float4) * q->dim);
 		s->dim = q->dim;
-		s->generation = generation;
+		s->generation = e->generation;
 		fcinfo->flinfo->fn_extra = s;
 		pfree(scratch);
 		pfree(w);

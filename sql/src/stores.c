@@ -21,13 +21,19 @@
 
 #define SEGMENT_BATCH 16
 
+/*
+ * Width of a segment's ids: 4 bytes each (int4send) or 8 (int8send), told apart by length;
+ * 0 when the ids or codes do not fit n codes of nbytes (a corrupt segment).
+ */
 static int
-cmp_int64(const void *a, const void *b)
+segment_id_width(int32 n, const bytea *ids, const bytea *codes, size_t nbytes)
 {
-	int64		x = *(const int64 *) a,
-				y = *(const int64 *) b;
+	size_t		idlen = VARSIZE_ANY_EXHDR(ids);
+	int			width = n > 0 && idlen == (size_t) n * 4 ? 4 : 8;
 
-	return x < y ? -1 : x > y;
+	if (n < 0 || idlen != (size_t) n * width || VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
+		return 0;
+	return width;
 }
 
 static void
@@ -124,7 +130,7 @@ store_knn(PG_FUNCTION_ARGS)
 							 bp_id_key(id));
 			}
 		}
-		qsort(skip, nskip, sizeof(int64), cmp_int64);	/* already by id; cheap insurance */
+		/* skip is ascending: the query orders by id */
 	}
 	SPI_freetuptable(SPI_tuptable);
 
@@ -146,12 +152,10 @@ store_knn(PG_FUNCTION_ARGS)
 			int32		n = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 			bytea	   *ids = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
 			bytea	   *codes = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
-			size_t		idlen = VARSIZE_ANY_EXHDR(ids);
-			int			id_width = n > 0 && idlen == (size_t) n * 4 ? 4 : 8;	/* int4send or int8send */
+			int			id_width = segment_id_width(n, ids, codes, nbytes);
 
 			CHECK_FOR_INTERRUPTS();
-			if (n < 0 || idlen != (size_t) n * id_width ||
-				VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
+			if (id_width == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
 						 errmsg("code store \"%s\": a segment's sizes do not match its %d codes of %d bits",
@@ -188,15 +192,14 @@ segment_knn(PG_FUNCTION_ARGS)
 	int32		k = PG_GETARG_INT32(4);
 	ArrayType  *skip_arr = PG_GETARG_ARRAYTYPE_P(5);
 	size_t		nbytes = VARBITBYTES(query);
-	size_t		idlen = VARSIZE_ANY_EXHDR(ids);
-	int			id_width = n > 0 && idlen == (size_t) n * 4 ? 4 : 8;
+	int			id_width = segment_id_width(n, ids, codes, nbytes);
 	int64	   *skip = NULL;
 	int			nskip = 0;
 	bp_topk_entry *heap;
 	size_t		size = 0;
 
 	check_k(k);
-	if (n < 0 || idlen != (size_t) n * id_width || VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
+	if (id_width == 0)
 	{
 		if (n > 0 && VARSIZE_ANY_EXHDR(codes) % (size_t) n == 0)
 			report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(query),
