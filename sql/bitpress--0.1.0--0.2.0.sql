@@ -121,6 +121,7 @@ DECLARE
 	pool bigint := bitpress_check_knn(k, oversample);
 	rel regclass := bitpress_relation(rows);
 	op text := CASE metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' WHEN 'l2' THEN '<->' END;
+	qcode varbit;
 	store record;
 BEGIN
 	IF op IS NULL THEN
@@ -137,6 +138,7 @@ BEGIN
 			'ORDER BY c.%3$I %4$s $1 LIMIT $4', rel, code_column, vector_column, op)
 			USING query, codebook, pool, k;
 	ELSE
+		qcode := CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END;
 		store := bitpress_store_for(rel, code_column);
 		IF store.name IS NOT NULL THEN
 			-- a packed code store follows this column: stage 1 is one C scan of its segments
@@ -144,15 +146,13 @@ BEGIN
 				'SELECT c.* FROM %1$s c WHERE c.%2$I = ANY (ARRAY('
 				'SELECT s.id FROM bitpress_store_knn($5, $1, $2::integer) s)) '
 				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, store.id_column, vector_column, op)
-				USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
-					  pool, query, k, store.name;
+				USING qcode, pool, query, k, store.name;
 		ELSE
 			RETURN QUERY EXECUTE format(
 				'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
 				'SELECT t.ctid FROM %1$s t ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
 				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
-				USING CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END,
-					  pool, query, k;
+				USING qcode, pool, query, k;
 		END IF;
 	END IF;
 END $$;
@@ -170,10 +170,7 @@ DECLARE
 	rel regclass := bitpress_relation(rows);
 BEGIN
 	IF codebook IS NULL THEN
-		IF bitpress_check_scoring(scoring, codebook) THEN
-			RAISE EXCEPTION 'asymmetric scoring needs a codebook with reconstruction levels'
-				USING ERRCODE = 'invalid_parameter_value';
-		END IF;
+		PERFORM bitpress_check_scoring(scoring, codebook);  -- raises for asymmetric without a codebook
 		RETURN QUERY EXECUTE format(
 			'SELECT t.* FROM %s t ORDER BY hamming(t.%I, $1) LIMIT $2', rel, code_column)
 			USING binarize(query), k;
