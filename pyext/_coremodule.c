@@ -631,7 +631,308 @@ done:
 	return result;
 }
 
+/* ---- Tensor-Train cores ---- */
+
+/* The cores of one tensor, held for one call: buffers, aligned copies where needed. */
+typedef struct TTArgs
+{
+	int			d;
+	Py_buffer	views[BP_TT_MAX_CORES];
+	void	   *copies[BP_TT_MAX_CORES];
+	bp_tt		tt;
+} TTArgs;
+
+static void
+release_tt(TTArgs *t)
+{
+	int			k;
+
+	for (k = 0; k < t->d; k++)
+	{
+		if (t->views[k].obj)
+			PyBuffer_Release(&t->views[k]);
+		PyMem_Free(t->copies[k]);
+	}
+	t->d = 0;
+}
+
+/* cores: a sequence of float32 buffers; shapes: an int64 buffer of len(cores) x 4 */
+static int
+get_tt(PyObject *cores, PyObject *shapes, TTArgs *t)
+{
+	PyObject   *seq;
+	Py_buffer	sb = {0};
+	const float *ptrs[BP_TT_MAX_CORES];
+	size_t		lens[BP_TT_MAX_CORES];
+	Py_ssize_t	d;
+	int			problem = 0,
+				bad_core = 0,
+				k,
+				rc = -1;
+	bp_status	st;
+
+	memset(t, 0, sizeof(*t));
+	seq = PySequence_Fast(cores, "cores must be a sequence of float32 buffers");
+	if (seq == NULL)
+		return -1;
+	d = PySequence_Fast_GET_SIZE(seq);
+	if (d < 1 || d > BP_TT_MAX_CORES)
+	{
+		raise_status(BP_ERR_MALFORMED_TT, d < 1 ? BP_TT_NO_CORES : BP_TT_TOO_MANY_CORES,
+					 d < 1 ? 0 : BP_TT_MAX_CORES, -1);
+		goto done;
+	}
+	if (get_buffer(shapes, &sb, 0, "shapes") < 0)
+		goto done;
+	if ((size_t) sb.len != (size_t) d * 4 * sizeof(int64_t))
+	{
+		PyErr_Format(PyExc_ValueError, "shapes must hold %zd x 4 int64 values", d);
+		goto done;
+	}
+	for (k = 0; k < d; k++)
+	{
+		Py_buffer  *v = &t->views[k];
+
+		t->d = k + 1;
+		if (get_buffer(PySequence_Fast_GET_ITEM(seq, k), v, 0, "a core") < 0)
+			goto done;
+		ptrs[k] = v->buf;
+		lens[k] = (size_t) v->len / sizeof(float);
+		if ((size_t) v->len % sizeof(float) != 0)
+			lens[k] = (size_t) -1;	/* never equal to a shape's product */
+		if (((uintptr_t) v->buf & 3) != 0)
+		{
+			t->copies[k] = PyMem_Malloc(v->len ? (size_t) v->len : 1);
+			if (t->copies[k] == NULL)
+			{
+				PyErr_NoMemory();
+				goto done;
+			}
+			memcpy(t->copies[k], v->buf, (size_t) v->len);
+			ptrs[k] = t->copies[k];
+		}
+	}
+	st = bp_tt_init(&t->tt, (int) d, (const int64_t *) sb.buf, ptrs, lens, &problem, &bad_core);
+	if (st != BP_OK)
+	{
+		raise_status(st, problem, bad_core, -1);
+		goto done;
+	}
+	rc = 0;
+done:
+	if (sb.obj)
+		PyBuffer_Release(&sb);
+	Py_DECREF(seq);
+	if (rc < 0)
+		release_tt(t);
+	return rc;
+}
+
+static float *
+alloc_floats(size_t n)
+{
+	float	   *p = PyMem_Malloc((n ? n : 1) * sizeof(float));
+
+	if (p == NULL)
+		PyErr_NoMemory();
+	return p;
+}
+
+/* tt_shape(cores, shapes) -> (rows, cols, matvec_cost, prefers_dense): checks the cores */
+static PyObject *
+core_tt_shape(PyObject *self, PyObject *args)
+{
+	PyObject   *co,
+			   *so,
+			   *result;
+	TTArgs		t;
+
+	if (!PyArg_ParseTuple(args, "OO", &co, &so))
+		return NULL;
+	if (get_tt(co, so, &t) < 0)
+		return NULL;
+	result = Py_BuildValue("(KKKi)", (unsigned long long) t.tt.rows, (unsigned long long) t.tt.cols,
+						   (unsigned long long) bp_tt_matvec_cost(&t.tt),
+						   bp_tt_prefers_dense(&t.tt));
+	release_tt(&t);
+	return result;
+}
+
+/*
+ * tt_into(cores, shapes, what, i, j, x, nvec, out) -> None or float
+ *   what 0: the whole tensor into out (rows * cols float32)
+ *   what 1: row i into out (cols float32)
+ *   what 2: element (i, j), returned
+ *   what 3: x (nvec * rows float32) @ W into out (nvec * cols float32)
+ */
+static PyObject *
+core_tt_into(PyObject *self, PyObject *args)
+{
+	PyObject   *co,
+			   *so,
+			   *xo,
+			   *oo;
+	int			what;
+	unsigned long long i,
+				j;
+	Py_ssize_t	nvec;
+	Py_buffer	xb = {0},
+				ob = {0};
+	TTArgs		t;
+	float	   *work = NULL;
+	float		value = 0.0f;
+	size_t		bad_row = 0,
+				bad_index = 0,
+				want = 0;
+	bp_status	st = BP_OK;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OOiKKOnO", &co, &so, &what, &i, &j, &xo, &nvec, &oo))
+		return NULL;
+	if (what < 0 || what > 3 || nvec < 0)
+		return PyErr_Format(PyExc_ValueError, "bad tt_into arguments");
+	if (get_tt(co, so, &t) < 0)
+		return NULL;
+	if (what == 0)
+		want = t.tt.rows * t.tt.cols;
+	else if (what == 1)
+		want = t.tt.cols;
+	else if (what == 3)
+		want = (size_t) nvec * t.tt.cols;
+	if (what != 2)
+	{
+		if (get_buffer(oo, &ob, 1, "out") < 0)
+			goto done;
+		if ((size_t) ob.len != want * sizeof(float))
+		{
+			PyErr_Format(PyExc_ValueError, "out must hold %zu float32 values", want);
+			goto done;
+		}
+	}
+	if (what == 3)
+	{
+		if (get_buffer(xo, &xb, 0, "x") < 0)
+			goto done;
+		if ((size_t) xb.len != (size_t) nvec * t.tt.rows * sizeof(float))
+		{
+			raise_status(BP_ERR_TT_INPUT_DIM,
+						 nvec ? (long long) ((size_t) xb.len / sizeof(float) / (size_t) nvec) : 0,
+						 (long long) t.tt.rows, -1);
+			goto done;
+		}
+	}
+	work = alloc_floats(what == 3 ? bp_tt_matvec_work(&t.tt) :
+						what == 2 ? bp_tt_element_work(&t.tt) : bp_tt_row_work(&t.tt));
+	if (work == NULL)
+		goto done;
+	Py_BEGIN_ALLOW_THREADS
+		switch (what)
+		{
+			case 0:
+				bp_tt_reconstruct(&t.tt, (float *) ob.buf, work);
+				break;
+			case 1:
+				st = bp_tt_row(&t.tt, i, (float *) ob.buf, work);
+				break;
+			case 2:
+				st = bp_tt_element(&t.tt, i, j, &value, work);
+				break;
+			default:
+				st = bp_tt_matvec(&t.tt, (const float *) xb.buf, (size_t) nvec, t.tt.rows,
+								  (float *) ob.buf, t.tt.cols, work, &bad_row, &bad_index);
+				break;
+		}
+	Py_END_ALLOW_THREADS
+	if (st == BP_ERR_TT_INDEX)
+	{
+		int			row_bad = i >= t.tt.rows;
+
+		raise_status(st, (long long) (row_bad ? i : j),
+					 (long long) (row_bad ? t.tt.rows : t.tt.cols), -1);
+		goto done;
+	}
+	if (st != BP_OK)
+	{
+		raise_status(st, (long long) bad_index, 0, nvec > 1 ? (long long) bad_row : -1);
+		goto done;
+	}
+	result = what == 2 ? PyFloat_FromDouble(value) : Py_NewRef(Py_None);
+done:
+	PyMem_Free(work);
+	release_tt(&t);
+	if (xb.obj)
+		PyBuffer_Release(&xb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
+/* dense_matvec_into(w, rows, cols, x, nvec, out): x (nvec x rows) @ w (rows x cols), float32 */
+static PyObject *
+core_dense_matvec_into(PyObject *self, PyObject *args)
+{
+	PyObject   *wo,
+			   *xo,
+			   *oo;
+	Py_ssize_t	rows,
+				cols,
+				nvec;
+	Py_buffer	wb = {0},
+				xb = {0},
+				ob = {0};
+	size_t		bad_row = 0,
+				bad_index = 0;
+	bp_status	st;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OnnOnO", &wo, &rows, &cols, &xo, &nvec, &oo))
+		return NULL;
+	if (rows < 1 || cols < 1 || nvec < 0)
+		return PyErr_Format(PyExc_ValueError, "rows and cols must be >= 1, nvec >= 0");
+	if (get_buffer(wo, &wb, 0, "w") < 0 || get_buffer(xo, &xb, 0, "x") < 0 ||
+		get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	if ((size_t) wb.len != (size_t) rows * cols * sizeof(float) ||
+		(size_t) ob.len != (size_t) nvec * cols * sizeof(float) || ((uintptr_t) wb.buf & 3) != 0)
+	{
+		PyErr_Format(PyExc_ValueError, "w or out has the wrong size or alignment");
+		goto done;
+	}
+	if ((size_t) xb.len != (size_t) nvec * rows * sizeof(float))
+	{
+		raise_status(BP_ERR_TT_INPUT_DIM,
+					 nvec ? (long long) ((size_t) xb.len / sizeof(float) / (size_t) nvec) : 0,
+					 (long long) rows, -1);
+		goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+		st = bp_dense_matvec((const float *) wb.buf, (uint64_t) rows, (uint64_t) cols,
+							 (const float *) xb.buf, (size_t) nvec, (size_t) rows,
+							 (float *) ob.buf, (size_t) cols, &bad_row, &bad_index);
+	Py_END_ALLOW_THREADS
+	if (st != BP_OK)
+	{
+		raise_status(st, (long long) bad_index, 0, nvec > 1 ? (long long) bad_row : -1);
+		goto done;
+	}
+	result = Py_NewRef(Py_None);
+done:
+	if (wb.obj)
+		PyBuffer_Release(&wb);
+	if (xb.obj)
+		PyBuffer_Release(&xb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
 static PyMethodDef core_methods[] = {
+	{"dense_matvec_into", core_dense_matvec_into, METH_VARARGS,
+	"dense_matvec_into(w, rows, cols, x, nvec, out): x @ w with the Tensor-Train kernels"},
+	{"tt_shape", core_tt_shape, METH_VARARGS,
+	"tt_shape(cores, shapes) -> (rows, cols, matvec_cost, prefers_dense): check cores"},
+	{"tt_into", core_tt_into, METH_VARARGS,
+	"tt_into(cores, shapes, what, i, j, x, nvec, out): whole tensor, row, element or x @ W"},
 	{"codebook_shape", core_codebook_shape, METH_VARARGS,
 	"codebook_shape(blob) -> (dims, components, bits, has_levels): check a stored codebook"},
 	{"encode_into", core_encode_into, METH_VARARGS,
@@ -676,6 +977,14 @@ PyInit__core(void)
 		PyModule_AddIntConstant(m, "ERR_DIM_MISMATCH", BP_ERR_DIM_MISMATCH) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_BIT_LENGTH_MISMATCH", BP_ERR_BIT_LENGTH_MISMATCH) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_CODEBOOK_DIM_MISMATCH", BP_ERR_CODEBOOK_DIM_MISMATCH) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_MALFORMED_TT", BP_ERR_MALFORMED_TT) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_TT_INDEX", BP_ERR_TT_INDEX) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_TT_INPUT_DIM", BP_ERR_TT_INPUT_DIM) < 0 ||
+		PyModule_AddIntConstant(m, "TT_NO_CORES", BP_TT_NO_CORES) < 0 ||
+		PyModule_AddIntConstant(m, "TT_SHAPE", BP_TT_SHAPE) < 0 ||
+		PyModule_AddIntConstant(m, "TT_SIZE", BP_TT_SIZE) < 0 ||
+		PyModule_AddIntConstant(m, "TT_MISSING", BP_TT_MISSING) < 0 ||
+		PyModule_AddIntConstant(m, "TT_CHECKSUM", BP_TT_CHECKSUM) < 0 ||
 		PyModule_AddIntConstant(m, "MAX_DIM", BP_MAX_DIM) < 0)
 	{
 		Py_DECREF(m);

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.2.0"
+#define BP_VERSION "0.3.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536
@@ -26,7 +26,10 @@ typedef enum bp_status
 	BP_ERR_UNKNOWN_IMPL,		/* no such (or no supported) kernel path */
 	BP_ERR_MALFORMED_CODEBOOK,	/* a = bp_codebook_problem */
 	BP_ERR_CODEBOOK_DIM_MISMATCH,	/* a = vector dims, b = codebook dims */
-	BP_ERR_NO_LEVELS			/* asymmetric score asked of a codebook without levels */
+	BP_ERR_NO_LEVELS,			/* asymmetric score asked of a codebook without levels */
+	BP_ERR_MALFORMED_TT,		/* a = bp_tt_problem, b = core index */
+	BP_ERR_TT_INDEX,			/* a = index asked, b = its bound (rows or cols) */
+	BP_ERR_TT_INPUT_DIM			/* a = vector dims, b = tensor rows */
 } bp_status;
 
 /* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
@@ -218,5 +221,82 @@ void		bp_hamming_topk_segment(const uint8_t *q, const uint8_t *codes, const uint
 									int id_width, size_t n, size_t nbytes,
 									const int64_t *skip, size_t nskip,
 									bp_topk_entry *heap, size_t *size, size_t k);
+
+/* ---- Tensor-Train cores: a matrix W (rows x cols) kept as d small cores ----
+ *
+ * Core k (0-based) is float32 (r[k], m[k], n[k], r[k+1]) in C order, r[0] = r[d] = 1,
+ * rows = prod m[k], cols = prod n[k]. With i = (i_0..i_{d-1}) the row-major multi-index of a
+ * row over m[] and j likewise over n[]:
+ *     W[i, j] = G_0[0, i_0, j_0, :] @ G_1[:, i_1, j_1, :] @ ... @ G_{d-1}[:, i_{d-1}, j_{d-1}, 0]
+ * A dense tensor is d = 1: one core (1, rows, cols, 1). Tensors of other ranks are viewed as
+ * (shape[0], prod(shape[1:])) and a 1-D tensor as (1, n) (plugin/bitpress/tt.py decomposes).
+ * Products are accumulated in float, over the left rank in order, one output element at a
+ * time, so every kernel path and both engines give the same bits; an element, its row and
+ * the whole tensor agree exactly.
+ */
+#define BP_TT_MAX_CORES 32
+#define BP_TT_MAX_RANK 65536
+
+typedef enum bp_tt_problem
+{
+	BP_TT_NO_CORES = 1,			/* d = 0 */
+	BP_TT_TOO_MANY_CORES,		/* d > BP_TT_MAX_CORES */
+	BP_TT_SHAPE,				/* a dimension < 1, a rank too large, or sizes overflow */
+	BP_TT_EDGE_RANK,			/* first core's left rank or last core's right rank is not 1 */
+	BP_TT_RANK_MISMATCH,		/* left rank differs from the previous core's right rank */
+	BP_TT_SIZE,					/* element count differs from the product of its shape */
+	BP_TT_NONFINITE,			/* NaN or infinity in the core */
+	BP_TT_MISSING,				/* cores are not numbered 0..d-1 (reported by callers) */
+	BP_TT_CHECKSUM,				/* stored checksum differs from the data (reported by callers) */
+	BP_TT_ALIGN					/* data not 4-byte aligned (a caller bug) */
+} bp_tt_problem;
+
+typedef struct bp_tt
+{
+	int			d;
+	uint64_t	rows;
+	uint64_t	cols;
+	uint32_t	r[BP_TT_MAX_CORES + 1];
+	uint32_t	m[BP_TT_MAX_CORES];
+	uint32_t	n[BP_TT_MAX_CORES];
+	const float *core[BP_TT_MAX_CORES];
+} bp_tt;
+
+/* Checks d cores (shapes: d x 4 int64 (r0, m, n, r1); lens: floats in each) and points tt at
+ * them (no copy). BP_ERR_MALFORMED_TT with *problem and *bad_core set on failure. */
+bp_status	bp_tt_init(bp_tt *tt, int d, const int64_t *shapes, const float *const *cores,
+					   const size_t *lens, int *problem, int *bad_core);
+
+/* Floats of scratch space for bp_tt_row / bp_tt_reconstruct, bp_tt_element, bp_tt_matvec. */
+size_t		bp_tt_row_work(const bp_tt *tt);
+size_t		bp_tt_element_work(const bp_tt *tt);
+size_t		bp_tt_matvec_work(const bp_tt *tt);
+
+/* The whole tensor, row-major, into out (rows * cols floats). */
+void		bp_tt_reconstruct(const bp_tt *tt, float *out, float *work);
+
+/* Row i (cols floats) without forming the tensor. BP_ERR_TT_INDEX when i >= rows. */
+bp_status	bp_tt_row(const bp_tt *tt, uint64_t i, float *out, float *work);
+
+/* Element (i, j). BP_ERR_TT_INDEX when out of range. */
+bp_status	bp_tt_element(const bp_tt *tt, uint64_t i, uint64_t j, float *out, float *work);
+
+/* y = x @ W for nvec vectors x of rows floats (x_stride apart) into y (cols floats, y_stride
+ * apart), contracting one core at a time, never forming W. Values must be finite:
+ * BP_ERR_NONFINITE_VALUE with *bad_row / *bad_index otherwise. */
+bp_status	bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_stride,
+						 float *y, size_t y_stride, float *work, size_t *bad_row,
+						 size_t *bad_index);
+
+/* Multiply-adds of bp_tt_matvec for one vector, and whether x @ W costs fewer of them on the
+ * rebuilt tensor (rows * cols per vector) than through the cores: callers that can keep the
+ * rebuilt tensor then use bp_dense_matvec. Both engines follow this same rule. */
+uint64_t	bp_tt_matvec_cost(const bp_tt *tt);
+int			bp_tt_prefers_dense(const bp_tt *tt);
+
+/* y = x @ W for a dense row-major W (rows x cols), same kernels and checks as bp_tt_matvec. */
+bp_status	bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x,
+							size_t nvec, size_t x_stride, float *y, size_t y_stride,
+							size_t *bad_row, size_t *bad_index);
 
 #endif							/* BP_CORE_H */

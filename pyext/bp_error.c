@@ -29,6 +29,36 @@ codebook_problem(int problem)
 	}
 }
 
+static const char *
+tt_problem(int problem)
+{
+	switch (problem)
+	{
+		case BP_TT_NO_CORES:
+			return "a tensor needs at least one core";
+		case BP_TT_TOO_MANY_CORES:
+			return "more cores than the 32 supported";
+		case BP_TT_SHAPE:
+			return "its shape has a dimension below 1 or is too large";
+		case BP_TT_EDGE_RANK:
+			return "the first core's left rank and the last core's right rank must be 1";
+		case BP_TT_RANK_MISMATCH:
+			return "its left rank differs from the right rank of the core before it";
+		case BP_TT_SIZE:
+			return "its number of elements differs from the product of its shape";
+		case BP_TT_NONFINITE:
+			return "NaN or infinity in its values";
+		case BP_TT_MISSING:
+			return "missing: cores must be numbered 0, 1, ... without gaps";
+		case BP_TT_CHECKSUM:
+			return "its data does not match its stored checksum";
+		case BP_TT_ALIGN:
+			return "data not 4-byte aligned";
+		default:
+			return "unknown problem";
+	}
+}
+
 const char *
 bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long long b)
 {
@@ -69,6 +99,15 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 			snprintf(buf, bufsize, "codebook has no reconstruction levels for asymmetric scores "
 					 "(it has pair bits or was stored without them)");
 			break;
+		case BP_ERR_MALFORMED_TT:
+			snprintf(buf, bufsize, "malformed TT core %lld: %s", b, tt_problem((int) a));
+			break;
+		case BP_ERR_TT_INDEX:
+			snprintf(buf, bufsize, "index %lld is out of range for a dimension of %lld", a, b);
+			break;
+		case BP_ERR_TT_INPUT_DIM:
+			snprintf(buf, bufsize, "vector has %lld dimensions but the tensor has %lld rows", a, b);
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -91,13 +130,16 @@ bp_error_sqlstate(bp_status status)
 		case BP_ERR_DIM_MISMATCH:
 		case BP_ERR_CODEBOOK_DIM_MISMATCH:
 		case BP_ERR_BIT_LENGTH_MISMATCH:
+		case BP_ERR_TT_INPUT_DIM:
 			return "22000";		/* data_exception, as pgvector's dimension checks */
 		case BP_ERR_EMPTY:
+		case BP_ERR_TT_INDEX:
 			return "2202E";		/* array_subscript_error: empty array */
 		case BP_ERR_UNKNOWN_IMPL:
 		case BP_ERR_NO_LEVELS:
 			return "22023";		/* invalid_parameter_value */
 		case BP_ERR_MALFORMED_CODEBOOK:
+		case BP_ERR_MALFORMED_TT:
 			return "22P03";		/* invalid_binary_representation */
 		default:
 			return "XX000";

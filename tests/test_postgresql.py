@@ -210,6 +210,13 @@ CATALOG = {
     "bitpress_store_knn_parallel(text,bit varying,integer)": ("s", True, "s"),
     "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text,text)": ("s", False, "r"),
     "bitpress_knn_codes(anyelement,text,vector,integer,integer,text,text)": ("s", False, "r"),
+    "tt_reconstruct(text,text)": ("s", True, "s"),
+    "tt_reconstruct_row(text,text,integer)": ("s", True, "s"),
+    "tt_element(text,text,integer,integer)": ("s", True, "s"),
+    "tt_matvec(text,text,vector)": ("s", True, "s"),
+    "tt_matvec(text,text,real[])": ("s", True, "s"),
+    "tt_vector(text,text)": ("s", True, "s"),
+    "tt_reconstruct_row_vector(text,text,integer)": ("s", True, "s"),
 }
 
 
@@ -237,7 +244,7 @@ def test_upgrade_from_0_1_0_gives_the_same_functions(pg):
     pg.execute("CREATE EXTENSION bitpress VERSION '0.1.0'")
     assert len(catalog()) == 9
     pg.execute("ALTER EXTENSION bitpress UPDATE")
-    assert pg.execute("SELECT extversion FROM pg_extension WHERE extname = 'bitpress'").fetchone()[0] == "0.2.0"
+    assert pg.execute("SELECT extversion FROM pg_extension WHERE extname = 'bitpress'").fetchone()[0] == "0.3.0"
     assert catalog() == fresh
 
 

@@ -397,6 +397,9 @@ def register(con):
                         type="arrow", side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
+    from . import duckdb_tt
+
+    duckdb_tt.register(con)
     return con
 
 

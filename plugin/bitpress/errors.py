@@ -76,6 +76,24 @@ class InvalidParameterError(BitpressError):
     sqlstate = "22023"
 
 
+class MalformedTensorError(BitpressError):
+    """Tensor-Train cores that do not make the stored tensor: ranks, sizes, checksum, gaps."""
+
+    sqlstate = "22P03"
+
+
+class UnknownTensorError(BitpressError):
+    """No tensor (or model) of that name in bitpress.tt_tensors / bitpress.tt_models."""
+
+    sqlstate = "42704"
+
+
+class IndexOutOfRangeError(BitpressError):
+    """A row or element index outside the tensor."""
+
+    sqlstate = "2202E"
+
+
 # bp_status values of pyext/bp_core.h, in order
 _BY_STATUS = {
     1: EmptyVectorError,
@@ -88,6 +106,9 @@ _BY_STATUS = {
     8: MalformedCodebookError,
     9: DimensionMismatchError,
     10: InvalidParameterError,
+    11: MalformedTensorError,
+    12: IndexOutOfRangeError,
+    13: DimensionMismatchError,
 }
 
 

@@ -1,0 +1,431 @@
+/*
+ * Tensor-Train cores: check them, rebuild the whole tensor, one row or one element, and apply
+ * the stored matrix to vectors (y = x @ W) without forming it. The layout is in bp_core.h.
+ *
+ * Every product is a sequence of "axpy" steps, y[0..len) += a * x[0..len), over contiguous
+ * slices of a core. The scalar and AVX2 paths (kernels in bp_tt_kernels.h, compiled once per
+ * path) multiply and add separately, element by element in the same order, so they give the
+ * same bits; the AVX2 path is used when the Hamming dispatch (bp_get_impl) is avx2 or above.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bp_core.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define BP_X86 1
+#include <immintrin.h>
+#endif
+
+/* ---- the kernels, once per path ---- */
+
+#define BP_TT_SUFFIX(name) name##_scalar
+#define BP_TT_TARGET
+#include "bp_tt_kernels.h"
+#undef BP_TT_SUFFIX
+#undef BP_TT_TARGET
+
+#ifdef BP_X86
+#define BP_TT_AVX2 1
+#define BP_TT_SUFFIX(name) name##_avx2
+#define BP_TT_TARGET __attribute__((target("avx2")))
+#include "bp_tt_kernels.h"
+#undef BP_TT_SUFFIX
+#undef BP_TT_TARGET
+#undef BP_TT_AVX2
+#endif
+
+static int
+use_avx2(void)
+{
+#ifdef BP_X86
+	return bp_get_impl() >= BP_IMPL_AVX2;
+#else
+	return 0;
+#endif
+}
+
+/* ---- checks ---- */
+
+static bp_status
+malformed(int problem, int core, int *problem_out, int *bad_core)
+{
+	if (problem_out)
+		*problem_out = problem;
+	if (bad_core)
+		*bad_core = core;
+	return BP_ERR_MALFORMED_TT;
+}
+
+bp_status
+bp_tt_init(bp_tt *tt, int d, const int64_t *shapes, const float *const *cores,
+		   const size_t *lens, int *problem, int *bad_core)
+{
+	/* 2^40 floats (4 TiB) bounds every size so products below cannot overflow */
+	const uint64_t limit = UINT64_C(1) << 40;
+	uint64_t	rows = 1,
+				cols = 1;
+	int			k;
+
+	memset(tt, 0, sizeof(*tt));
+	if (d < 1)
+		return malformed(BP_TT_NO_CORES, 0, problem, bad_core);
+	if (d > BP_TT_MAX_CORES)
+		return malformed(BP_TT_TOO_MANY_CORES, BP_TT_MAX_CORES, problem, bad_core);
+	for (k = 0; k < d; k++)
+	{
+		const int64_t *s = shapes + 4 * k;
+		uint64_t	count;
+		size_t		t;
+		int			a;
+
+		for (a = 0; a < 4; a++)
+			if (s[a] < 1 || s[a] > (int64_t) limit)
+				return malformed(BP_TT_SHAPE, k, problem, bad_core);
+		if (s[0] > BP_TT_MAX_RANK || s[3] > BP_TT_MAX_RANK)
+			return malformed(BP_TT_SHAPE, k, problem, bad_core);
+		if ((k == 0 && s[0] != 1) || (k == d - 1 && s[3] != 1))
+			return malformed(BP_TT_EDGE_RANK, k, problem, bad_core);
+		if (k > 0 && (uint64_t) s[0] != tt->r[k])
+			return malformed(BP_TT_RANK_MISMATCH, k, problem, bad_core);
+		count = (uint64_t) s[0] * (uint64_t) s[3];
+		if ((uint64_t) s[1] > limit / count)
+			return malformed(BP_TT_SHAPE, k, problem, bad_core);
+		count *= (uint64_t) s[1];
+		if ((uint64_t) s[2] > limit / count)
+			return malformed(BP_TT_SHAPE, k, problem, bad_core);
+		count *= (uint64_t) s[2];
+		if ((uint64_t) s[1] > limit / rows || (uint64_t) s[2] > limit / cols)
+			return malformed(BP_TT_SHAPE, k, problem, bad_core);
+		rows *= (uint64_t) s[1];
+		cols *= (uint64_t) s[2];
+		if (lens[k] != count)
+			return malformed(BP_TT_SIZE, k, problem, bad_core);
+		if (cores[k] == NULL || ((uintptr_t) cores[k]) % sizeof(float) != 0)
+			return malformed(BP_TT_ALIGN, k, problem, bad_core);
+		for (t = 0; t < count; t++)
+			if (!isfinite(cores[k][t]))
+				return malformed(BP_TT_NONFINITE, k, problem, bad_core);
+		tt->r[k] = (uint32_t) s[0];
+		tt->m[k] = (uint32_t) s[1];
+		tt->n[k] = (uint32_t) s[2];
+		tt->r[k + 1] = (uint32_t) s[3];
+		tt->core[k] = cores[k];
+	}
+	if (rows > limit / cols)
+		return malformed(BP_TT_SHAPE, d - 1, problem, bad_core);
+	tt->d = d;
+	tt->rows = rows;
+	tt->cols = cols;
+	return BP_OK;
+}
+
+/* ---- sizes ---- */
+
+/* n[0] * ... * n[k] * r[k+1]: the state after core k of a row */
+static uint64_t
+row_state(const bp_tt *tt, int k)
+{
+	uint64_t	s = tt->r[k + 1];
+	int			t;
+
+	for (t = 0; t <= k; t++)
+		s *= tt->n[t];
+	return s;
+}
+
+size_t
+bp_tt_row_work(const bp_tt *tt)
+{
+	size_t		total = 0;
+	int			k;
+
+	/* one state per core but the last (whose state is the row itself) */
+	for (k = 0; k + 1 < tt->d; k++)
+		total += (size_t) row_state(tt, k);
+	return total > 0 ? total : 1;
+}
+
+size_t
+bp_tt_element_work(const bp_tt *tt)
+{
+	uint32_t	rmax = 1;
+	int			k;
+
+	for (k = 0; k <= tt->d; k++)
+		if (tt->r[k] > rmax)
+			rmax = tt->r[k];
+	return 2 * (size_t) rmax;
+}
+
+/* n[0..k] * m[k+1..d-1] * r[k+1]: the state of one vector after core k (k = -1: the input) */
+static uint64_t
+matvec_state(const bp_tt *tt, int k)
+{
+	uint64_t	s = tt->r[k + 1];
+	int			t;
+
+	for (t = 0; t < tt->d; t++)
+		s *= t <= k ? tt->n[t] : tt->m[t];
+	return s;
+}
+
+size_t
+bp_tt_matvec_work(const bp_tt *tt)
+{
+	uint64_t	most = 0,
+				slice = 0;
+	int			k;
+
+	for (k = -1; k < tt->d; k++)
+		if (matvec_state(tt, k) > most)
+			most = matvec_state(tt, k);
+	for (k = 0; k < tt->d; k++)
+		if ((uint64_t) tt->n[k] * tt->r[k + 1] > slice)
+			slice = (uint64_t) tt->n[k] * tt->r[k + 1];
+	return (size_t) (2 * most + slice);
+}
+
+/* ---- rows: the state after core k is (n[0..k], r[k+1]), built from the one before ---- */
+
+/* digit k of row index i (row-major over m[]) */
+static void
+row_digits(const bp_tt *tt, uint64_t i, uint32_t *digit)
+{
+	int			k;
+
+	for (k = tt->d - 1; k >= 0; k--)
+	{
+		digit[k] = (uint32_t) (i % tt->m[k]);
+		i /= tt->m[k];
+	}
+}
+
+/* states[k] of a row: offsets into work, the last one being out */
+static void
+row_states(const bp_tt *tt, float *out, float *work, float **state)
+{
+	int			k;
+
+	for (k = 0; k + 1 < tt->d; k++)
+	{
+		state[k] = work;
+		work += row_state(tt, k);
+	}
+	state[tt->d - 1] = out;
+}
+
+/* recompute the states of cores from..d-1 for the row whose digits are given */
+static void
+row_from(const bp_tt *tt, const uint32_t *digit, int from, float **state)
+{
+	int			avx2 = use_avx2();
+	int			k;
+
+	for (k = from; k < tt->d; k++)
+	{
+		uint64_t	prefix = k == 0 ? 1 : row_state(tt, k - 1) / tt->r[k];
+
+		if (avx2)
+		{
+#ifdef BP_X86
+			tt_row_step_avx2(tt, k, digit[k], k == 0 ? NULL : state[k - 1], prefix, state[k]);
+#endif
+		}
+		else
+			tt_row_step_scalar(tt, k, digit[k], k == 0 ? NULL : state[k - 1], prefix, state[k]);
+	}
+}
+
+bp_status
+bp_tt_row(const bp_tt *tt, uint64_t i, float *out, float *work)
+{
+	uint32_t	digit[BP_TT_MAX_CORES];
+	float	   *state[BP_TT_MAX_CORES];
+
+	if (i >= tt->rows)
+		return BP_ERR_TT_INDEX;
+	row_digits(tt, i, digit);
+	row_states(tt, out, work, state);
+	row_from(tt, digit, 0, state);
+	return BP_OK;
+}
+
+void
+bp_tt_reconstruct(const bp_tt *tt, float *out, float *work)
+{
+	uint32_t	digit[BP_TT_MAX_CORES];
+	float	   *state[BP_TT_MAX_CORES];
+	uint64_t	i;
+	int			k;
+
+	/* rows in order, like an odometer: only the cores whose digit moved are recomputed */
+	memset(digit, 0, sizeof(digit));
+	row_states(tt, out, work, state);
+	row_from(tt, digit, 0, state);
+	for (i = 1; i < tt->rows; i++)
+	{
+		for (k = tt->d - 1; k >= 0; k--)
+		{
+			if (++digit[k] < tt->m[k])
+				break;
+			digit[k] = 0;
+		}
+		/* digits k..d-1 moved: cores before k keep their states */
+		state[tt->d - 1] = out + i * tt->cols;
+		row_from(tt, digit, k, state);
+	}
+}
+
+bp_status
+bp_tt_element(const bp_tt *tt, uint64_t i, uint64_t j, float *out, float *work)
+{
+	uint32_t	row[BP_TT_MAX_CORES],
+				col[BP_TT_MAX_CORES];
+	float	   *v = work,
+			   *w = work + bp_tt_element_work(tt) / 2;
+	int			k;
+
+	if (i >= tt->rows || j >= tt->cols)
+		return BP_ERR_TT_INDEX;
+	row_digits(tt, i, row);
+	for (k = tt->d - 1; k >= 0; k--)
+	{
+		col[k] = (uint32_t) (j % tt->n[k]);
+		j /= tt->n[k];
+	}
+	v[0] = 1.0f;
+	for (k = 0; k < tt->d; k++)
+	{
+		uint32_t	r0 = tt->r[k],
+					r1 = tt->r[k + 1],
+					a,
+					b;
+		const float *g = tt->core[k] + ((size_t) row[k] * tt->n[k] + col[k]) * r1;
+		size_t		slab = (size_t) tt->m[k] * tt->n[k] * r1;
+		float	   *t;
+
+		for (b = 0; b < r1; b++)
+			w[b] = 0.0f;
+		/* same order as a row: left rank outer, each output element summed over it */
+		for (a = 0; a < r0; a++)
+			for (b = 0; b < r1; b++)
+				w[b] += v[a] * g[a * slab + b];
+		t = v;
+		v = w;
+		w = t;
+	}
+	*out = v[0];
+	return BP_OK;
+}
+
+uint64_t
+bp_tt_matvec_cost(const bp_tt *tt)
+{
+	uint64_t	cost = 0;
+	int			k;
+
+	/* core k: each of the n[0..k-1] * m[k..] * r[k] input values feeds an axpy of n[k] * r[k+1] */
+	for (k = 0; k < tt->d; k++)
+		cost += matvec_state(tt, k - 1) * tt->n[k] * tt->r[k + 1];
+	return cost;
+}
+
+int
+bp_tt_prefers_dense(const bp_tt *tt)
+{
+	return bp_tt_matvec_cost(tt) > tt->rows * tt->cols;
+}
+
+static bp_status
+check_vectors(const float *x, size_t nvec, size_t x_stride, uint64_t dim, size_t *bad_row,
+			  size_t *bad_index)
+{
+	size_t		v,
+				t;
+
+	for (v = 0; v < nvec; v++)
+		for (t = 0; t < dim; t++)
+			if (!isfinite(x[v * x_stride + t]))
+			{
+				if (bad_row)
+					*bad_row = v;
+				if (bad_index)
+					*bad_index = t;
+				return BP_ERR_NONFINITE_VALUE;
+			}
+	return BP_OK;
+}
+
+bp_status
+bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x, size_t nvec,
+				size_t x_stride, float *y, size_t y_stride, size_t *bad_row, size_t *bad_index)
+{
+	int			avx2 = use_avx2();
+	bp_status	st = check_vectors(x, nvec, x_stride, rows, bad_row, bad_index);
+	size_t		v;
+	uint64_t	i;
+
+	if (st != BP_OK)
+		return st;
+	/* y = sum_i x[i] * W[i, :], in the order of bp_tt_matvec on a one-core tensor */
+	for (v = 0; v < nvec; v++)
+	{
+		float	   *out = y + v * y_stride;
+
+		memset(out, 0, cols * sizeof(float));
+		for (i = 0; i < rows; i++)
+		{
+			float		z = x[v * x_stride + i];
+
+			if (z == 0.0f)
+				continue;
+#ifdef BP_X86
+			if (avx2)
+				tt_axpy_avx2(out, z, w + i * cols, cols);
+			else
+#endif
+				tt_axpy_scalar(out, z, w + i * cols, cols);
+		}
+	}
+	return BP_OK;
+}
+
+bp_status
+bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_stride,
+			 float *y, size_t y_stride, float *work, size_t *bad_row, size_t *bad_index)
+{
+	uint64_t	most = 0;
+	int			avx2 = use_avx2();
+	size_t		v;
+	int			k;
+	bp_status	st = check_vectors(x, nvec, x_stride, tt->rows, bad_row, bad_index);
+
+	if (st != BP_OK)
+		return st;
+	for (k = -1; k < tt->d; k++)
+		if (matvec_state(tt, k) > most)
+			most = matvec_state(tt, k);
+	for (v = 0; v < nvec; v++)
+	{
+		const float *in = x + v * x_stride;
+		float	   *bufs[2] = {work, work + most};
+		float	   *slice = work + 2 * most;
+
+		for (k = 0; k < tt->d; k++)
+		{
+			float	   *dst = k == tt->d - 1 ? y + v * y_stride : bufs[k % 2];
+
+			if (avx2)
+			{
+#ifdef BP_X86
+				tt_matvec_step_avx2(tt, k, in, dst, slice);
+#endif
+			}
+			else
+				tt_matvec_step_scalar(tt, k, in, dst, slice);
+			in = dst;
+		}
+	}
+	return BP_OK;
+}
