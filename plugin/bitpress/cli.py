@@ -1,5 +1,5 @@
 """The ``bitpress`` command: ``bitpress pg install``, ``bitpress pg status``, ``bitpress demo``,
-``bitpress migrate``, ``bitpress fit``, ``bitpress eval``."""
+``bitpress migrate``, ``bitpress fit``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,9 @@ def _demo(args) -> int:
     return demo.main(args) or 0
 
 
+_OPEN = []  # connections opened by this command, closed when it ends
+
+
 def _connect(args):
     """psycopg connection (--dsn) or DuckDB connection (--duckdb PATH)."""
     if args.dsn:
@@ -54,10 +57,12 @@ def _connect(args):
 
         conn = psycopg.connect(args.dsn, autocommit=True)
         register_vector(conn)
-        return conn
-    from .duckdb import connect
+    else:
+        from .duckdb import connect
 
-    return connect(args.duckdb)
+        conn = connect(args.duckdb)
+    _OPEN.append(conn)
+    return conn
 
 
 def _migrate(args) -> int:
@@ -95,6 +100,78 @@ def _eval(args) -> int:
     from . import evaluate
 
     return evaluate.main(args) or 0
+
+
+def _migrated(conn):
+    from . import schema
+
+    if schema.current(conn) != schema.head():
+        print(f"bitpress schema: {schema.current(conn) or 'none'} -> {schema.upgrade(conn)}")
+    return conn
+
+
+def _mb(n):
+    return f"{n / 1e6:.2f} MB"
+
+
+def _tt_compress(args) -> int:
+    import time
+
+    from . import ttmodels
+
+    conn = _migrated(_connect(args))
+    t0 = time.perf_counter()
+    rows = ttmodels.compress(conn, args.model, args.name, eps=args.eps, max_rank=args.max_rank,
+                             include=args.include, exclude=args.exclude, min_size=args.min_size,
+                             replace=args.replace, progress_bar=None if not args.quiet else False)
+    took = time.perf_counter() - t0
+    for r in rows:
+        if r["decomposed"]:
+            print(f"  {r['tensor']:<60} {'x'.join(map(str, r['shape'])):>10} {r['format']:>5} "
+                  f"ranks {'-'.join(map(str, r['ranks'])):<14} {r['dense_bytes'] / r['stored_bytes']:5.2f}x "
+                  f"error {r['rel_error']:.4f}")
+    s = ttmodels.summary(conn, args.name)
+    print(f"model {args.name!r}: {len(rows)} tensors stored in this run ({took:.1f} s); "
+          f"{s['tensors']} tensors, {s['tt_tensors']} as TT; {_mb(s['dense_bytes'])} dense -> "
+          f"{_mb(s['stored_bytes'])} stored ({s['ratio']:.2f}x), worst relative error "
+          f"{s['max_rel_error']:.4f}")
+    return 0
+
+
+def _tt_export(args) -> int:
+    from . import ttmodels
+
+    conn = _connect(args)
+    out = ttmodels.export(conn, args.name, args.out, progress_bar=None if not args.quiet else False)
+    print(f"model {args.name!r} rebuilt from its cores -> {out} ({_mb(out.stat().st_size)})")
+    return 0
+
+
+def _tt_list(args) -> int:
+    from . import tensors, ttmodels
+    from .tables import fetchall
+
+    conn = _connect(args)
+    tensors._ensure_tables(conn)
+    names = [args.name] if args.name else [
+        r[0] for r in fetchall(conn, f"SELECT name FROM {tensors.MODELS} ORDER BY name")]
+    for name in names:
+        s = ttmodels.summary(conn, name)
+        print(f"{name}: {s['tensors']} tensors ({s['tt_tensors']} TT), {_mb(s['dense_bytes'])} dense, "
+              f"{_mb(s['stored_bytes'])} stored ({s['ratio']:.2f}x), worst error {s['max_rel_error']:.4f}")
+        if args.name:
+            for r in tensors.list_tensors(conn, name):
+                print(f"  {r['tensor']:<60} {r['format']:>5} ranks {'-'.join(map(str, r['ranks'])):<14} "
+                      f"{r['dense_bytes'] / r['stored_bytes']:5.2f}x error {r['rel_error']:.4f}")
+    return 0
+
+
+def _tt_drop(args) -> int:
+    from . import ttmodels
+
+    n = ttmodels.drop(_connect(args), args.name)
+    print(f"model {args.name!r}: {n} tensors removed")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +225,36 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
     ft.set_defaults(func=_fit)
 
+    ttp = sub.add_parser("tt", help="model weights as Tensor-Train cores in tables (ONNX in and out)")
+    ttsub = ttp.add_subparsers(dest="tt_command", required=True)
+    cp = ttsub.add_parser("compress", help="decompose an ONNX model's weights into bitpress.tt_* tables")
+    target(cp)
+    cp.add_argument("model", help="ONNX file (external data next to it is read too)")
+    cp.add_argument("--name", required=True, help="model name in bitpress.tt_models")
+    cp.add_argument("--eps", type=float, default=0.3,
+                    help="relative Frobenius error bound per decomposed tensor (default 0.3)")
+    cp.add_argument("--max-rank", type=int, help="cap on every TT rank (the eps bound may then not hold)")
+    cp.add_argument("--include", help="regex: decompose only weights whose readable name matches")
+    cp.add_argument("--exclude", help="regex: never decompose these (default: embeddings, norms, biases)")
+    cp.add_argument("--min-size", type=int, help="decompose only weights of at least this many elements")
+    cp.add_argument("--replace", action="store_true", help="store again if stored with other settings")
+    cp.add_argument("--quiet", action="store_true", help="no progress bar")
+    cp.set_defaults(func=_tt_compress)
+    ex = ttsub.add_parser("export", help="write a stored model, rebuilt from its cores, as ONNX")
+    target(ex)
+    ex.add_argument("name")
+    ex.add_argument("out", help="output .onnx file")
+    ex.add_argument("--quiet", action="store_true")
+    ex.set_defaults(func=_tt_export)
+    ls = ttsub.add_parser("list", help="stored models (or one model's tensors) with sizes and errors")
+    target(ls)
+    ls.add_argument("name", nargs="?")
+    ls.set_defaults(func=_tt_list)
+    dr = ttsub.add_parser("drop", help="remove a stored model")
+    target(dr)
+    dr.add_argument("name")
+    dr.set_defaults(func=_tt_drop)
+
     ev = sub.add_parser("eval", help="recall and speed of each kind of code on your vectors")
     from . import evaluate
     evaluate.add_arguments(ev)
@@ -161,7 +268,11 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            while _OPEN:
+                _OPEN.pop().close()
     except (BitpressError, InstallError) as e:
         print(f"bitpress: {e}", file=sys.stderr)
         return 2

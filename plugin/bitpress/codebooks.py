@@ -15,6 +15,7 @@ from . import errors
 from .codebook import Codebook
 from .tables import fetchall as _rows
 from .tables import kind as _kind
+from .tables import transaction
 
 TABLE = "bitpress.codebooks"
 
@@ -45,14 +46,8 @@ def save(conn, name: str, codebook: Codebook, sample_size: int = 0) -> int:
             # one writer per name at a time, so two fits never take the same version
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('bitpress.codebooks'), hashtext(%s))", (name,))
             return conn.execute(insert, args).fetchone()[0]
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        version = conn.execute(insert.replace("%s", "?"), list(args)).fetchone()[0]
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
-    return version
+    with transaction(conn):
+        return conn.execute(insert.replace("%s", "?"), list(args)).fetchall()[0][0]
 
 
 def load(conn, name: str, version: int | None = None) -> Codebook:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import _core, errors
-from .tables import fetchall, kind, quoted
+from .tables import fetchall, kind, quoted, transaction
 
 SEGMENT_CODES = 16384
 
@@ -69,8 +69,7 @@ def rebuild(conn, name: str) -> int:
     if len(np.unique(ids)) != n:
         raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
     data = data[offsets[0]:offsets[0] + n * nbytes]
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM bitpress.code_segments WHERE store = ?", [name]).fetchall()
         for seg, start in enumerate(range(0, n, segment_codes)):
             part = ids[start:start + segment_codes]
@@ -81,10 +80,6 @@ def rebuild(conn, name: str) -> int:
         conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ? "
                      "WHERE name = ?", [nbytes * 8, _fingerprint(conn, source, id_column, code_column),
                                         name]).fetchall()
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
     _CACHE.pop((id(conn), name), None)
     return n
 

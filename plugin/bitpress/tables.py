@@ -6,6 +6,8 @@ A table name may be schema-qualified as "schema.table".
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import errors
@@ -27,6 +29,31 @@ def fetchall(conn, query: str, params=()) -> list:
     if kind(conn) == "duckdb":
         return conn.execute(query.replace("%s", "?"), list(params)).fetchall()
     return conn.execute(query, params).fetchall()
+
+
+@contextlib.contextmanager
+def transaction(conn):
+    """One transaction on a psycopg (autocommit or not) or DuckDB connection: committed when the
+    block ends, rolled back when it raises (Ctrl-C included)."""
+    if kind(conn) == "pg":
+        with conn.transaction():
+            yield conn
+        return
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def execute(conn, query: str, params=()) -> None:
+    """Runs a statement written with %s placeholders on either engine, discarding its result."""
+    fetch = kind(conn) == "duckdb"
+    cur = conn.execute(query.replace("%s", "?") if fetch else query, list(params) if fetch else params)
+    if fetch and cur.description is not None:
+        cur.fetchall()
 
 
 def quoted(conn, table: str, column: str | None = None):

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core, errors
 from .tables import fetchall as _rows
+from .tables import execute, transaction
 from .tables import kind as _kind
 
 TENSORS = "bitpress.tt_tensors"
@@ -200,23 +201,15 @@ def write(conn, model: str, name: str, result, onnx_name: str | None = None) -> 
                      "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
     insert_core = f"INSERT INTO {CORES} (model, tensor, idx, shape, data, checksum) VALUES (%s, %s, %s, %s, %s, %s)"
     cores = core_rows(model, name, result.cores)
-    if _kind(conn) == "pg":
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"DELETE FROM {CORES} WHERE model = %s AND tensor = %s", (model, name))
-            cur.execute(f"DELETE FROM {TENSORS} WHERE model = %s AND tensor = %s", (model, name))
-            cur.execute(insert_tensor, tensor_row)
-            cur.executemany(insert_core, cores)
-        return
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(f"DELETE FROM {CORES} WHERE model = ? AND tensor = ?", [model, name])
-        conn.execute(f"DELETE FROM {TENSORS} WHERE model = ? AND tensor = ?", [model, name])
-        conn.execute(insert_tensor.replace("%s", "?"), list(tensor_row))
-        conn.executemany(insert_core.replace("%s", "?"), [list(c) for c in cores])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    with transaction(conn):
+        for table in (CORES, TENSORS):
+            execute(conn, f"DELETE FROM {table} WHERE model = %s AND tensor = %s", (model, name))
+        execute(conn, insert_tensor, tensor_row)
+        if _kind(conn) == "pg":
+            with conn.cursor() as cur:
+                cur.executemany(insert_core, cores)
+        else:
+            conn.executemany(insert_core.replace("%s", "?"), [list(c) for c in cores])
 
 
 def list_tensors(conn, model: str) -> list[dict]:
