@@ -40,6 +40,7 @@ setup(
             "bitpress._core",
             sources=["pyext/_coremodule.c", *CORE],
             include_dirs=["pyext"],
+            depends=["pyext/bp_core.h", "pyext/bp_tt_kernels.h"],
             # no -march=native: each SIMD path carries its own target attribute
             extra_compile_args=["-std=c99", "-O2", "-Wall", "-ffp-contract=off"],
         )

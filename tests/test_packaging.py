@@ -39,6 +39,9 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
     for path in ("bitpress/_pgsrc/sql/bitpress.sql", "bitpress/_pgsrc/sql/bitpress--0.1.0--0.2.0.sql",
                  "bitpress/_pgsrc/sql/src/stores.c", "bitpress/_pgsrc/pyext/bp_codebook.c",
                  "bitpress/_migrations/env.py", "bitpress/_migrations/versions/0001_codebooks.py",
-                 "bitpress/_migrations/versions/0002_code_stores.py", "bitpress/schema.py"):
+                 "bitpress/_migrations/versions/0002_code_stores.py", "bitpress/schema.py",
+                 "bitpress/_pgsrc/sql/bitpress--0.2.0--0.3.0.sql", "bitpress/_pgsrc/sql/src/tt.c",
+                 "bitpress/_pgsrc/pyext/bp_tt.c", "bitpress/_pgsrc/pyext/bp_tt_kernels.h",
+                 "bitpress/_migrations/versions/0003_tt.py", "bitpress/tensors.py"):
         assert path in names, path
     assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)

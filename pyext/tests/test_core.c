@@ -308,6 +308,176 @@ test_topk(void)
 	}
 }
 
+/* a double-precision reference element of a TT, straight from the formula */
+static double
+ref_tt_element(const bp_tt *tt, uint64_t i, uint64_t j)
+{
+	double		v[64],
+				w[64];
+	uint32_t	row[BP_TT_MAX_CORES],
+				col[BP_TT_MAX_CORES];
+
+	for (int k = tt->d - 1; k >= 0; k--)
+	{
+		row[k] = (uint32_t) (i % tt->m[k]);
+		i /= tt->m[k];
+		col[k] = (uint32_t) (j % tt->n[k]);
+		j /= tt->n[k];
+	}
+	v[0] = 1.0;
+	for (int k = 0; k < tt->d; k++)
+	{
+		uint32_t	r0 = tt->r[k],
+					r1 = tt->r[k + 1],
+					m = tt->m[k],
+					n = tt->n[k];
+
+		for (uint32_t b = 0; b < r1; b++)
+		{
+			w[b] = 0.0;
+			for (uint32_t a = 0; a < r0; a++)
+				w[b] += v[a] * tt->core[k][(((size_t) a * m + row[k]) * n + col[k]) * r1 + b];
+		}
+		memcpy(v, w, sizeof(double) * r1);
+	}
+	return v[0];
+}
+
+/* Random small TTs: every function against the reference, with work buffers allocated to
+ * exactly the size the core asks for (ASan catches a write past them); then broken shapes. */
+static void
+test_tt(void)
+{
+	for (int trial = 0; trial < 60; trial++)
+	{
+		int			d = 1 + (int) (rnd() % 4);
+		int64_t		shapes[4 * 4];
+		float	   *cores[4];
+		const float *ptrs[4];
+		size_t		lens[4];
+		uint32_t	r = 1;
+		bp_tt		tt;
+		int			problem = 0,
+					bad = 0;
+
+		for (int k = 0; k < d; k++)
+		{
+			uint32_t	r1 = k == d - 1 ? 1 : 1 + rnd() % 9;
+
+			shapes[4 * k] = r;
+			shapes[4 * k + 1] = 1 + rnd() % 5;
+			shapes[4 * k + 2] = 1 + rnd() % 6;
+			shapes[4 * k + 3] = r1;
+			lens[k] = (size_t) (r * shapes[4 * k + 1] * shapes[4 * k + 2] * r1);
+			cores[k] = malloc(lens[k] * sizeof(float));
+			for (size_t t = 0; t < lens[k]; t++)
+				cores[k][t] = (float) ((int) (rnd() % 2001) - 1000) / 500.0f;
+			ptrs[k] = cores[k];
+			r = r1;
+		}
+		CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, &problem, &bad) == BP_OK, "valid TT refused (%d)", problem);
+		{
+			size_t		rows = tt.rows,
+						cols = tt.cols;
+			float	   *whole = malloc(rows * cols * sizeof(float));
+			float	   *work = malloc(bp_tt_row_work(&tt) * sizeof(float));
+			float	   *row = malloc(cols * sizeof(float));
+			float	   *ework = malloc(bp_tt_element_work(&tt) * sizeof(float));
+			float	   *mwork = malloc(bp_tt_matvec_work(&tt) * sizeof(float));
+			float	   *x = malloc(2 * rows * sizeof(float));
+			float	   *y = malloc(2 * cols * sizeof(float));
+			float	   *yd = malloc(2 * cols * sizeof(float));
+			int			ok = 1;
+
+			bp_tt_reconstruct(&tt, whole, work);
+			for (size_t i = 0; i < rows; i++)
+			{
+				CHECK(bp_tt_row(&tt, i, row, work) == BP_OK, "row");
+				for (size_t j = 0; j < cols; j++)
+				{
+					float		e;
+
+					ok &= bp_tt_element(&tt, i, j, &e, ework) == BP_OK && e == whole[i * cols + j] &&
+						row[j] == e && fabs(e - ref_tt_element(&tt, i, j)) < 1e-3;
+				}
+			}
+			CHECK(ok, "TT element/row/whole disagree (trial %d)", trial);
+			for (size_t t = 0; t < 2 * rows; t++)
+				x[t] = (float) ((int) (rnd() % 201) - 100) / 50.0f;
+			CHECK(bp_tt_matvec(&tt, x, 2, rows, y, cols, mwork, NULL, NULL) == BP_OK, "matvec");
+			CHECK(bp_dense_matvec(whole, rows, cols, x, 2, rows, yd, cols, NULL, NULL) == BP_OK, "dense matvec");
+			ok = 1;
+			for (size_t v = 0; v < 2; v++)
+				for (size_t j = 0; j < cols; j++)
+				{
+					double		s = 0;
+
+					for (size_t i = 0; i < rows; i++)
+						s += (double) x[v * rows + i] * whole[i * cols + j];
+					ok &= fabs(y[v * cols + j] - s) < 1e-2 && fabs(yd[v * cols + j] - s) < 1e-2;
+				}
+			CHECK(ok, "TT matvec differs from x @ W (trial %d)", trial);
+			CHECK(bp_tt_row(&tt, rows, row, work) == BP_ERR_TT_INDEX, "row out of range");
+			CHECK(bp_tt_element(&tt, 0, cols, row, ework) == BP_ERR_TT_INDEX, "column out of range");
+			x[rows - 1] = NAN;
+			{
+				size_t		br = 9,
+							bi = 9;
+
+				CHECK(bp_tt_matvec(&tt, x, 1, rows, y, cols, mwork, &br, &bi) == BP_ERR_NONFINITE_VALUE &&
+					  br == 0 && bi == rows - 1, "NaN input");
+			}
+			free(whole);
+			free(work);
+			free(row);
+			free(ework);
+			free(mwork);
+			free(x);
+			free(y);
+			free(yd);
+		}
+		/* break one thing at a time: each is refused with its problem and core */
+		if (d >= 2)
+		{
+			int64_t		bad_shapes[16];
+
+			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
+			bad_shapes[4] += 1;
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_RANK_MISMATCH && bad == 1, "rank mismatch");
+		}
+		{
+			int64_t		bad_shapes[16];
+			size_t		bad_lens[4];
+
+			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
+			memcpy(bad_lens, lens, sizeof(size_t) * d);
+			bad_lens[d - 1] -= 1;
+			CHECK(bp_tt_init(&tt, d, shapes, ptrs, bad_lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_SIZE && bad == d - 1, "size");
+			bad_shapes[4 * (d - 1) + 3] = 2;
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_EDGE_RANK, "edge rank");
+			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
+			bad_shapes[1] = 0;
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_SHAPE && bad == 0, "zero dimension");
+			bad_shapes[1] = INT64_C(1) << 41;
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_SHAPE, "huge dimension");
+			cores[0][0] = INFINITY;
+			CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_NONFINITE && bad == 0, "infinity in a core");
+			CHECK(bp_tt_init(&tt, 0, shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+				  problem == BP_TT_NO_CORES, "no cores");
+			CHECK(bp_tt_init(&tt, BP_TT_MAX_CORES + 1, shapes, ptrs, lens, &problem, &bad) ==
+				  BP_ERR_MALFORMED_TT && problem == BP_TT_TOO_MANY_CORES, "too many cores");
+		}
+		for (int k = 0; k < d; k++)
+			free(cores[k]);
+	}
+}
+
 int
 main(void)
 {
@@ -317,6 +487,7 @@ main(void)
 	test_binarize();
 	test_codebook();
 	test_topk();
+	test_tt();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
