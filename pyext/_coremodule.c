@@ -658,7 +658,7 @@ release_tt(TTArgs *t)
 
 /* cores: a sequence of float32 buffers; shapes: an int64 buffer of len(cores) x 4 */
 static int
-get_tt(PyObject *cores, PyObject *shapes, TTArgs *t)
+get_tt(PyObject *cores, PyObject *shapes, int check_values, TTArgs *t)
 {
 	PyObject   *seq;
 	Py_buffer	sb = {0};
@@ -712,7 +712,8 @@ get_tt(PyObject *cores, PyObject *shapes, TTArgs *t)
 			ptrs[k] = t->copies[k];
 		}
 	}
-	st = bp_tt_init(&t->tt, (int) d, (const int64_t *) sb.buf, ptrs, lens, &problem, &bad_core);
+	st = bp_tt_init(&t->tt, (int) d, (const int64_t *) sb.buf, ptrs, lens, check_values, &problem,
+					&bad_core);
 	if (st != BP_OK)
 	{
 		raise_status(st, problem, bad_core, -1);
@@ -749,7 +750,7 @@ core_tt_shape(PyObject *self, PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "OO", &co, &so))
 		return NULL;
-	if (get_tt(co, so, &t) < 0)
+	if (get_tt(co, so, 1, &t) < 0)
 		return NULL;
 	result = Py_BuildValue("(KKKi)", (unsigned long long) t.tt.rows, (unsigned long long) t.tt.cols,
 						   (unsigned long long) bp_tt_matvec_cost(&t.tt),
@@ -759,11 +760,13 @@ core_tt_shape(PyObject *self, PyObject *args)
 }
 
 /*
- * tt_into(cores, shapes, what, i, j, x, nvec, out) -> None or float
+ * tt_into(cores, shapes, what, i, j, x, nvec, out, checked=0) -> None or float
  *   what 0: the whole tensor into out (rows * cols float32)
  *   what 1: row i into out (cols float32)
  *   what 2: element (i, j), returned
  *   what 3: x (nvec * rows float32) @ W into out (nvec * cols float32)
+ * checked = 1: the caller has had these exact cores checked by tt_shape and kept them
+ * unchanged, so their values are not scanned again (shapes are, always).
  */
 static PyObject *
 core_tt_into(PyObject *self, PyObject *args)
@@ -772,7 +775,8 @@ core_tt_into(PyObject *self, PyObject *args)
 			   *so,
 			   *xo,
 			   *oo;
-	int			what;
+	int			what,
+				checked = 0;
 	unsigned long long i,
 				j;
 	Py_ssize_t	nvec;
@@ -787,11 +791,11 @@ core_tt_into(PyObject *self, PyObject *args)
 	bp_status	st = BP_OK;
 	PyObject   *result = NULL;
 
-	if (!PyArg_ParseTuple(args, "OOiKKOnO", &co, &so, &what, &i, &j, &xo, &nvec, &oo))
+	if (!PyArg_ParseTuple(args, "OOiKKOnO|p", &co, &so, &what, &i, &j, &xo, &nvec, &oo, &checked))
 		return NULL;
 	if (what < 0 || what > 3 || nvec < 0)
 		return PyErr_Format(PyExc_ValueError, "bad tt_into arguments");
-	if (get_tt(co, so, &t) < 0)
+	if (get_tt(co, so, !checked, &t) < 0)
 		return NULL;
 	if (what == 0)
 		want = t.tt.rows * t.tt.cols;

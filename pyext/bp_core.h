@@ -263,9 +263,11 @@ typedef struct bp_tt
 } bp_tt;
 
 /* Checks d cores (shapes: d x 4 int64 (r0, m, n, r1); lens: floats in each) and points tt at
- * them (no copy). BP_ERR_MALFORMED_TT with *problem and *bad_core set on failure. */
+ * them (no copy). With check_values, also that every value is finite (one pass over the data:
+ * callers that keep cores they have checked once may skip it). BP_ERR_MALFORMED_TT with
+ * *problem and *bad_core set on failure. */
 bp_status	bp_tt_init(bp_tt *tt, int d, const int64_t *shapes, const float *const *cores,
-					   const size_t *lens, int *problem, int *bad_core);
+					   const size_t *lens, int check_values, int *problem, int *bad_core);
 
 /* Floats of scratch space for bp_tt_row / bp_tt_reconstruct, bp_tt_element, bp_tt_matvec. */
 size_t		bp_tt_row_work(const bp_tt *tt);
@@ -288,8 +290,9 @@ bp_status	bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_st
 						 float *y, size_t y_stride, float *work, size_t *bad_row,
 						 size_t *bad_index);
 
-/* Multiply-adds of bp_tt_matvec for one vector, and whether x @ W costs fewer of them on the
- * rebuilt tensor (rows * cols per vector) than through the cores: callers that can keep the
+/* Multiply-adds of bp_tt_matvec for one vector, and whether x @ W is cheaper on the rebuilt
+ * tensor (rows * cols multiply-adds per vector, at about 1.5 times the speed per multiply-add:
+ * measured by benchmarks/bench_tt.py) than through the cores: callers that can keep the
  * rebuilt tensor then use bp_dense_matvec. Both engines follow this same rule. */
 uint64_t	bp_tt_matvec_cost(const bp_tt *tt);
 int			bp_tt_prefers_dense(const bp_tt *tt);

@@ -5,7 +5,9 @@
  * Every product is a sequence of "axpy" steps, y[0..len) += a * x[0..len), over contiguous
  * slices of a core. The scalar and AVX2 paths (kernels in bp_tt_kernels.h, compiled once per
  * path) multiply and add separately, element by element in the same order, so they give the
- * same bits; the AVX2 path is used when the Hamming dispatch (bp_get_impl) is avx2 or above.
+ * same bits. The AVX2 path runs whenever the CPU has AVX2, unless the scalar path is forced
+ * (bp_set_impl(BP_IMPL_SCALAR), `SET bitpress.simd = 'scalar'`): the Hamming dispatch may pick
+ * popcnt on an AVX2 CPU, which says nothing about these loops.
  */
 #include <math.h>
 #include <string.h>
@@ -39,7 +41,7 @@ static int
 use_avx2(void)
 {
 #ifdef BP_X86
-	return bp_get_impl() >= BP_IMPL_AVX2;
+	return bp_get_impl() != BP_IMPL_SCALAR && bp_impl_supported(BP_IMPL_AVX2);
 #else
 	return 0;
 #endif
@@ -59,7 +61,7 @@ malformed(int problem, int core, int *problem_out, int *bad_core)
 
 bp_status
 bp_tt_init(bp_tt *tt, int d, const int64_t *shapes, const float *const *cores,
-		   const size_t *lens, int *problem, int *bad_core)
+		   const size_t *lens, int check_values, int *problem, int *bad_core)
 {
 	/* 2^40 floats (4 TiB) bounds every size so products below cannot overflow */
 	const uint64_t limit = UINT64_C(1) << 40;
@@ -103,7 +105,7 @@ bp_tt_init(bp_tt *tt, int d, const int64_t *shapes, const float *const *cores,
 			return malformed(BP_TT_SIZE, k, problem, bad_core);
 		if (cores[k] == NULL || ((uintptr_t) cores[k]) % sizeof(float) != 0)
 			return malformed(BP_TT_ALIGN, k, problem, bad_core);
-		for (t = 0; t < count; t++)
+		for (t = 0; check_values && t < count; t++)
 			if (!isfinite(cores[k][t]))
 				return malformed(BP_TT_NONFINITE, k, problem, bad_core);
 		tt->r[k] = (uint32_t) s[0];
@@ -334,7 +336,8 @@ bp_tt_matvec_cost(const bp_tt *tt)
 int
 bp_tt_prefers_dense(const bp_tt *tt)
 {
-	return bp_tt_matvec_cost(tt) > tt->rows * tt->cols;
+	/* the dense kernel runs about 1.5x as many multiply-adds per second (AVX2, batches) */
+	return 3 * bp_tt_matvec_cost(tt) > 2 * tt->rows * tt->cols;
 }
 
 static bp_status
@@ -357,35 +360,47 @@ check_vectors(const float *x, size_t nvec, size_t x_stride, uint64_t dim, size_t
 	return BP_OK;
 }
 
+/* bp_dense_matvec works on blocks of 4 vectors x 16 columns x DENSE_ROWS rows: the block of W
+ * (8 KiB) stays in L1 while every block of vectors passes over it */
+#define DENSE_ROWS 128
+
 bp_status
 bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x, size_t nvec,
 				size_t x_stride, float *y, size_t y_stride, size_t *bad_row, size_t *bad_index)
 {
 	int			avx2 = use_avx2();
 	bp_status	st = check_vectors(x, nvec, x_stride, rows, bad_row, bad_index);
+	uint64_t	i0;
 	size_t		v;
-	uint64_t	i;
 
 	if (st != BP_OK)
 		return st;
-	/* y = sum_i x[i] * W[i, :], in the order of bp_tt_matvec on a one-core tensor */
+	/* y = x @ W: every element of y sums x[i] * W[i, c] over i in increasing order */
 	for (v = 0; v < nvec; v++)
+		memset(y + v * y_stride, 0, cols * sizeof(float));
+	for (i0 = 0; i0 < rows; i0 += DENSE_ROWS)
 	{
-		float	   *out = y + v * y_stride;
+		uint64_t	i1 = rows - i0 < DENSE_ROWS ? rows : i0 + DENSE_ROWS;
+		size_t		c0;
 
-		memset(out, 0, cols * sizeof(float));
-		for (i = 0; i < rows; i++)
+		for (c0 = 0; c0 < cols; c0 += 16)
 		{
-			float		z = x[v * x_stride + i];
+			size_t		nc = cols - c0 < 16 ? (size_t) (cols - c0) : 16;
+			size_t		v0;
 
-			if (z == 0.0f)
-				continue;
+			for (v0 = 0; v0 < nvec; v0 += 4)
+			{
+				size_t		nv = nvec - v0 < 4 ? nvec - v0 : 4;
+				const float *xv = x + v0 * x_stride;
+				float	   *yv = y + v0 * y_stride;
+
 #ifdef BP_X86
-			if (avx2)
-				tt_axpy_avx2(out, z, w + i * cols, cols);
-			else
+				if (avx2)
+					tt_dense_block_avx2(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
+				else
 #endif
-				tt_axpy_scalar(out, z, w + i * cols, cols);
+					tt_dense_block_scalar(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
+			}
 		}
 	}
 	return BP_OK;

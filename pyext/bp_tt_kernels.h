@@ -108,3 +108,92 @@ BP_TT_SUFFIX(tt_matvec_step) (const bp_tt *tt, int k, const float *src, float *d
 					   r1 * sizeof(float));
 		}
 }
+
+/*
+ * y[v][c] += sum over i in [i0, i1) of x[v][i] * w[i][c] for nv <= 4 vectors and the columns
+ * [c0, c0 + 16) (or fewer at the end): the block of bp_dense_matvec. Each output element adds
+ * its terms one at a time in increasing i, multiply then add, whatever the path: the AVX2 path
+ * keeps eight 8-float sums in registers over the whole range of i, which changes no bit.
+ */
+BP_TT_TARGET
+static void
+BP_TT_SUFFIX(tt_dense_block) (const float *w, size_t cols, uint64_t i0, uint64_t i1, size_t c0,
+							  size_t ncols, const float *x, size_t x_stride, size_t nv,
+							  float *y, size_t y_stride)
+{
+	size_t		v,
+				c;
+	uint64_t	i;
+
+#ifdef BP_TT_AVX2
+	if (nv == 4 && ncols == 16)
+	{
+		__m256		a00 = _mm256_loadu_ps(y + c0),
+					a01 = _mm256_loadu_ps(y + c0 + 8),
+					a10 = _mm256_loadu_ps(y + y_stride + c0),
+					a11 = _mm256_loadu_ps(y + y_stride + c0 + 8),
+					a20 = _mm256_loadu_ps(y + 2 * y_stride + c0),
+					a21 = _mm256_loadu_ps(y + 2 * y_stride + c0 + 8),
+					a30 = _mm256_loadu_ps(y + 3 * y_stride + c0),
+					a31 = _mm256_loadu_ps(y + 3 * y_stride + c0 + 8);
+
+		for (i = i0; i < i1; i++)
+		{
+			const float *wi = w + i * cols + c0;
+			__m256		w0 = _mm256_loadu_ps(wi),
+						w1 = _mm256_loadu_ps(wi + 8),
+						z;
+
+			z = _mm256_set1_ps(x[i]);
+			a00 = _mm256_add_ps(a00, _mm256_mul_ps(z, w0));
+			a01 = _mm256_add_ps(a01, _mm256_mul_ps(z, w1));
+			z = _mm256_set1_ps(x[x_stride + i]);
+			a10 = _mm256_add_ps(a10, _mm256_mul_ps(z, w0));
+			a11 = _mm256_add_ps(a11, _mm256_mul_ps(z, w1));
+			z = _mm256_set1_ps(x[2 * x_stride + i]);
+			a20 = _mm256_add_ps(a20, _mm256_mul_ps(z, w0));
+			a21 = _mm256_add_ps(a21, _mm256_mul_ps(z, w1));
+			z = _mm256_set1_ps(x[3 * x_stride + i]);
+			a30 = _mm256_add_ps(a30, _mm256_mul_ps(z, w0));
+			a31 = _mm256_add_ps(a31, _mm256_mul_ps(z, w1));
+		}
+		_mm256_storeu_ps(y + c0, a00);
+		_mm256_storeu_ps(y + c0 + 8, a01);
+		_mm256_storeu_ps(y + y_stride + c0, a10);
+		_mm256_storeu_ps(y + y_stride + c0 + 8, a11);
+		_mm256_storeu_ps(y + 2 * y_stride + c0, a20);
+		_mm256_storeu_ps(y + 2 * y_stride + c0 + 8, a21);
+		_mm256_storeu_ps(y + 3 * y_stride + c0, a30);
+		_mm256_storeu_ps(y + 3 * y_stride + c0 + 8, a31);
+		return;
+	}
+	if (ncols == 16)
+	{
+		for (v = 0; v < nv; v++)
+		{
+			__m256		a0 = _mm256_loadu_ps(y + v * y_stride + c0),
+						a1 = _mm256_loadu_ps(y + v * y_stride + c0 + 8);
+
+			for (i = i0; i < i1; i++)
+			{
+				__m256		z = _mm256_set1_ps(x[v * x_stride + i]);
+
+				a0 = _mm256_add_ps(a0, _mm256_mul_ps(z, _mm256_loadu_ps(w + i * cols + c0)));
+				a1 = _mm256_add_ps(a1, _mm256_mul_ps(z, _mm256_loadu_ps(w + i * cols + c0 + 8)));
+			}
+			_mm256_storeu_ps(y + v * y_stride + c0, a0);
+			_mm256_storeu_ps(y + v * y_stride + c0 + 8, a1);
+		}
+		return;
+	}
+#endif
+	for (v = 0; v < nv; v++)
+		for (c = c0; c < c0 + ncols; c++)
+		{
+			float		acc = y[v * y_stride + c];
+
+			for (i = i0; i < i1; i++)
+				acc += x[v * x_stride + i] * w[i * cols + c];
+			y[v * y_stride + c] = acc;
+		}
+}

@@ -62,6 +62,11 @@ class StoredTensor:
     _dense: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        # the cores are checked once here (finite values too), and kept as read-only views so
+        # that the C calls below can skip scanning them again
+        self.cores = [np.ascontiguousarray(c, dtype=np.float32).view() for c in self.cores]
+        for c in self.cores:
+            c.flags.writeable = False
         self._shapes = np.array([c.shape for c in self.cores], dtype=np.int64).reshape(-1, 4)
         try:
             self.rows, self.cols, self.matvec_cost, self.prefers_dense = _core.tt_shape(
@@ -76,7 +81,7 @@ class StoredTensor:
 
     def _call(self, what, i=0, j=0, x=None, nvec=0, out=None):
         try:
-            return _core.tt_into(self.cores, self._shapes, what, i, j, x, nvec, out)
+            return _core.tt_into(self.cores, self._shapes, what, i, j, x, nvec, out, True)
         except errors.BitpressError as e:
             raise _named(e, self.model, self.tensor) from None
 

@@ -375,7 +375,7 @@ test_tt(void)
 			ptrs[k] = cores[k];
 			r = r1;
 		}
-		CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, &problem, &bad) == BP_OK, "valid TT refused (%d)", problem);
+		CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, 1, &problem, &bad) == BP_OK, "valid TT refused (%d)", problem);
 		{
 			size_t		rows = tt.rows,
 						cols = tt.cols;
@@ -443,7 +443,7 @@ test_tt(void)
 
 			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
 			bad_shapes[4] += 1;
-			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_RANK_MISMATCH && bad == 1, "rank mismatch");
 		}
 		{
@@ -453,24 +453,24 @@ test_tt(void)
 			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
 			memcpy(bad_lens, lens, sizeof(size_t) * d);
 			bad_lens[d - 1] -= 1;
-			CHECK(bp_tt_init(&tt, d, shapes, ptrs, bad_lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, shapes, ptrs, bad_lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_SIZE && bad == d - 1, "size");
 			bad_shapes[4 * (d - 1) + 3] = 2;
-			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_EDGE_RANK, "edge rank");
 			memcpy(bad_shapes, shapes, sizeof(int64_t) * 4 * d);
 			bad_shapes[1] = 0;
-			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_SHAPE && bad == 0, "zero dimension");
 			bad_shapes[1] = INT64_C(1) << 41;
-			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, bad_shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_SHAPE, "huge dimension");
 			cores[0][0] = INFINITY;
-			CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, d, shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_NONFINITE && bad == 0, "infinity in a core");
-			CHECK(bp_tt_init(&tt, 0, shapes, ptrs, lens, &problem, &bad) == BP_ERR_MALFORMED_TT &&
+			CHECK(bp_tt_init(&tt, 0, shapes, ptrs, lens, 1, &problem, &bad) == BP_ERR_MALFORMED_TT &&
 				  problem == BP_TT_NO_CORES, "no cores");
-			CHECK(bp_tt_init(&tt, BP_TT_MAX_CORES + 1, shapes, ptrs, lens, &problem, &bad) ==
+			CHECK(bp_tt_init(&tt, BP_TT_MAX_CORES + 1, shapes, ptrs, lens, 1, &problem, &bad) ==
 				  BP_ERR_MALFORMED_TT && problem == BP_TT_TOO_MANY_CORES, "too many cores");
 		}
 		for (int k = 0; k < d; k++)

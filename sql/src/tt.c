@@ -203,7 +203,7 @@ load_tensor(CachedTensor *e, const char *model, const char *tensor)
 			memcpy(data + offsets[k], VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
 			ptrs[k] = (const float *) (data + offsets[k]);
 		}
-		st = bp_tt_init(&tt, d, shapes, ptrs, lens, &problem, &bad_core);
+		st = bp_tt_init(&tt, d, shapes, ptrs, lens, 1, &problem, &bad_core);
 		if (st != BP_OK)
 			malformed_core(model, tensor, problem, bad_core);
 		/* the tensor's 2-D view: (shape[0], rest), a 1-D tensor as (1, n) */
