@@ -16,9 +16,10 @@ def test_pg_install_stages_a_working_build(tmp_path):
     inst = pg.installed(destdir=str(tmp_path))
     assert inst is not None and inst.version == bitpress.__version__
     assert inst.library.is_file() and inst.library.stat().st_size > 10_000
-    # the current version's script, the first release's, and the upgrade between them
+    # the current version's script, the first release's, and the upgrades between them
     assert sorted(s.name for s in inst.scripts) == [
-        "bitpress--0.1.0--0.2.0.sql", "bitpress--0.1.0.sql", f"bitpress--{bitpress.__version__}.sql"]
+        "bitpress--0.1.0--0.2.0.sql", "bitpress--0.1.0.sql", "bitpress--0.2.0--0.3.0.sql",
+        f"bitpress--{bitpress.__version__}.sql"]
     assert f"built bitpress {bitpress.__version__}" in proc.stdout
     assert str(inst.library) in proc.stdout
     # the library exports the SQL entry points and was built without -march=native
