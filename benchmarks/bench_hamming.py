@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,26 +33,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
+                    parse_engines, tqdm_or_none, unwind_on_signals)
 
 K = 10
 BASELINES = {"postgresql": "pgvector", "duckdb": "bit_count_xor", "numpy": "bitwise_count",
              "kernel": "bitwise_count_kernel"}
 
 
-class Mismatch(AssertionError):
-    pass
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-def tqdm_or_none(**kw):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(file=sys.stderr, **kw)
 
 
 # -- data and ground truth -----------------------------------------------------------------------
@@ -93,10 +79,6 @@ class Truth:
         for i, x in zip((int(r[0]) for r in rows), got):
             if d[i] != x:
                 raise Mismatch(f"{label}, query {qi}: id {i} returned with distance {x}, numpy says {d[i]}")
-
-
-def median_ms(times):
-    return statistics.median(times) * 1e3
 
 
 def time_interleaved(fns, nq, before=None, after=None):
@@ -469,10 +451,6 @@ def add_ratios(results):
             r["speedup_vs_baseline"] = base["ms_per_query"] / r["ms_per_query"]
 
 
-def fmt_ms(ms):
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
-
-
 def print_table(results):
     hdr = ("engine", "method", "n", "bits", "ms_per_query", "vs baseline", "notes")
     rows = []
@@ -506,30 +484,16 @@ def main(argv=None):
     ap.add_argument("--bits", type=int, default=384, help="bits per code (default 384)")
     ap.add_argument("--queries", type=int, default=5, help="query codes timed per method (median)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--engines", default="postgresql,duckdb,numpy",
-                    help="comma list of postgresql, duckdb, numpy")
     ap.add_argument("--json", metavar="PATH", help="write the measurements as a JSON list")
-    ap.add_argument("--dsn", help="use this PostgreSQL server instead of a throwaway cluster "
-                                  "(needs pgvector and bitpress installed; a table is created and dropped)")
-    ap.add_argument("--pg-jit", choices=["default", "on", "off"], default="default",
-                    help="SET jit for the PostgreSQL session (default: leave the server's setting)")
-    ap.add_argument("--duckdb-threads", type=int, default=0, help="SET threads (default: DuckDB's default)")
     ap.add_argument("--chunk", type=int, default=100_000, help="rows per load batch")
+    add_engine_arguments(ap, "a table")
     args = ap.parse_args(argv)
 
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = set(engines) - {"postgresql", "duckdb", "numpy"}
-    if unknown or not engines:
-        ap.error(f"unknown engines: {', '.join(sorted(unknown)) or '(none)'}")
+    engines = parse_engines(ap, args)
     if args.n < 1 or args.bits < 1 or args.queries < 1:
         ap.error("--n, --bits and --queries must be positive")
 
-    # SIGTERM / SIGHUP unwind like Ctrl-C: finally blocks stop the server and remove temp dirs
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    unwind_on_signals()
 
     import bitpress
 

@@ -1,0 +1,62 @@
+"""Small helpers every benchmark script shares: logging to stderr, progress bars, medians and
+the way times are printed, and the exception a wrong answer raises (exit status 1)."""
+from __future__ import annotations
+
+import statistics
+import sys
+
+
+class Mismatch(AssertionError):
+    """An answer that differs from the reference: the benchmark stops (exit 1)."""
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def tqdm_or_none(**kw):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(file=sys.stderr, **kw)
+
+
+def median_ms(times):
+    return statistics.median(times) * 1e3
+
+
+def fmt_ms(ms):
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
+
+
+ENGINES = ("postgresql", "duckdb", "numpy")
+
+
+def add_engine_arguments(ap, what="a table"):
+    """--engines, --dsn, --pg-jit and --duckdb-threads, the same in every side-by-side script."""
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of " + ", ".join(ENGINES))
+    ap.add_argument("--dsn", help="use this PostgreSQL server instead of a throwaway cluster "
+                                  f"(needs pgvector and bitpress installed; {what} is created and removed)")
+    ap.add_argument("--pg-jit", choices=["default", "on", "off"], default="default",
+                    help="SET jit for the PostgreSQL sessions (default: the server's setting)")
+    ap.add_argument("--duckdb-threads", type=int, default=0, help="SET threads (default: DuckDB's default)")
+
+
+def parse_engines(ap, args) -> list[str]:
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = set(engines) - set(ENGINES)
+    if unknown or not engines:
+        ap.error(f"unknown engines: {', '.join(sorted(unknown)) or '(none)'}")
+    return engines
+
+
+def unwind_on_signals():
+    """SIGTERM / SIGHUP unwind like Ctrl-C: finally blocks stop the server and remove temp dirs."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
