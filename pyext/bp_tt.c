@@ -360,8 +360,10 @@ check_vectors(const float *x, size_t nvec, size_t x_stride, uint64_t dim, size_t
 	return BP_OK;
 }
 
-/* bp_dense_matvec works on blocks of 4 vectors x 16 columns x DENSE_ROWS rows: the block of W
- * (8 KiB) stays in L1 while every block of vectors passes over it */
+/* bp_dense_matvec works on chunks of DENSE_VECS vectors (their outputs stay in L2), and within
+ * them on blocks of 4 vectors x 16 columns x DENSE_ROWS rows: the block of W (8 KiB) stays in L1
+ * while the chunk's vectors pass over it */
+#define DENSE_VECS 64
 #define DENSE_ROWS 128
 
 bp_status
@@ -370,36 +372,42 @@ bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x, si
 {
 	int			avx2 = use_avx2();
 	bp_status	st = check_vectors(x, nvec, x_stride, rows, bad_row, bad_index);
-	uint64_t	i0;
-	size_t		v;
+	size_t		vc;
 
 	if (st != BP_OK)
 		return st;
 	/* y = x @ W: every element of y sums x[i] * W[i, c] over i in increasing order */
-	for (v = 0; v < nvec; v++)
-		memset(y + v * y_stride, 0, cols * sizeof(float));
-	for (i0 = 0; i0 < rows; i0 += DENSE_ROWS)
+	for (vc = 0; vc < nvec; vc += DENSE_VECS)
 	{
-		uint64_t	i1 = rows - i0 < DENSE_ROWS ? rows : i0 + DENSE_ROWS;
-		size_t		c0;
+		size_t		nchunk = nvec - vc < DENSE_VECS ? nvec - vc : DENSE_VECS;
+		uint64_t	i0;
+		size_t		v;
 
-		for (c0 = 0; c0 < cols; c0 += 16)
+		for (v = vc; v < vc + nchunk; v++)
+			memset(y + v * y_stride, 0, cols * sizeof(float));
+		for (i0 = 0; i0 < rows; i0 += DENSE_ROWS)
 		{
-			size_t		nc = cols - c0 < 16 ? (size_t) (cols - c0) : 16;
-			size_t		v0;
+			uint64_t	i1 = rows - i0 < DENSE_ROWS ? rows : i0 + DENSE_ROWS;
+			size_t		c0;
 
-			for (v0 = 0; v0 < nvec; v0 += 4)
+			for (c0 = 0; c0 < cols; c0 += 16)
 			{
-				size_t		nv = nvec - v0 < 4 ? nvec - v0 : 4;
-				const float *xv = x + v0 * x_stride;
-				float	   *yv = y + v0 * y_stride;
+				size_t		nc = cols - c0 < 16 ? (size_t) (cols - c0) : 16;
+				size_t		v0;
+
+				for (v0 = vc; v0 < vc + nchunk; v0 += 4)
+				{
+					size_t		nv = vc + nchunk - v0 < 4 ? vc + nchunk - v0 : 4;
+					const float *xv = x + v0 * x_stride;
+					float	   *yv = y + v0 * y_stride;
 
 #ifdef BP_X86
-				if (avx2)
-					tt_dense_block_avx2(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
-				else
+					if (avx2)
+						tt_dense_block_avx2(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
+					else
 #endif
-					tt_dense_block_scalar(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
+						tt_dense_block_scalar(w, cols, i0, i1, c0, nc, xv, x_stride, nv, yv, y_stride);
+				}
 			}
 		}
 	}

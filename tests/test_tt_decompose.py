@@ -393,3 +393,20 @@ def test_bad_tensors_raise_value_error():
         tt.decompose(np.array([1.0, None], dtype=object))
     with pytest.raises(ValueError, match="multiply to"):
         tt.tt_svd(np.ones((6, 6)), [(2, 3), (2, 3), (2, 1)])
+
+
+def test_layout_restricts_the_layouts_tried():
+    rng = np.random.default_rng(11)
+    a = (rng.standard_normal((96, 8)) @ rng.standard_normal((8, 128))).astype(np.float32)
+    svd = tt.decompose(a, eps=1e-4, layout="svd")
+    assert svd.modes == [(96, 1), (1, 128)] and svd.ranks == (1, 8, 1)
+    ttm = tt.decompose(a, eps=1e-4, layout="ttm", keep_dense_if_larger=False)
+    assert len(ttm.modes) >= 2 and all(m > 1 and n > 1 for m, n in ttm.modes)
+    assert ttm.rel_error < 1e-4 and ttm.stored_bytes > ttm.dense_bytes  # low rank, not low TT rank
+    assert tt.decompose(a, eps=1e-4, layout="ttm").format == "dense"  # so it is kept dense
+    auto = tt.decompose(a, eps=1e-4)
+    assert auto.stored_bytes == svd.stored_bytes < ttm.stored_bytes
+    with pytest.raises(ValueError, match="layout must be one of"):
+        tt.decompose(a, eps=0.1, layout="cp")
+    # a prime dimension has no TT-matrix layout: kept dense
+    assert tt.decompose(np.ones((7, 5), np.float32), eps=0.1, layout="ttm").format == "dense"

@@ -123,7 +123,8 @@ def _tt_compress(args) -> int:
     t0 = time.perf_counter()
     rows = ttmodels.compress(conn, args.model, args.name, eps=args.eps, max_rank=args.max_rank,
                              include=args.include, exclude=args.exclude, min_size=args.min_size,
-                             replace=args.replace, progress_bar=None if not args.quiet else False)
+                             replace=args.replace, layout=args.layout,
+                             progress_bar=None if not args.quiet else False)
     took = time.perf_counter() - t0
     for r in rows:
         if r["decomposed"]:
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--include", help="regex: decompose only weights whose readable name matches")
     cp.add_argument("--exclude", help="regex: never decompose these (default: embeddings, norms, biases)")
     cp.add_argument("--min-size", type=int, help="decompose only weights of at least this many elements")
+    cp.add_argument("--layout", choices=["auto", "svd", "ttm"], default="auto",
+                    help="layouts tried: all (default, the smallest wins), low-rank SVD only, TT-matrix only")
     cp.add_argument("--replace", action="store_true", help="store again if stored with other settings")
     cp.add_argument("--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=_tt_compress)

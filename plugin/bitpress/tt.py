@@ -428,12 +428,17 @@ def _result(mat, shape, cores, eps, max_rank) -> TTResult:
                     stored_bytes=_stored_bytes(cores), bound_holds=holds)
 
 
+LAYOUTS = ("auto", "svd", "ttm")
+
+
 def decompose(a, eps: float | None = None, max_rank: int | None = None, modes=None,
-              keep_dense_if_larger: bool = True) -> TTResult:
+              keep_dense_if_larger: bool = True, layout: str = "auto") -> TTResult:
     """Decompose tensor ``a`` (any ndim, through its 2-D view; converted to float32 first).
 
     ``modes`` given: exactly that layout (``[(rows, cols)]`` is dense), no fallback.
-    Otherwise every layout of ``factorizations(rows, cols)`` but the dense one is tried with
+    Otherwise every layout of ``factorizations(rows, cols)`` but the dense one (``layout``
+    "svd": only the low-rank one ``[(rows, 1), (1, cols)]``; "ttm": only the TT-matrix ones
+    with d >= 2 non-trivial modes) is tried with
     ``tt_svd(eps, max_rank)``, and the one with the fewest stored bytes is kept (ties: fewer
     cores, then the earlier layout). If it is not smaller than the dense tensor
     (``stored_bytes >= dense_bytes``) the dense result (one core) is returned instead when
@@ -449,14 +454,18 @@ def decompose(a, eps: float | None = None, max_rank: int | None = None, modes=No
         modes = _check_modes(modes, rows, cols)
         cores = dense if len(modes) == 1 else tt_svd(mat, modes, eps, max_rank)
         return _result(mat, shape, cores, eps, max_rank)
+    if layout not in LAYOUTS:
+        raise errors.InvalidParameterError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    svd = [(rows, 1), (1, cols)]
+    candidates = [m for m in factorizations(rows, cols) if len(m) > 1
+                  and (layout == "auto" or (m == svd) == (layout == "svd"))]
+    # none (e.g. "ttm" for a prime dimension): kept dense below
     best, best_key = None, None
-    for pos, layout in enumerate(factorizations(rows, cols)):
-        if len(layout) == 1:
-            continue
-        cores = tt_svd(mat, layout, eps, max_rank)
+    for pos, lay in enumerate(candidates):
+        cores = tt_svd(mat, lay, eps, max_rank)
         key = (_stored_bytes(cores), len(cores), pos)
         if best_key is None or key < best_key:
             best, best_key = cores, key
-    if keep_dense_if_larger and best_key[0] >= 4 * mat.size:
+    if best is None or (keep_dense_if_larger and best_key[0] >= 4 * mat.size):
         best = dense
     return _result(mat, shape, best, eps, max_rank)

@@ -54,17 +54,20 @@ def drop(conn, name: str) -> int:
 def compress(conn, path, name: str, eps: float = 0.3, max_rank: int | None = None,
              include: str | None = None, exclude: str | None = None,
              min_size: int | None = None, replace: bool = False, progress_bar=None,
-             stop_after: int | None = None) -> list[dict]:
+             stop_after: int | None = None, layout: str = "auto") -> list[dict]:
     """Stores the ONNX model at ``path`` as ``name``; returns one dict per tensor stored in
-    this run (name, format, ranks, sizes, measured error). ``stop_after`` stops after that many
-    tensors (for tests of resuming)."""
+    this run (name, format, ranks, sizes, measured error). ``layout`` ("auto", "svd", "ttm")
+    restricts the layouts tried (``bitpress.tt.decompose``). ``stop_after`` stops after that
+    many tensors (for tests of resuming)."""
     tensors._ensure_tables(conn)
     if not isinstance(name, str) or not name:
         raise errors.InvalidParameterError("a model needs a non-empty name")
     eps = float(eps)
     model = onnx_weights.load_model(path)
+    if layout not in tt.LAYOUTS:
+        raise errors.InvalidParameterError(f"layout must be one of {', '.join(tt.LAYOUTS)}, got {layout!r}")
     settings = {"eps": eps, "max_rank": max_rank, "include": include, "exclude": exclude,
-                "min_size": min_size, "sha256": _sha256(path)}
+                "min_size": min_size, "layout": layout, "sha256": _sha256(path)}
     old = _model_row(conn, name)
     if old is not None and old != settings:
         if not replace:
@@ -90,7 +93,7 @@ def compress(conn, path, name: str, eps: float = 0.3, max_rank: int | None = Non
             bar.set_postfix_str(info.name[-40:])
             a = onnx_weights.tensor(model, info.onnx_name)
             if decompose:
-                res = tt.decompose(a, eps=eps, max_rank=max_rank)
+                res = tt.decompose(a, eps=eps, max_rank=max_rank, layout=layout)
             else:
                 res = tt.decompose(a, modes=[tt.matrix_shape(a.shape)])
             tensors.write(conn, name, info.name, res, onnx_name=info.onnx_name)
