@@ -261,6 +261,17 @@ bp_tt_reconstruct(const bp_tt *tt, float *out, float *work)
 	uint64_t	i;
 	int			k;
 
+	/*
+	 * A low-rank (SVD) layout, cores (1, rows, 1, r) and (r, 1, cols, 1), is U @ V: the blocked
+	 * kernel of x @ W does it with the rows of U as vectors, adding the same products in the
+	 * same order as the row path below, so the bits are the same.
+	 */
+	if (tt->d == 2 && tt->n[0] == 1 && tt->m[1] == 1)
+	{
+		(void) bp_dense_matvec(tt->core[1], tt->r[1], tt->cols, tt->core[0], tt->rows, tt->r[1],
+							   out, tt->cols, NULL, NULL);
+		return;
+	}
 	/* rows in order, like an odometer: only the cores whose digit moved are recomputed */
 	memset(digit, 0, sizeof(digit));
 	row_states(tt, out, work, state);

@@ -188,12 +188,13 @@ BP_TT_SUFFIX(tt_dense_block) (const float *w, size_t cols, uint64_t i0, uint64_t
 	}
 #endif
 	for (v = 0; v < nv; v++)
-		for (c = c0; c < c0 + ncols; c++)
+		for (i = i0; i < i1; i++)
 		{
-			float		acc = y[v * y_stride + c];
+			float		z = x[v * x_stride + i];
+			float	   *yv = y + v * y_stride;
+			const float *wi = w + i * cols;
 
-			for (i = i0; i < i1; i++)
-				acc += x[v * x_stride + i] * w[i * cols + c];
-			y[v * y_stride + c] = acc;
+			for (c = c0; c < c0 + ncols; c++)
+				yv[c] += z * wi[c];
 		}
 }

@@ -348,9 +348,11 @@ ref_tt_element(const bp_tt *tt, uint64_t i, uint64_t j)
 static void
 test_tt(void)
 {
-	for (int trial = 0; trial < 60; trial++)
+	for (int trial = 0; trial < 80; trial++)
 	{
-		int			d = 1 + (int) (rnd() % 4);
+		/* the last 20 trials are low-rank (SVD) layouts (1, m, 1, r) (r, 1, n, 1): a fast path */
+		int			svd = trial >= 60;
+		int			d = svd ? 2 : 1 + (int) (rnd() % 4);
 		int64_t		shapes[4 * 4];
 		float	   *cores[4];
 		const float *ptrs[4];
@@ -365,8 +367,8 @@ test_tt(void)
 			uint32_t	r1 = k == d - 1 ? 1 : 1 + rnd() % 9;
 
 			shapes[4 * k] = r;
-			shapes[4 * k + 1] = 1 + rnd() % 5;
-			shapes[4 * k + 2] = 1 + rnd() % 6;
+			shapes[4 * k + 1] = svd && k == 1 ? 1 : 1 + rnd() % (svd ? 40 : 5);
+			shapes[4 * k + 2] = svd && k == 0 ? 1 : 1 + rnd() % (svd ? 40 : 6);
 			shapes[4 * k + 3] = r1;
 			lens[k] = (size_t) (r * shapes[4 * k + 1] * shapes[4 * k + 2] * r1);
 			cores[k] = malloc(lens[k] * sizeof(float));
