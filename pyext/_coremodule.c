@@ -930,7 +930,190 @@ done:
 	return result;
 }
 
+/* ---- feed-forward layers ---- */
+
+/*
+ * ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed in total
+ *   mode 0: dense; 1: sparse, the k neurons the predictor ranks highest; 2: sparse, the
+ *   neurons above their stored thresholds. x: nvec * dim float32, out: nvec * d float32.
+ */
+static PyObject *
+core_ffn_into(PyObject *self, PyObject *args)
+{
+	PyObject   *bo,
+			   *xo,
+			   *oo;
+	Py_ssize_t	nvec,
+				dim;
+	int			mode;
+	long long	k;
+	Py_buffer	bb = {0},
+				xb = {0},
+				ob = {0};
+	void	   *copy = NULL;
+	float	   *scratch = NULL;
+	bp_ffn		f;
+	bp_status	st = BP_OK;
+	int			problem = 0;
+	size_t		bad_index = 0,
+				total = 0,
+				v = 0;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OOnnOiL", &bo, &xo, &nvec, &dim, &oo, &mode, &k))
+		return NULL;
+	if (nvec < 0 || dim < 0 || mode < 0 || mode > 2)
+		return PyErr_Format(PyExc_ValueError, "bad ffn_into arguments");
+	if (get_buffer(bo, &bb, 0, "layer") < 0)
+		goto done;
+	if (((uintptr_t) bb.buf & 3) != 0)
+	{
+		copy = PyMem_Malloc(bb.len ? (size_t) bb.len : 1);
+		if (copy == NULL)
+		{
+			PyErr_NoMemory();
+			goto done;
+		}
+		memcpy(copy, bb.buf, (size_t) bb.len);
+	}
+	st = bp_ffn_parse(copy ? copy : bb.buf, (size_t) bb.len, &f, &problem);
+	if (st != BP_OK)
+	{
+		raise_status(st, problem, 0, -1);
+		goto done;
+	}
+	if (mode == 1 && (k < 1 || (unsigned long long) k > f.h))
+	{
+		raise_status(BP_ERR_FFN_K, k, f.h, -1);
+		goto done;
+	}
+	if ((size_t) dim != f.d)
+	{
+		raise_status(BP_ERR_FFN_INPUT_DIM, dim, f.d, -1);
+		goto done;
+	}
+	if (get_buffer(xo, &xb, 0, "x") < 0 || get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	if ((size_t) xb.len != (size_t) nvec * dim * sizeof(float) ||
+		(size_t) ob.len != (size_t) nvec * f.d * sizeof(float))
+	{
+		PyErr_Format(PyExc_ValueError, "x or out has the wrong size for %zd vectors", nvec);
+		goto done;
+	}
+	scratch = PyMem_Malloc(bp_ffn_scratch_floats(&f) * sizeof(float));
+	if (scratch == NULL)
+	{
+		PyErr_NoMemory();
+		goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+		for (v = 0; v < (size_t) nvec; v++)
+		{
+			const float *x = (const float *) xb.buf + v * dim;
+			float	   *y = (float *) ob.buf + v * f.d;
+			size_t		n = f.h;
+
+			st = mode == 0 ? bp_ffn_dense(&f, x, dim, y, scratch, &bad_index) :
+				bp_ffn_sparse(&f, x, dim, mode == 1 ? k : 0, y, scratch, &n, &bad_index);
+			if (st != BP_OK)
+				break;
+			total += n;
+		}
+	Py_END_ALLOW_THREADS
+	if (st != BP_OK)
+	{
+		raise_status(st, (long long) bad_index, 0, nvec > 1 ? (long long) v : -1);
+		goto done;
+	}
+	result = PyLong_FromSize_t(total);
+done:
+	PyMem_Free(scratch);
+	PyMem_Free(copy);
+	if (bb.obj)
+		PyBuffer_Release(&bb);
+	if (xb.obj)
+		PyBuffer_Release(&xb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
+/* ffn_shape(blob) -> (d, h, r, activation, int8, has_thresholds): checks a stored layer */
+static PyObject *
+core_ffn_shape(PyObject *self, PyObject *args)
+{
+	PyObject   *bo;
+	Py_buffer	bb = {0};
+	void	   *copy = NULL;
+	bp_ffn		f;
+	int			problem = 0;
+	bp_status	st;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "O", &bo))
+		return NULL;
+	if (get_buffer(bo, &bb, 0, "layer") < 0)
+		return NULL;
+	if (((uintptr_t) bb.buf & 3) != 0)
+	{
+		copy = PyMem_Malloc(bb.len ? (size_t) bb.len : 1);
+		if (copy == NULL)
+		{
+			PyBuffer_Release(&bb);
+			return PyErr_NoMemory();
+		}
+		memcpy(copy, bb.buf, (size_t) bb.len);
+	}
+	st = bp_ffn_parse(copy ? copy : bb.buf, (size_t) bb.len, &f, &problem);
+	if (st != BP_OK)
+		raise_status(st, problem, 0, -1);
+	else
+		result = Py_BuildValue("(IIIiii)", f.d, f.h, f.r, f.activation, f.w1q != NULL, f.thr != NULL);
+	PyMem_Free(copy);
+	PyBuffer_Release(&bb);
+	return result;
+}
+
+/* activation(kind, x float32 buffer, out float32 buffer): the C core's activation, elementwise */
+static PyObject *
+core_activation_into(PyObject *self, PyObject *args)
+{
+	int			kind;
+	PyObject   *xo,
+			   *oo;
+	Py_buffer	xb = {0},
+				ob = {0};
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "iOO", &kind, &xo, &oo))
+		return NULL;
+	if (kind < 0 || kind >= BP_ACT_COUNT)
+		return PyErr_Format(PyExc_ValueError, "unknown activation %d", kind);
+	if (get_buffer(xo, &xb, 0, "x") < 0 || get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	if (xb.len != ob.len || xb.len % sizeof(float))
+	{
+		PyErr_SetString(PyExc_ValueError, "x and out must be float32 buffers of one size");
+		goto done;
+	}
+	for (Py_ssize_t t = 0; t < xb.len / (Py_ssize_t) sizeof(float); t++)
+		((float *) ob.buf)[t] = bp_activation(kind, ((const float *) xb.buf)[t]);
+	result = Py_NewRef(Py_None);
+done:
+	if (xb.obj)
+		PyBuffer_Release(&xb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
 static PyMethodDef core_methods[] = {
+	{"ffn_into", core_ffn_into, METH_VARARGS,
+	"ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed: dense or sparse layer"},
+	{"ffn_shape", core_ffn_shape, METH_VARARGS,
+	"ffn_shape(blob) -> (d, h, r, activation, int8, has_thresholds): check a stored layer"},
+	{"activation_into", core_activation_into, METH_VARARGS,
+	"activation_into(kind, x, out): the C core's activation, elementwise"},
 	{"dense_matvec_into", core_dense_matvec_into, METH_VARARGS,
 	"dense_matvec_into(w, rows, cols, x, nvec, out): x @ w with the Tensor-Train kernels"},
 	{"tt_shape", core_tt_shape, METH_VARARGS,
@@ -989,6 +1172,9 @@ PyInit__core(void)
 		PyModule_AddIntConstant(m, "TT_SIZE", BP_TT_SIZE) < 0 ||
 		PyModule_AddIntConstant(m, "TT_MISSING", BP_TT_MISSING) < 0 ||
 		PyModule_AddIntConstant(m, "TT_CHECKSUM", BP_TT_CHECKSUM) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_MALFORMED_FFN", BP_ERR_MALFORMED_FFN) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_FFN_INPUT_DIM", BP_ERR_FFN_INPUT_DIM) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_FFN_K", BP_ERR_FFN_K) < 0 ||
 		PyModule_AddIntConstant(m, "MAX_DIM", BP_MAX_DIM) < 0)
 	{
 		Py_DECREF(m);

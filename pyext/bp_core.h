@@ -29,7 +29,11 @@ typedef enum bp_status
 	BP_ERR_NO_LEVELS,			/* asymmetric score asked of a codebook without levels */
 	BP_ERR_MALFORMED_TT,		/* a = bp_tt_problem, b = core index */
 	BP_ERR_TT_INDEX,			/* a = index asked, b = its bound (rows or cols) */
-	BP_ERR_TT_INPUT_DIM			/* a = vector dims, b = tensor rows */
+	BP_ERR_TT_INPUT_DIM,		/* a = vector dims, b = tensor rows */
+	BP_ERR_MALFORMED_FFN,		/* a = bp_ffn_problem */
+	BP_ERR_FFN_INPUT_DIM,		/* a = vector dims, b = the layer's input dims */
+	BP_ERR_FFN_K,				/* a = k asked, b = the layer's neurons */
+	BP_ERR_FFN_NO_PREDICTOR		/* sparse asked of a layer without predictor (or thresholds) */
 } bp_status;
 
 /* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
@@ -301,5 +305,70 @@ int			bp_tt_prefers_dense(const bp_tt *tt);
 bp_status	bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x,
 							size_t nvec, size_t x_stride, float *y, size_t y_stride,
 							size_t *bad_row, size_t *bad_index);
+
+/* ---- feed-forward layers: y = act(x @ W1 + b1) @ W2 + b2, dense or sparse (bp_ffn.c) ----
+ * The stored form ("BPFF") is described in bp_ffn.c and written by plugin/bitpress/ffn.py. */
+typedef enum bp_activation_kind
+{
+	BP_ACT_GELU_ERF = 0,		/* 0.5 x (1 + erf(x / sqrt 2)) */
+	BP_ACT_GELU_TANH = 1,		/* 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) */
+	BP_ACT_RELU = 2,
+	BP_ACT_SILU = 3,			/* x / (1 + exp(-x)) */
+	BP_ACT_COUNT = 4
+} bp_activation_kind;
+
+typedef enum bp_ffn_problem
+{
+	BP_FFN_SHORT = 1,			/* shorter than its header */
+	BP_FFN_MAGIC,				/* not "BPFF" format 1 */
+	BP_FFN_SHAPE,				/* dims, neurons or rank out of range, unknown flags */
+	BP_FFN_ACTIVATION,			/* unknown activation */
+	BP_FFN_SIZE,				/* length does not match the shape */
+	BP_FFN_NONFINITE,			/* NaN or infinity in the parameters */
+	BP_FFN_ALIGN				/* buffer not 4-byte aligned (a caller bug) */
+} bp_ffn_problem;
+
+#define BP_FFN_F_INT8 1
+#define BP_FFN_F_PREDICTOR 2
+#define BP_FFN_F_THRESHOLDS 4
+
+typedef struct bp_ffn
+{
+	uint32_t	d;				/* input and output dims */
+	uint32_t	h;				/* neurons */
+	uint32_t	r;				/* predictor rank, 0 without predictor */
+	int			activation;
+	const float *w1t;			/* h x d float32, or NULL (int8) */
+	const float *w2;			/* h x d float32, or NULL (int8) */
+	const int8_t *w1q;			/* h x d int8, or NULL */
+	const int8_t *w2q;
+	const float *s1;			/* per-row scales of w1q, w2q */
+	const float *s2;
+	const float *b1;			/* h */
+	const float *b2;			/* d */
+	const float *p;				/* r x d, or NULL */
+	const float *q;				/* r x h */
+	const float *thr;			/* h, or NULL */
+} bp_ffn;
+
+/* Checks a stored layer and points f into buf (no copy; 4-byte aligned). */
+bp_status	bp_ffn_parse(const void *buf, size_t len, bp_ffn *f, int *problem);
+
+/* The activation of one value, in float (erff, tanhf, expf of the C library). */
+float		bp_activation(int activation, float z);
+
+/* Floats of scratch space for bp_ffn_dense / bp_ffn_sparse. */
+size_t		bp_ffn_scratch_floats(const bp_ffn *f);
+
+/* y (d floats) for one input x (dim floats). */
+bp_status	bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, float *scratch,
+						 size_t *bad_index);
+
+/* The same computing only the active neurons: the k_active with the largest predicted
+ * |act(z_hat)| (ties to the lower neuron), or with k_active = 0 those whose predicted
+ * |act(z_hat)| exceeds their stored threshold. *n_active tells how many were computed. With
+ * every neuron active the result is bit-identical to bp_ffn_dense. */
+bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, float *y,
+						  float *scratch, size_t *n_active, size_t *bad_index);
 
 #endif							/* BP_CORE_H */

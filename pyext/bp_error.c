@@ -59,6 +59,30 @@ tt_problem(int problem)
 	}
 }
 
+static const char *
+ffn_problem(int problem)
+{
+	switch (problem)
+	{
+		case BP_FFN_SHORT:
+			return "shorter than its header";
+		case BP_FFN_MAGIC:
+			return "not a bitpress layer (format 1)";
+		case BP_FFN_SHAPE:
+			return "dimensions, neurons or predictor rank out of range";
+		case BP_FFN_ACTIVATION:
+			return "unknown activation";
+		case BP_FFN_SIZE:
+			return "length does not match its dimensions";
+		case BP_FFN_NONFINITE:
+			return "NaN or infinity in its parameters";
+		case BP_FFN_ALIGN:
+			return "buffer not 4-byte aligned";
+		default:
+			return "unknown problem";
+	}
+}
+
 const char *
 bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long long b)
 {
@@ -108,6 +132,19 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 		case BP_ERR_TT_INPUT_DIM:
 			snprintf(buf, bufsize, "vector has %lld dimensions but the tensor has %lld rows", a, b);
 			break;
+		case BP_ERR_MALFORMED_FFN:
+			snprintf(buf, bufsize, "malformed layer: %s", ffn_problem((int) a));
+			break;
+		case BP_ERR_FFN_INPUT_DIM:
+			snprintf(buf, bufsize, "vector has %lld dimensions but the layer expects %lld", a, b);
+			break;
+		case BP_ERR_FFN_K:
+			snprintf(buf, bufsize, "k must be between 1 and the layer's %lld neurons, got %lld", b, a);
+			break;
+		case BP_ERR_FFN_NO_PREDICTOR:
+			snprintf(buf, bufsize, "layer has no predictor (or no thresholds) for sparse_ffn; "
+					 "fit one with \"bitpress sparse fit\"");
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -131,15 +168,19 @@ bp_error_sqlstate(bp_status status)
 		case BP_ERR_CODEBOOK_DIM_MISMATCH:
 		case BP_ERR_BIT_LENGTH_MISMATCH:
 		case BP_ERR_TT_INPUT_DIM:
+		case BP_ERR_FFN_INPUT_DIM:
 			return "22000";		/* data_exception, as pgvector's dimension checks */
 		case BP_ERR_EMPTY:
 		case BP_ERR_TT_INDEX:
 			return "2202E";		/* array_subscript_error: empty array */
 		case BP_ERR_UNKNOWN_IMPL:
 		case BP_ERR_NO_LEVELS:
+		case BP_ERR_FFN_K:
+		case BP_ERR_FFN_NO_PREDICTOR:
 			return "22023";		/* invalid_parameter_value */
 		case BP_ERR_MALFORMED_CODEBOOK:
 		case BP_ERR_MALFORMED_TT:
+		case BP_ERR_MALFORMED_FFN:
 			return "22P03";		/* invalid_binary_representation */
 		default:
 			return "XX000";

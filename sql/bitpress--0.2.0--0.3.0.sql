@@ -47,3 +47,42 @@ COMMENT ON FUNCTION tt_vector(text, text) IS
 	'a stored 1-D tensor (a bias, a norm weight) as a pgvector vector';
 COMMENT ON FUNCTION tt_reconstruct_row_vector(text, text, integer) IS
 	'row i (1-based) of a stored tensor as a pgvector vector';
+
+-- feed-forward layers (bitpress.ffn_layers): dense and sparse ----------------------------------
+
+CREATE FUNCTION ffn(x vector, layer text) RETURNS vector
+	AS 'MODULE_PATHNAME', 'ffn_vector'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION ffn(x real[], layer text) RETURNS real[]
+	AS 'MODULE_PATHNAME', 'ffn_float4'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION sparse_ffn(x vector, layer text, k integer) RETURNS vector
+	AS 'MODULE_PATHNAME', 'sparse_ffn_vector'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION sparse_ffn(x real[], layer text, k integer) RETURNS real[]
+	AS 'MODULE_PATHNAME', 'sparse_ffn_float4'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION sparse_ffn(x vector, layer text) RETURNS vector
+	AS 'MODULE_PATHNAME', 'sparse_ffn_vector'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION sparse_ffn(x real[], layer text) RETURNS real[]
+	AS 'MODULE_PATHNAME', 'sparse_ffn_float4'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION ffn(vector, text) IS
+	'a stored feed-forward layer act(x W1 + b1) W2 + b2 on x, every neuron computed';
+COMMENT ON FUNCTION ffn(real[], text) IS
+	'a stored feed-forward layer on a real[], every neuron computed';
+COMMENT ON FUNCTION sparse_ffn(vector, text, integer) IS
+	'a stored feed-forward layer computing only the k neurons its low-rank predictor ranks highest';
+COMMENT ON FUNCTION sparse_ffn(real[], text, integer) IS
+	'sparse_ffn on a real[]: only the k neurons the predictor ranks highest';
+COMMENT ON FUNCTION sparse_ffn(vector, text) IS
+	'a stored feed-forward layer computing only the neurons its predictor puts above their fitted thresholds';
+COMMENT ON FUNCTION sparse_ffn(real[], text) IS
+	'sparse_ffn on a real[] with the fitted per-neuron thresholds';

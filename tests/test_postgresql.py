@@ -217,6 +217,12 @@ CATALOG = {
     "tt_matvec(text,text,real[])": ("s", True, "s"),
     "tt_vector(text,text)": ("s", True, "s"),
     "tt_reconstruct_row_vector(text,text,integer)": ("s", True, "s"),
+    "ffn(vector,text)": ("s", True, "s"),
+    "ffn(real[],text)": ("s", True, "s"),
+    "sparse_ffn(vector,text,integer)": ("s", True, "s"),
+    "sparse_ffn(real[],text,integer)": ("s", True, "s"),
+    "sparse_ffn(vector,text)": ("s", True, "s"),
+    "sparse_ffn(real[],text)": ("s", True, "s"),
 }
 
 

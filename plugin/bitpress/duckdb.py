@@ -397,9 +397,10 @@ def register(con):
                         type="arrow", side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
-    from . import duckdb_tt
+    from . import duckdb_ffn, duckdb_tt
 
     duckdb_tt.register(con)
+    duckdb_ffn.register(con)
     return con
 
 

@@ -94,6 +94,18 @@ class IndexOutOfRangeError(BitpressError):
     sqlstate = "2202E"
 
 
+class MalformedLayerError(BitpressError):
+    """Stored feed-forward layer parameters that are not a valid bitpress layer."""
+
+    sqlstate = "22P03"
+
+
+class UnknownLayerError(BitpressError):
+    """No layer of that name in bitpress.ffn_layers."""
+
+    sqlstate = "42704"
+
+
 # bp_status values of pyext/bp_core.h, in order
 _BY_STATUS = {
     1: EmptyVectorError,
@@ -109,6 +121,10 @@ _BY_STATUS = {
     11: MalformedTensorError,
     12: IndexOutOfRangeError,
     13: DimensionMismatchError,
+    14: MalformedLayerError,
+    15: DimensionMismatchError,
+    16: InvalidParameterError,
+    17: InvalidParameterError,
 }
 
 

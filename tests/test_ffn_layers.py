@@ -1,0 +1,205 @@
+"""Feed-forward layers in tables: ffn / sparse_ffn in PostgreSQL and DuckDB, against numpy.
+
+A real FFN of paraphrase-MiniLM-L3-v2 (layer 0) with a predictor fitted here by truncated SVD:
+the C core's dense result against a float64 numpy reference, the sparse result against the same
+computation on the neurons the predictor picks, both engines and Python giving the same bits,
+and every kind of bad input with its SQLSTATE.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from bitpress import _core, errors, ffn, onnx_weights
+from bitpress.embed import default_model_path
+from bitpress.tables import fetchall, kind
+
+RANK = 32
+
+
+def _gelu64(z):
+    erf = np.vectorize(math.erf)
+    return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
+
+
+@pytest.fixture(scope="module")
+def layer():
+    m = onnx_weights.load_model(default_model_path())
+    by_name = {v: k for k, v in onnx_weights.readable_names(m).items()}
+    get = lambda n: onnx_weights.tensor(m, by_name[f"model.0.auto_model.encoder.layer.0.{n}"])  # noqa: E731
+    w1, b1 = get("intermediate.dense.weight"), get("intermediate.dense.bias")
+    w2, b2 = get("output.dense.weight"), get("output.dense.bias")
+    u, s, vt = np.linalg.svd(w1.astype(np.float64), full_matrices=False)
+    p = (u[:, :RANK] * s[:RANK]).astype(np.float32)
+    q = vt[:RANK].astype(np.float32)
+    thr = np.full(w1.shape[1], 0.05, np.float32)
+    return ffn.Layer(w1, b1, w2, b2, "gelu_erf", p, q, thr, settings={"rank": RANK})
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    # real MiniLM embeddings scaled like the model's hidden states (norm ~ 20), as inputs
+    from conftest import load_shared
+
+    x = load_shared("pypi-minilm", "corpus.npy")[:40].astype(np.float32) * 20
+    return x
+
+
+@pytest.fixture(params=["pg", "duckdb"])
+def engine(request, layer):
+    conn = request.getfixturevalue("pg_books" if request.param == "pg" else "duck_books")
+    ffn.save(conn, "l0", layer, source="paraphrase-MiniLM-L3-v2 layer 0")
+    ffn.save(conn, "l0_int8", layer, int8=True)
+    return conn
+
+
+def _cast(conn):
+    return "FLOAT[]" if kind(conn) == "duckdb" else "real[]"
+
+
+def _sql_rows(conn, q, x):
+    return np.array([fetchall(conn, q.replace("CAST", _cast(conn)), (v.tolist(),))[0][0] for v in x],
+                    dtype=np.float32)
+
+
+def test_dense_layer_is_the_model_s_ffn(layer, inputs):
+    blob = layer.to_bytes()
+    y, n = ffn.run(blob, inputs)
+    ref = _gelu64(inputs.astype(np.float64) @ layer.w1 + layer.b1) @ layer.w2 + layer.b2
+    assert n == 1536
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_sparse_layer_computes_exactly_the_chosen_neurons(layer, inputs):
+    blob = layer.to_bytes()
+    z_hat = inputs.astype(np.float64) @ layer.p @ layer.q + layer.b1
+    score = np.abs(z_hat / (1 + np.exp(-1.702 * z_hat)))  # the core's ranking score
+    for k in (154, 460, 768):
+        y, n = ffn.run(blob, inputs, k=k)
+        assert n == k
+        for i in range(0, len(inputs), 7):
+            sel = np.sort(np.argsort(-score[i], kind="stable")[:k])
+            ref = _gelu64(inputs[i].astype(np.float64) @ layer.w1[:, sel] + layer.b1[sel]) @ layer.w2[sel] + layer.b2
+            assert np.abs(y[i] - ref).max() <= 1e-5 * np.abs(ref).max(), (k, i)
+    # every neuron: the same bits as the dense layer
+    assert np.array_equal(ffn.run(blob, inputs, k=1536)[0], ffn.run(blob, inputs)[0])
+    # more neurons, closer to dense
+    dense = ffn.run(blob, inputs)[0]
+    errs = [np.linalg.norm(ffn.run(blob, inputs, k=k)[0] - dense) for k in (154, 460, 1152)]
+    assert errs[0] > errs[1] > errs[2] > 0
+
+
+def test_thresholds_pick_the_neurons_above_them(layer, inputs):
+    blob = layer.to_bytes()
+    _, n = ffn.run(blob, inputs, thresholds=True)
+    z_hat = inputs.astype(np.float64) @ layer.p @ layer.q + layer.b1
+    score = np.abs(z_hat / (1 + np.exp(-1.702 * z_hat)))
+    assert abs(n - (score > 0.05).sum(1).mean()) < 0.5  # float32 vs float64 scores may differ by a hair
+
+
+def test_int8_weights_stay_close(layer, inputs):
+    y, _ = ffn.run(layer.to_bytes(), inputs)
+    y8, _ = ffn.run(layer.to_bytes(int8=True), inputs)
+    rel = np.linalg.norm(y8 - y, axis=1) / np.linalg.norm(y - layer.b2, axis=1)
+    assert rel.mean() < 0.02 and rel.max() < 0.05  # int8 rows: about 1-2 % of the output
+    assert len(layer.to_bytes(int8=True)) < len(layer.to_bytes()) / 3
+
+
+def test_sql_gives_the_bits_of_python(engine, layer, inputs):
+    blob = layer.to_bytes()
+    x = inputs[:6]
+    assert np.array_equal(_sql_rows(engine, "SELECT ffn(%s::CAST, 'l0')", x), ffn.run(blob, x)[0])
+    assert np.array_equal(_sql_rows(engine, "SELECT sparse_ffn(%s::CAST, 'l0', 460)", x),
+                          ffn.run(blob, x, k=460)[0])
+    assert np.array_equal(_sql_rows(engine, "SELECT sparse_ffn(%s::CAST, 'l0')", x),
+                          ffn.run(blob, x, thresholds=True)[0])
+    assert np.array_equal(_sql_rows(engine, "SELECT ffn(%s::CAST, 'l0_int8')", x),
+                          ffn.run(layer.to_bytes(int8=True), x)[0])
+
+
+def test_postgresql_vector_column(pg_books, layer, inputs):
+    ffn.save(pg_books, "l0", layer)
+    pg_books.execute("CREATE TABLE h (id int, x vector(384))")
+    with pg_books.cursor().copy("COPY h (id, x) FROM STDIN") as cp:
+        for i, v in enumerate(inputs):
+            cp.write_row((i, v))
+    rows = pg_books.execute("SELECT ffn(x, 'l0'), sparse_ffn(x, 'l0', 460) FROM h ORDER BY id").fetchall()
+    blob = layer.to_bytes()
+    assert np.array_equal(np.stack([r[0].to_numpy() for r in rows]), ffn.run(blob, inputs)[0])
+    assert np.array_equal(np.stack([r[1].to_numpy() for r in rows]), ffn.run(blob, inputs, k=460)[0])
+
+
+def test_kernel_paths_give_the_same_bits(layer, inputs):
+    blobs = [layer.to_bytes(), layer.to_bytes(int8=True)]
+    out = {}
+    try:
+        for path in _core.supported_impls():
+            _core.set_impl(path)
+            out[path] = [ffn.run(b, inputs, k=k)[0] for b in blobs for k in (None, 300)]
+    finally:
+        _core.set_impl("auto")
+    assert len(out) >= 2
+    for path, got in out.items():
+        assert all(np.array_equal(a, b) for a, b in zip(out["scalar"], got)), path
+
+
+def _error(conn, q):
+    if kind(conn) == "duckdb":
+        with pytest.raises(Exception) as ei:
+            conn.execute(q.replace("CAST", "FLOAT[]")).fetchall()
+        msg = str(ei.value)
+        for cls in (errors.MalformedLayerError, errors.UnknownLayerError, errors.InvalidParameterError,
+                    errors.DimensionMismatchError, errors.NonFiniteError):
+            if cls.__name__ in msg:
+                return cls.sqlstate, msg
+        return ("22023" if "k must be at least 1" in msg else None), msg
+    import psycopg
+
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(q.replace("CAST", "real[]")).fetchall()
+    return ei.value.sqlstate, str(ei.value)
+
+
+@pytest.mark.parametrize("q, sqlstate, words", [
+    ("SELECT ffn(array_fill(0.5::real, ARRAY[384])::CAST, 'nope')", "42704", 'layer "nope" does not exist'),
+    ("SELECT ffn(array_fill(0.5::real, ARRAY[3])::CAST, 'l0')", "22000",
+     "vector has 3 dimensions but the layer expects 384"),
+    ("SELECT sparse_ffn(array_fill(0.5::real, ARRAY[384])::CAST, 'l0', 0)", "22023", "k must be"),
+    ("SELECT sparse_ffn(array_fill(0.5::real, ARRAY[384])::CAST, 'l0', 1537)", "22023",
+     "k must be between 1 and the layer's 1536 neurons, got 1537"),
+])
+def test_bad_arguments(engine, q, sqlstate, words):
+    if kind(engine) == "duckdb":
+        q = q.replace("array_fill(0.5::real, ARRAY[384])", "list_transform(range(384), lambda i: 0.5)") \
+             .replace("array_fill(0.5::real, ARRAY[3])", "[0.5, 0.5, 0.5]")
+    got, msg = _error(engine, q)
+    assert got == sqlstate and words in msg, msg
+
+
+def test_nan_input_and_broken_params(engine, layer):
+    x = [float("nan")] + [0.0] * 383
+    cast = _cast(engine)
+    got, msg = _error(engine, f"SELECT ffn({'ARRAY' if cast == 'real[]' else ''}{x}::CAST, 'l0')".replace(
+        "nan", "'NaN'" if cast == "real[]" else "'nan'::FLOAT"))
+    assert got == "22P01" and "NaN or infinity" in msg
+    blob = bytearray(layer.to_bytes())
+    blob[100:104] = np.array([np.inf], np.float32).tobytes()
+    q = "UPDATE bitpress.ffn_layers SET params = %s WHERE name = 'l0'"
+    if kind(engine) == "duckdb":
+        engine.execute(q.replace("%s", "?"), [bytes(blob)])
+    else:
+        engine.execute(q, (bytes(blob),))
+    got, msg = _error(engine, "SELECT ffn(array_fill(0.5::real, ARRAY[384])::CAST, 'l0')".replace(
+        "array_fill(0.5::real, ARRAY[384])", "list_transform(range(384), lambda i: 0.5)" if cast != "real[]"
+        else "array_fill(0.5::real, ARRAY[384])"))
+    assert got == "22P03" and "malformed layer: NaN or infinity in its parameters" in msg
+
+
+def test_a_layer_without_predictor_refuses_sparse(layer, inputs):
+    plain = ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_erf")
+    with pytest.raises(errors.InvalidParameterError, match="no predictor"):
+        ffn.run(plain.to_bytes(), inputs, k=10)
+    with pytest.raises(errors.InvalidParameterError, match="activation must be one of"):
+        ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_fast").to_bytes()
+    with pytest.raises(errors.MalformedLayerError):
+        ffn.run(layer.to_bytes()[:-4], inputs)
