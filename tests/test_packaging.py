@@ -42,6 +42,8 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
                  "bitpress/_migrations/versions/0002_code_stores.py", "bitpress/schema.py",
                  "bitpress/_pgsrc/sql/bitpress--0.2.0--0.3.0.sql", "bitpress/_pgsrc/sql/src/tt.c",
                  "bitpress/_pgsrc/pyext/bp_tt.c", "bitpress/_pgsrc/pyext/bp_tt_kernels.h",
-                 "bitpress/_migrations/versions/0003_tt.py", "bitpress/tensors.py"):
+                 "bitpress/_migrations/versions/0003_tt.py", "bitpress/tensors.py",
+                 "bitpress/_pgsrc/pyext/bp_ffn.c", "bitpress/_pgsrc/sql/src/ffn.c",
+                 "bitpress/_migrations/versions/0004_ffn_layers.py"):
         assert path in names, path
     assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)

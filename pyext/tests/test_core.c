@@ -480,6 +480,75 @@ test_tt(void)
 	}
 }
 
+/* A small layer: built by hand, every truncation and random corruptions refused or parsed to a
+ * sane shape; dense == sparse with every neuron; scalar == AVX2; exact-size buffers (ASan). */
+static void
+test_ffn(void)
+{
+	const uint32_t d = 37, h = 53, r = 5;
+	size_t		floats = 2 * (size_t) h * d + h + d + (size_t) r * d + (size_t) r * h + h;
+	size_t		len = 32 + 4 * floats;
+	uint8_t    *blob = malloc(len);
+	float	   *p = (float *) (blob + 32);
+	uint32_t	hdr[6] = {d, h, r, BP_ACT_GELU_ERF, 0, 0};
+	uint16_t	fmt[2] = {1, BP_FFN_F_PREDICTOR | BP_FFN_F_THRESHOLDS};
+	bp_ffn		f;
+	int			problem = 0;
+	float		x[37],
+				y[37],
+				y2[37];
+	float	   *scratch;
+	size_t		n = 0;
+
+	memcpy(blob, "BPFF", 4);
+	memcpy(blob + 4, fmt, 4);
+	memcpy(blob + 8, hdr, 24);
+	for (size_t t = 0; t < floats; t++)
+		p[t] = (float) ((int) (rnd() % 2001) - 1000) / 4000.0f;
+	CHECK(bp_ffn_parse(blob, len, &f, &problem) == BP_OK, "valid layer refused (%d)", problem);
+	scratch = malloc(bp_ffn_scratch_floats(&f) * sizeof(float));
+	for (uint32_t t = 0; t < d; t++)
+		x[t] = (float) ((int) (rnd() % 201) - 100) / 25.0f;
+	for (int impl = 0; impl < 3; impl++)
+	{
+		if (bp_set_impl(impl == 2 ? BP_IMPL_AVX2 : (bp_impl) impl) != BP_OK)
+			continue;
+		CHECK(bp_ffn_dense(&f, x, d, y, scratch, NULL) == BP_OK, "dense");
+		CHECK(bp_ffn_sparse(&f, x, d, h, y2, scratch, &n, NULL) == BP_OK && n == h, "sparse all");
+		CHECK(memcmp(y, y2, sizeof(y)) == 0, "sparse with every neuron differs from dense");
+		{
+			static float first[37];
+
+			if (impl == 0)
+				memcpy(first, y, sizeof(y));
+			CHECK(memcmp(first, y, sizeof(y)) == 0, "path %d differs from scalar", impl);
+		}
+		for (int64_t k = 1; k <= (int64_t) h; k += 13)
+			CHECK(bp_ffn_sparse(&f, x, d, k, y2, scratch, &n, NULL) == BP_OK && n == (size_t) k, "top-k count");
+		CHECK(bp_ffn_sparse(&f, x, d, 0, y2, scratch, &n, NULL) == BP_OK && n <= h, "thresholds");
+	}
+	bp_set_impl(BP_IMPL_AUTO);
+	CHECK(bp_ffn_sparse(&f, x, d, h + 1, y2, scratch, &n, NULL) == BP_ERR_FFN_K, "k too large");
+	CHECK(bp_ffn_dense(&f, x, d - 1, y, scratch, NULL) == BP_ERR_FFN_INPUT_DIM, "wrong dims");
+	x[3] = NAN;
+	CHECK(bp_ffn_dense(&f, x, d, y, scratch, NULL) == BP_ERR_NONFINITE_VALUE, "NaN input");
+	for (size_t l = 0; l < len; l += 97)
+		CHECK(bp_ffn_parse(blob, l, &f, &problem) == BP_ERR_MALFORMED_FFN, "truncated layer parsed");
+	for (int c = 0; c < 2000; c++)
+	{
+		uint8_t    *copy = malloc(len);
+		size_t		at = rnd() % 32;
+
+		memcpy(copy, blob, len);
+		copy[at] ^= (uint8_t) (1 + rnd() % 255);
+		if (bp_ffn_parse(copy, len, &f, &problem) == BP_OK)
+			CHECK(f.d == d && f.h == h && f.r <= d, "corrupt header parsed with a bad shape");
+		free(copy);
+	}
+	free(scratch);
+	free(blob);
+}
+
 int
 main(void)
 {
@@ -490,6 +559,7 @@ main(void)
 	test_codebook();
 	test_topk();
 	test_tt();
+	test_ffn();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
