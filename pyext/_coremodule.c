@@ -935,7 +935,8 @@ done:
 /*
  * ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed in total
  *   mode 0: dense; 1: sparse, the k neurons the predictor ranks highest; 2: sparse, the
- *   neurons above their stored thresholds. x: nvec * dim float32, out: nvec * d float32.
+ *   neurons above their stored thresholds; 3: sparse, the k neurons whose exact activation
+ *   ranks highest. x: nvec * dim float32, out: nvec * d float32.
  */
 static PyObject *
 core_ffn_into(PyObject *self, PyObject *args)
@@ -962,7 +963,7 @@ core_ffn_into(PyObject *self, PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "OOnnOiL", &bo, &xo, &nvec, &dim, &oo, &mode, &k))
 		return NULL;
-	if (nvec < 0 || dim < 0 || mode < 0 || mode > 2)
+	if (nvec < 0 || dim < 0 || mode < 0 || mode > 3)
 		return PyErr_Format(PyExc_ValueError, "bad ffn_into arguments");
 	if (get_buffer(bo, &bb, 0, "layer") < 0)
 		goto done;
@@ -982,7 +983,7 @@ core_ffn_into(PyObject *self, PyObject *args)
 		raise_status(st, problem, 0, -1);
 		goto done;
 	}
-	if (mode == 1 && (k < 1 || (unsigned long long) k > f.h))
+	if ((mode == 1 || mode == 3) && (k < 1 || (unsigned long long) k > f.h))
 	{
 		raise_status(BP_ERR_FFN_K, k, f.h, -1);
 		goto done;
@@ -1014,7 +1015,9 @@ core_ffn_into(PyObject *self, PyObject *args)
 			size_t		n = f.h;
 
 			st = mode == 0 ? bp_ffn_dense(&f, x, dim, y, scratch, &bad_index) :
-				bp_ffn_sparse(&f, x, dim, mode == 1 ? k : 0, y, scratch, &n, &bad_index);
+				bp_ffn_sparse(&f, x, dim, mode == 2 ? 0 : k,
+							  mode == 3 ? BP_FFN_SELECT_EXACT : BP_FFN_SELECT_PREDICTOR,
+							  y, scratch, &n, &bad_index);
 			if (st != BP_OK)
 				break;
 			total += n;
@@ -1038,7 +1041,7 @@ done:
 	return result;
 }
 
-/* ffn_shape(blob) -> (d, h, r, activation, int8, has_thresholds): checks a stored layer */
+/* ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): checks a stored layer */
 static PyObject *
 core_ffn_shape(PyObject *self, PyObject *args)
 {
@@ -1068,7 +1071,8 @@ core_ffn_shape(PyObject *self, PyObject *args)
 	if (st != BP_OK)
 		raise_status(st, problem, 0, -1);
 	else
-		result = Py_BuildValue("(IIIiii)", f.d, f.h, f.r, f.activation, f.w1q != NULL, f.thr != NULL);
+		result = Py_BuildValue("(IIIiiii)", f.d, f.h, f.r, f.activation, f.w1q != NULL, f.thr != NULL,
+							   f.c != NULL);
 	PyMem_Free(copy);
 	PyBuffer_Release(&bb);
 	return result;
@@ -1111,7 +1115,7 @@ static PyMethodDef core_methods[] = {
 	{"ffn_into", core_ffn_into, METH_VARARGS,
 	"ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed: dense or sparse layer"},
 	{"ffn_shape", core_ffn_shape, METH_VARARGS,
-	"ffn_shape(blob) -> (d, h, r, activation, int8, has_thresholds): check a stored layer"},
+	"ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): check a stored layer"},
 	{"activation_into", core_activation_into, METH_VARARGS,
 	"activation_into(kind, x, out): the C core's activation, elementwise"},
 	{"dense_matvec_into", core_dense_matvec_into, METH_VARARGS,

@@ -331,6 +331,12 @@ typedef enum bp_ffn_problem
 #define BP_FFN_F_INT8 1
 #define BP_FFN_F_PREDICTOR 2
 #define BP_FFN_F_THRESHOLDS 4
+#define BP_FFN_F_OFFSETS 8
+
+/* how bp_ffn_sparse picks neurons: the low-rank predictor, or the exact pre-activations (the
+ * first matmul in full, only the second one sparse) */
+#define BP_FFN_SELECT_PREDICTOR 0
+#define BP_FFN_SELECT_EXACT 1
 
 typedef struct bp_ffn
 {
@@ -349,6 +355,8 @@ typedef struct bp_ffn
 	const float *p;				/* r x d, or NULL */
 	const float *q;				/* r x h */
 	const float *thr;			/* h, or NULL */
+	const float *c;				/* h off values, or NULL: a skipped neuron counts as c[j] */
+	const float *b2c;			/* d: b2 + c @ W2, the output of a layer whose neurons are all off */
 } bp_ffn;
 
 /* Checks a stored layer and points f into buf (no copy; 4-byte aligned). */
@@ -364,11 +372,14 @@ size_t		bp_ffn_scratch_floats(const bp_ffn *f);
 bp_status	bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, float *scratch,
 						 size_t *bad_index);
 
-/* The same computing only the active neurons: the k_active with the largest predicted
- * |act(z_hat)| (ties to the lower neuron), or with k_active = 0 those whose predicted
- * |act(z_hat)| exceeds their stored threshold. *n_active tells how many were computed. With
- * every neuron active the result is bit-identical to bp_ffn_dense. */
-bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, float *y,
-						  float *scratch, size_t *n_active, size_t *bad_index);
+/* The same computing only the active neurons: the k_active with the largest score (ties to
+ * the lower neuron), or with k_active = 0 (predictor only) those whose predicted score exceeds
+ * their stored threshold. The score is |act(z) - c| (c = 0 without off values) of the
+ * predicted z (BP_FFN_SELECT_PREDICTOR) or of the exact one (BP_FFN_SELECT_EXACT). With off
+ * values y = b2c + sum over active j of (act(z_j) - c_j) W2[j]. *n_active tells how many were
+ * computed. Without off values and with every neuron active the result is bit-identical to
+ * bp_ffn_dense. */
+bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, int selector,
+						  float *y, float *scratch, size_t *n_active, size_t *bad_index);
 
 #endif							/* BP_CORE_H */

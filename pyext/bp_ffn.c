@@ -8,6 +8,7 @@
  *   int8 weights (flag 1):        s1[h], s2[h], b1[h], b2[d]   (then the int8 blocks, at the end)
  *   predictor (flag 2):           p[r][d], q[r][h]              (z_hat = b1 + (x . p[t]) q[t])
  *   thresholds (flag 4):          thr[h]
+ *   off values (flag 8):          c[h], b2c[d]                  (b2c = b2 + c @ W2)
  *   int8 blocks (flag 1):         w1t[h][d], w2[h][d] as int8, row j scaled by s1[j] / s2[j]
  * w1t row j holds neuron j's input weights and w2 row j its output weights, so an active neuron
  * reads two contiguous rows. plugin/bitpress/ffn.py writes this form.
@@ -87,7 +88,7 @@ bp_ffn_parse(const void *buf, size_t len, bp_ffn *f, int *problem)
 	h = rd32(b + 12);
 	r = rd32(b + 16);
 	act = rd32(b + 20);
-	if (d < 1 || d > BP_MAX_DIM || h < 1 || h > (1u << 20) || (flags & ~7u) != 0 ||
+	if (d < 1 || d > BP_MAX_DIM || h < 1 || h > (1u << 20) || (flags & ~15u) != 0 ||
 		((flags & BP_FFN_F_PREDICTOR) ? (r < 1 || r > d) : r != 0))
 	{
 		pb = BP_FFN_SHAPE;
@@ -109,6 +110,8 @@ bp_ffn_parse(const void *buf, size_t len, bp_ffn *f, int *problem)
 		floats += (uint64_t) r * d + (uint64_t) r * h;
 	if (flags & BP_FFN_F_THRESHOLDS)
 		floats += h;
+	if (flags & BP_FFN_F_OFFSETS)
+		floats += (uint64_t) h + d;
 	need = FFN_HEADER + 4 * floats + ((int8s + 3) & ~(uint64_t) 3);
 	if (need != len)
 	{
@@ -158,6 +161,13 @@ bp_ffn_parse(const void *buf, size_t len, bp_ffn *f, int *problem)
 	{
 		f->thr = p;
 		p += h;
+	}
+	if (flags & BP_FFN_F_OFFSETS)
+	{
+		f->c = p;
+		p += h;
+		f->b2c = p;
+		p += d;
 	}
 	if (flags & BP_FFN_F_INT8)
 	{
@@ -396,8 +406,9 @@ finish(const bp_ffn *f, const float *acc, float *y)
 size_t
 bp_ffn_scratch_floats(const bp_ffn *f)
 {
-	/* acc[d], u[r], z_hat[h], active[h] (uint32, also the quickselect's copy of z_hat) */
-	return (size_t) f->d + f->r + 2 * (size_t) f->h;
+	/* acc[d], u[r], z_hat[h], active[h] (uint32; the scores of the exact selector), and h
+	 * floats for the quickselect's copy */
+	return (size_t) f->d + f->r + 3 * (size_t) f->h;
 }
 
 static bp_status
@@ -438,22 +449,23 @@ bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, float *scrat
 /*
  * How much a neuron with predicted pre-activation z is expected to contribute: |act(z)|, with
  * GELU taken as z * sigmoid(1.702 z) (Hendrycks & Gimpel's own approximation), which needs one
- * expf instead of a double erf; the score only ranks neurons, their outputs use the exact form.
+ * expf instead of an erf; the score only ranks neurons, their outputs use the exact form. With
+ * off values c, the distance from the neuron's off value: |act(z) - c|.
  */
 static float
-score(int activation, float z)
+score(int activation, float z, float c)
 {
 	switch (activation)
 	{
 		case BP_ACT_GELU_ERF:
 		case BP_ACT_GELU_TANH:
-			return fabsf(z / (1.0f + expf(-1.702f * z)));
+			return fabsf(z / (1.0f + expf(-1.702f * z)) - c);
 		case BP_ACT_RELU:
-			return z > 0.0f ? z : 0.0f;
+			return c == 0.0f ? (z > 0.0f ? z : 0.0f) : fabsf((z > 0.0f ? z : 0.0f) - c);
 		case BP_ACT_SILU:
-			return fabsf(z / (1.0f + expf(-z)));
+			return fabsf(z / (1.0f + expf(-z)) - c);
 		default:
-			return fabsf(z);
+			return fabsf(z - c);
 	}
 }
 
@@ -470,7 +482,7 @@ predict(const bp_ffn *f, const kernels *k, const float *x, float *u, float *zh)
 	for (t = 0; t < f->r; t++)
 		k->axpy(zh, u[t], f->q + (size_t) t * f->h, f->h);
 	for (j = 0; j < f->h; j++)
-		zh[j] = score(f->activation, zh[j]);
+		zh[j] = score(f->activation, zh[j], f->c ? f->c[j] : 0.0f);
 }
 
 /* the k-th largest of v[0..n) (1 <= k <= n), by quickselect with a three-way partition on
@@ -518,8 +530,8 @@ kth_largest(const float *v, size_t n, size_t k, float *work)
 }
 
 bp_status
-bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, float *y,
-			  float *scratch, size_t *n_active, size_t *bad_index)
+bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, int selector,
+			  float *y, float *scratch, size_t *n_active, size_t *bad_index)
 {
 	kernels		k = pick();
 	float	   *acc = scratch;
@@ -533,29 +545,54 @@ bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, flo
 
 	if (st != BP_OK)
 		return st;
-	if (f->p == NULL)
-		return BP_ERR_FFN_NO_PREDICTOR;
-	if (k_active == 0 && f->thr == NULL)
-		return BP_ERR_FFN_NO_PREDICTOR;
 	if (k_active < 0 || (uint64_t) k_active > f->h)
 		return BP_ERR_FFN_K;
-	predict(f, &k, x, u, zh);
+	if (selector == BP_FFN_SELECT_EXACT)
+	{
+		if (k_active == 0)
+			return BP_ERR_FFN_K;
+		/* the true pre-activations: the first matmul in full, only the second one sparse */
+		for (j = 0; j < f->h; j++)
+			zh[j] = neuron_input(f, &k, j, x);
+	}
+	else
+	{
+		if (f->p == NULL || (k_active == 0 && f->thr == NULL))
+			return BP_ERR_FFN_NO_PREDICTOR;
+		predict(f, &k, x, u, zh);
+	}
+	/* exact: zh becomes the activations (kept for the output), ranked by |act - c| below;
+	 * predictor: zh holds the scores */
+	if (selector == BP_FFN_SELECT_EXACT)
+		for (j = 0; j < f->h; j++)
+			zh[j] = bp_activation(f->activation, zh[j]);
 	if (k_active > 0)
 	{
+		float	   *sc = zh;
+		float		kth;
+		size_t		above = 0,
+					ties;
+
+		if (selector == BP_FFN_SELECT_EXACT)
+		{
+			/* scores |a - c| computed into active[] as floats, values kept in zh */
+			sc = (float *) active;
+			for (j = 0; j < f->h; j++)
+				sc[j] = fabsf(zh[j] - (f->c ? f->c[j] : 0.0f));
+		}
 		/*
 		 * The k largest scores, ties to the lower neuron, in increasing neuron order: T is the
 		 * k-th largest score; every neuron above T is in, and those equal to T fill the rest
 		 * from the lowest neuron up.
 		 */
-		float		kth = kth_largest(zh, f->h, (size_t) k_active, (float *) active);
-		size_t		above = 0,
-					ties;
-
+		kth = kth_largest(sc, f->h, (size_t) k_active, acc + f->d + f->r + f->h + f->h);
 		for (j = 0; j < f->h; j++)
-			above += zh[j] > kth;
+			above += sc[j] > kth;
 		ties = (size_t) k_active - above;
+		/* with the exact selector sc is active[] itself: entry j is read before index n <= j
+		 * is written */
 		for (j = 0; j < f->h; j++)
-			if (zh[j] > kth || (zh[j] == kth && ties > 0 && ties--))
+			if (sc[j] > kth || (sc[j] == kth && ties > 0 && ties--))
 				active[n++] = j;
 	}
 	else
@@ -564,9 +601,20 @@ bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, flo
 				active[n++] = j;
 	memset(acc, 0, sizeof(float) * f->d);
 	for (t = 0; t < n; t++)
-		neuron_output(f, &k, active[t],
-					  bp_activation(f->activation, neuron_input(f, &k, active[t], x)), acc);
-	finish(f, acc, y);
+	{
+		uint32_t	i = active[t];
+		float		a = selector == BP_FFN_SELECT_EXACT ? zh[i] :
+			bp_activation(f->activation, neuron_input(f, &k, i, x));
+
+		neuron_output(f, &k, i, f->c ? a - f->c[i] : a, acc);
+	}
+	if (f->c)
+	{
+		for (t = 0; t < f->d; t++)
+			y[t] = acc[t] + f->b2c[t];
+	}
+	else
+		finish(f, acc, y);
 	if (n_active)
 		*n_active = n;
 	return BP_OK;

@@ -66,6 +66,14 @@ CREATE FUNCTION sparse_ffn(x real[], layer text, k integer) RETURNS real[]
 	AS 'MODULE_PATHNAME', 'sparse_ffn_float4'
 	LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
+CREATE FUNCTION sparse_ffn(x vector, layer text, k integer, selector text) RETURNS vector
+	AS 'MODULE_PATHNAME', 'sparse_ffn_vector'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION sparse_ffn(x real[], layer text, k integer, selector text) RETURNS real[]
+	AS 'MODULE_PATHNAME', 'sparse_ffn_float4'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
 CREATE FUNCTION sparse_ffn(x vector, layer text) RETURNS vector
 	AS 'MODULE_PATHNAME', 'sparse_ffn_vector'
 	LANGUAGE C STABLE STRICT PARALLEL SAFE;
@@ -82,6 +90,10 @@ COMMENT ON FUNCTION sparse_ffn(vector, text, integer) IS
 	'a stored feed-forward layer computing only the k neurons its low-rank predictor ranks highest';
 COMMENT ON FUNCTION sparse_ffn(real[], text, integer) IS
 	'sparse_ffn on a real[]: only the k neurons the predictor ranks highest';
+COMMENT ON FUNCTION sparse_ffn(vector, text, integer, text) IS
+	'sparse_ffn choosing the k neurons by the predictor (selector ''predictor'') or by their exact activations (''exact'': first matmul in full, second sparse)';
+COMMENT ON FUNCTION sparse_ffn(real[], text, integer, text) IS
+	'sparse_ffn on a real[] with a selector (''predictor'' or ''exact'')';
 COMMENT ON FUNCTION sparse_ffn(vector, text) IS
 	'a stored feed-forward layer computing only the neurons its predictor puts above their fitted thresholds';
 COMMENT ON FUNCTION sparse_ffn(real[], text) IS

@@ -38,11 +38,12 @@ def layer():
 
 @pytest.fixture(scope="module")
 def inputs():
-    # real MiniLM embeddings scaled like the model's hidden states (norm ~ 20), as inputs
-    from conftest import load_shared
+    """Real inputs of layer 0's FFN: 40 tokens' hidden states from real PyPI summaries."""
+    from bitpress.bert import Bert
+    from bitpress.sparsefit import calibration_texts
 
-    x = load_shared("pypi-minilm", "corpus.npy")[:40].astype(np.float32) * 20
-    return x
+    x = Bert().capture_ffn_inputs(calibration_texts(12))[0]
+    return np.ascontiguousarray(x[::max(1, len(x) // 40)][:40], dtype=np.float32)
 
 
 @pytest.fixture(params=["pg", "duckdb"])
@@ -203,3 +204,67 @@ def test_a_layer_without_predictor_refuses_sparse(layer, inputs):
         ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_fast").to_bytes()
     with pytest.raises(errors.MalformedLayerError):
         ffn.run(layer.to_bytes()[:-4], inputs)
+
+
+def test_off_values_and_the_exact_selector_match_the_numpy_reference(layer, inputs):
+    from bitpress import sparse
+
+    c = sparse.neuron_offsets(inputs, layer.w1, layer.b1, "gelu")
+    with_c = ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_erf", layer.p, layer.q,
+                       offsets=c)
+    blob = with_c.to_bytes()
+    assert ffn.shape(blob)["offsets"]
+    dense, _ = ffn.run(blob, inputs)
+    # every neuron, off values or not: the dense layer (up to the order of two sums)
+    every, _ = ffn.run(blob, inputs, k=1536, selector="exact")
+    assert np.abs(every - dense).max() <= 1e-5 * np.abs(dense).max()
+    # the exact selector: the top-k of |act(z) - c|, as the numpy reference computes it
+    z = inputs.astype(np.float64) @ layer.w1 + layer.b1
+    a = _gelu64(z)
+    for k in (154, 460):
+        y, n = ffn.run(blob, inputs, k=k, selector="exact")
+        assert n == k
+        sel = np.sort(np.argsort(-np.abs(a - c), axis=1, kind="stable")[:, :k], axis=1)
+        ref = sparse.sparse_ffn(inputs, layer.w1, layer.b1, layer.w2, layer.b2, "gelu", sel, offset=c)
+        assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    # off values make a sparse layer closer to the dense one
+    plain = ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_erf", layer.p, layer.q).to_bytes()
+    err = lambda y: np.linalg.norm(y - dense, axis=1).mean()  # noqa: E731
+    assert err(ffn.run(blob, inputs, k=460, selector="exact")[0]) < \
+        err(ffn.run(plain, inputs, k=460, selector="exact")[0])
+    with pytest.raises(errors.InvalidParameterError, match="selector"):
+        ffn.run(blob, inputs, k=10, selector="oracle")
+
+
+def test_exact_selector_in_sql(engine, layer, inputs):
+    blob = layer.to_bytes()
+    x = inputs[:4]
+    assert np.array_equal(_sql_rows(engine, "SELECT sparse_ffn(%s::CAST, 'l0', 460, 'exact')", x),
+                          ffn.run(blob, x, k=460, selector="exact")[0])
+    got, msg = _error(engine, "SELECT sparse_ffn(array_fill(0.5::real, ARRAY[384])::CAST, 'l0', 5, 'oracle')"
+                      .replace("array_fill(0.5::real, ARRAY[384])", "list_transform(range(384), lambda i: 0.5)"
+                               if kind(engine) == "duckdb" else "array_fill(0.5::real, ARRAY[384])"))
+    assert got == "22023" and "selector must be predictor or exact" in msg, msg
+
+
+def test_sparse_fit_command_stores_every_layer(tmp_path, capsys):
+    from bitpress import cli
+
+    db = str(tmp_path / "s.duckdb")
+    assert cli.main(["sparse", "fit", "--duckdb", db, "--name", "l3", "--rank", "32",
+                     "--calibration", "60", "--held-out", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "l3.layer0" in out and "l3.layer2" in out
+    import duckdb
+
+    con = duckdb.connect(db)
+    rows = con.execute("SELECT name, rank, settings FROM bitpress.ffn_layers ORDER BY name").fetchall()
+    con.close()
+    assert [r[0] for r in rows] == ["l3.layer0", "l3.layer1", "l3.layer2"] and {r[1] for r in rows} == {32}
+    import json
+
+    for _, _, settings in rows:
+        s = json.loads(settings)
+        # better than chance (0.30), and the exact selector closer to dense than the predictor
+        assert 0.35 < s["recall_at_k"] <= 1.0
+        assert s["output_rel_error_at_k_exact"] < s["output_rel_error_at_k"]

@@ -222,6 +222,8 @@ CATALOG = {
     "sparse_ffn(vector,text,integer)": ("s", True, "s"),
     "sparse_ffn(real[],text,integer)": ("s", True, "s"),
     "sparse_ffn(vector,text)": ("s", True, "s"),
+    "sparse_ffn(vector,text,integer,text)": ("s", True, "s"),
+    "sparse_ffn(real[],text,integer,text)": ("s", True, "s"),
     "sparse_ffn(real[],text)": ("s", True, "s"),
 }
 

@@ -1,5 +1,6 @@
 """The ``bitpress`` command: ``bitpress pg install``, ``bitpress pg status``, ``bitpress demo``,
-``bitpress migrate``, ``bitpress fit``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``."""
+``bitpress migrate``, ``bitpress fit``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``,
+``bitpress sparse fit|list``."""
 from __future__ import annotations
 
 import argparse
@@ -175,6 +176,35 @@ def _tt_drop(args) -> int:
     return 0
 
 
+def _sparse_fit(args) -> int:
+    from . import sparsefit
+
+    conn = _migrated(_connect(args))
+    rows = sparsefit.fit_model(conn, args.name, rank=args.rank, fraction=args.fraction, int8=args.int8,
+                               calibration=args.calibration, held_out=args.held_out,
+                               offsets=not args.no_offsets, model_path=args.model,
+                               progress_bar=None if not args.quiet else False)
+    print(f"{'layer':<16} {'rank':>4} {'k':>5} {'recall@k':>8} {'out err (predictor)':>19} "
+          f"{'out err (exact)':>15} {'predictor cost':>14}")
+    for r in rows:
+        print(f"{r['layer']:<16} {r['rank']:>4} {r['k']:>5} {r['recall_at_k']:>8.3f} "
+              f"{r['output_rel_error_at_k']:>19.3f} {r['output_rel_error_at_k_exact']:>15.3f} "
+              f"{r['predictor_cost']:>14,}")
+    print(f"recall@k: share of the true top-{rows[0]['k']} neurons (|act - c|) the predictor finds on "
+          f"{rows[0]['held_out_tokens']:,} held-out tokens; out err: mean relative error of the layer's "
+          "output at k neurons. Use: SELECT sparse_ffn(x, 'NAME.layer0', k [, 'exact']) ...")
+    return 0
+
+
+def _sparse_list(args) -> int:
+    from . import ffn
+
+    for r in ffn.list_layers(_connect(args)):
+        print(f"{r['name']:<24} {r['d']}x{r['h']} {r['activation']:<9} {r['format']:<7} rank {r['rank']:>3} "
+              f"{r['settings']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -257,6 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     target(dr)
     dr.add_argument("name")
     dr.set_defaults(func=_tt_drop)
+
+    spp = sub.add_parser("sparse", help="feed-forward layers in tables with fitted predictors (sparse_ffn)")
+    spsub = spp.add_subparsers(dest="sparse_command", required=True)
+    sf = spsub.add_parser("fit", help="capture a model's FFN inputs on real sentences, fit predictors, store the layers")
+    target(sf)
+    sf.add_argument("--name", required=True, help="layers are stored as NAME.layer0, NAME.layer1, ...")
+    sf.add_argument("--model", help="BERT ONNX file (default: paraphrase-MiniLM-L3-v2 from PyPI)")
+    sf.add_argument("--rank", type=int, default=64, help="predictor rank (default 64)")
+    sf.add_argument("--fraction", type=float, default=0.3, help="active fraction the thresholds aim at (0.3)")
+    sf.add_argument("--calibration", type=int, default=400, help="calibration sentences (default 400)")
+    sf.add_argument("--held-out", type=int, default=100, help="held-out sentences for the report (100)")
+    sf.add_argument("--int8", action="store_true", help="store the weights as int8 rows with scales")
+    sf.add_argument("--no-offsets", action="store_true", help="skipped neurons count as 0, not their off value")
+    sf.add_argument("--quiet", action="store_true")
+    sf.set_defaults(func=_sparse_fit)
+    sl = spsub.add_parser("list", help="stored layers")
+    target(sl)
+    sl.set_defaults(func=_sparse_list)
 
     ev = sub.add_parser("eval", help="recall and speed of each kind of code on your vectors")
     from . import evaluate

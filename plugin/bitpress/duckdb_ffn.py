@@ -15,10 +15,13 @@ from .duckdb import _gather, _groups, _list_rows
 from .duckdb_tt import _floats, _replace
 
 _MACRO = """
-CREATE OR REPLACE TEMP MACRO sparse_ffn(x, layer) AS bitpress_sparse_ffn_udf(CAST(x AS FLOAT[]), layer, 0),
-    (x, layer, k) AS bitpress_sparse_ffn_udf(CAST(x AS FLOAT[]), layer,
-        CASE WHEN k >= 1 THEN CAST(k AS INTEGER)
-             ELSE error('k must be at least 1, got ' || coalesce(CAST(k AS VARCHAR), 'NULL')) END)
+CREATE OR REPLACE TEMP MACRO bitpress_ffn_k(k) AS
+    CASE WHEN k >= 1 THEN CAST(k AS INTEGER)
+         ELSE error('k must be at least 1, got ' || coalesce(CAST(k AS VARCHAR), 'NULL')) END;
+CREATE OR REPLACE TEMP MACRO sparse_ffn(x, layer) AS
+        bitpress_sparse_ffn_udf(CAST(x AS FLOAT[]), layer, 0, 'predictor'),
+    (x, layer, k) AS bitpress_sparse_ffn_udf(CAST(x AS FLOAT[]), layer, bitpress_ffn_k(k), 'predictor'),
+    (x, layer, k, selector) AS bitpress_sparse_ffn_udf(CAST(x AS FLOAT[]), layer, bitpress_ffn_k(k), selector)
 """
 
 
@@ -54,11 +57,11 @@ class _Layers:
         return blob
 
 
-def _batch(layers, x, layer, k=None):
+def _batch(layers, x, layer, k=None, selector=None):
     values, offsets, lengths = _list_rows(x, "vector")
     n = len(lengths)
     out = [None] * n
-    cols = (layer,) if k is None else (layer, k)
+    cols = (layer,) if k is None else (layer, k, selector)
     for key, rows in _groups(*cols).items():
         blob = layers.get(key[0])
         d = _core.ffn_shape(blob)[0]
@@ -66,7 +69,8 @@ def _batch(layers, x, layer, k=None):
         if len(bad):
             _core.raise_error(_core.ERR_FFN_INPUT_DIM, int(lengths[bad[0]]), d)
         kk = None if k is None else int(key[1])
-        y, _ = ffn.run(blob, _gather(values, offsets, rows, d), k=kk or None, thresholds=kk == 0)
+        y, _ = ffn.run(blob, _gather(values, offsets, rows, d), k=kk or None, thresholds=kk == 0,
+                       selector="predictor" if k is None else key[2])
         for i, r in enumerate(rows):
             out[r] = y[i]
     return _floats(out)
@@ -79,7 +83,9 @@ def register(con):
     con.create_function("ffn", lambda x, l_: _batch(layers, x, l_), ["FLOAT[]", "VARCHAR"], "FLOAT[]",
                         type="arrow", side_effects=True)
     _replace(con, "bitpress_sparse_ffn_udf")
-    con.create_function("bitpress_sparse_ffn_udf", lambda x, l_, k: _batch(layers, x, l_, k),
-                        ["FLOAT[]", "VARCHAR", "INTEGER"], "FLOAT[]", type="arrow", side_effects=True)
-    con.execute(_MACRO)
+    con.create_function("bitpress_sparse_ffn_udf", lambda x, l_, k, s_: _batch(layers, x, l_, k, s_),
+                        ["FLOAT[]", "VARCHAR", "INTEGER", "VARCHAR"], "FLOAT[]", type="arrow",
+                        side_effects=True)
+    for macro in _MACRO.split(";"):
+        con.execute(macro)
     return con

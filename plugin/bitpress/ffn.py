@@ -22,7 +22,8 @@ from .tables import execute, fetchall, transaction
 TABLE = "bitpress.ffn_layers"
 ACTIVATIONS = {"gelu_erf": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 _NAMES = {v: k for k, v in ACTIVATIONS.items()}
-_F_INT8, _F_PREDICTOR, _F_THRESHOLDS = 1, 2, 4
+_F_INT8, _F_PREDICTOR, _F_THRESHOLDS, _F_OFFSETS = 1, 2, 4, 8
+SELECTORS = ("predictor", "exact")
 
 
 def _f32(a, shape, what):
@@ -54,6 +55,7 @@ class Layer:
     p: np.ndarray | None = None           # (d, r)
     q: np.ndarray | None = None           # (r, h)
     thresholds: np.ndarray | None = None  # (h,)
+    offsets: np.ndarray | None = None     # (h,): each neuron's off value (bitpress.sparse.neuron_offsets)
     settings: dict = field(default_factory=dict)
 
     @property
@@ -79,7 +81,8 @@ class Layer:
         b1 = _f32(self.b1, (h,), "b1")
         b2 = _f32(self.b2, (d,), "b2")
         flags = (_F_INT8 if int8 else 0) | (_F_PREDICTOR if r else 0) | \
-            (_F_THRESHOLDS if self.thresholds is not None else 0)
+            (_F_THRESHOLDS if self.thresholds is not None else 0) | \
+            (_F_OFFSETS if self.offsets is not None else 0)
         parts = [b"BPFF", struct.pack("<HHIIIIII", 1, flags, d, h, r, ACTIVATIONS[self.activation], 0, 0)]
         if int8:
             q1, s1 = _int8_rows(w1t)
@@ -91,6 +94,12 @@ class Layer:
             parts += [_f32(self.p, (d, r), "p").T.copy().tobytes(), _f32(self.q, (r, h), "q").tobytes()]
         if self.thresholds is not None:
             parts.append(_f32(self.thresholds, (h,), "thresholds").tobytes())
+        if self.offsets is not None:
+            c = _f32(self.offsets, (h,), "offsets")
+            # the output when every neuron is off; with int8 rows, of the rows as stored
+            w2_used = (q2.astype(np.float64) * s2[:, None]) if int8 else w2.astype(np.float64)
+            b2c = (b2.astype(np.float64) + c.astype(np.float64) @ w2_used).astype(np.float32)
+            parts += [c.tobytes(), b2c.tobytes()]
         if int8:
             blocks = q1.tobytes() + q2.tobytes()
             parts.append(blocks + b"\0" * (-len(blocks) % 4))
@@ -101,20 +110,23 @@ class Layer:
 
 def shape(blob) -> dict:
     """d, h, rank, activation, format and whether thresholds are stored, of a stored layer."""
-    d, h, r, act, int8, thr = _core.ffn_shape(_aligned(blob))
+    d, h, r, act, int8, thr, off = _core.ffn_shape(_aligned(blob))
     return {"d": d, "h": h, "rank": r, "activation": _NAMES[act],
-            "format": "int8" if int8 else "float32", "thresholds": bool(thr)}
+            "format": "int8" if int8 else "float32", "thresholds": bool(thr), "offsets": bool(off)}
 
 
 def _aligned(blob):
     return np.frombuffer(bytes(blob), dtype=np.uint8).copy() if not isinstance(blob, np.ndarray) else blob
 
 
-def run(blob, x, k: int | None = None, thresholds: bool = False) -> tuple[np.ndarray, float]:
+def run(blob, x, k: int | None = None, thresholds: bool = False,
+        selector: str = "predictor") -> tuple[np.ndarray, float]:
     """y for one input (d,) or a batch (n, d), and the mean number of neurons computed.
 
-    Dense by default; ``k``: only the k neurons the predictor ranks highest; ``thresholds``:
-    only those above their stored thresholds."""
+    Dense by default; ``k``: only the k neurons ranked highest, by the predictor
+    (``selector="predictor"``) or by their exact activations (``"exact"``: the first matmul in
+    full, only the second one sparse); ``thresholds``: only those the predictor puts above
+    their stored thresholds."""
     blob = _aligned(blob)
     x = np.asarray(x)
     one = x.ndim == 1
@@ -123,7 +135,9 @@ def run(blob, x, k: int | None = None, thresholds: bool = False) -> tuple[np.nda
         raise errors.InvalidParameterError(f"x must be one vector or a 2-D batch, got shape {x.shape}")
     d = _core.ffn_shape(blob)[0]
     out = np.empty((x.shape[0], d), dtype=np.float32)
-    mode = 0 if k is None and not thresholds else (2 if thresholds else 1)
+    if selector not in SELECTORS:
+        raise errors.InvalidParameterError(f"selector must be predictor or exact, got {selector!r}")
+    mode = 0 if k is None and not thresholds else (2 if thresholds else (3 if selector == "exact" else 1))
     total = _core.ffn_into(blob, x, x.shape[0], x.shape[1], out, mode, 0 if k is None else int(k))
     return (out[0] if one else out), total / max(len(x), 1)
 

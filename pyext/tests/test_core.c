@@ -514,7 +514,7 @@ test_ffn(void)
 		if (bp_set_impl(impl == 2 ? BP_IMPL_AVX2 : (bp_impl) impl) != BP_OK)
 			continue;
 		CHECK(bp_ffn_dense(&f, x, d, y, scratch, NULL) == BP_OK, "dense");
-		CHECK(bp_ffn_sparse(&f, x, d, h, y2, scratch, &n, NULL) == BP_OK && n == h, "sparse all");
+		CHECK(bp_ffn_sparse(&f, x, d, h, BP_FFN_SELECT_PREDICTOR, y2, scratch, &n, NULL) == BP_OK && n == h, "sparse all");
 		CHECK(memcmp(y, y2, sizeof(y)) == 0, "sparse with every neuron differs from dense");
 		{
 			static float first[37];
@@ -524,11 +524,16 @@ test_ffn(void)
 			CHECK(memcmp(first, y, sizeof(y)) == 0, "path %d differs from scalar", impl);
 		}
 		for (int64_t k = 1; k <= (int64_t) h; k += 13)
-			CHECK(bp_ffn_sparse(&f, x, d, k, y2, scratch, &n, NULL) == BP_OK && n == (size_t) k, "top-k count");
-		CHECK(bp_ffn_sparse(&f, x, d, 0, y2, scratch, &n, NULL) == BP_OK && n <= h, "thresholds");
+			CHECK(bp_ffn_sparse(&f, x, d, k, BP_FFN_SELECT_PREDICTOR, y2, scratch, &n, NULL) == BP_OK && n == (size_t) k, "top-k count");
+		CHECK(bp_ffn_sparse(&f, x, d, 0, BP_FFN_SELECT_PREDICTOR, y2, scratch, &n, NULL) == BP_OK && n <= h, "thresholds");
+		CHECK(bp_ffn_sparse(&f, x, d, h, BP_FFN_SELECT_EXACT, y2, scratch, &n, NULL) == BP_OK && n == h &&
+			  memcmp(y, y2, sizeof(y)) == 0, "exact selector with every neuron differs from dense");
+		for (int64_t k = 1; k <= (int64_t) h; k += 17)
+			CHECK(bp_ffn_sparse(&f, x, d, k, BP_FFN_SELECT_EXACT, y2, scratch, &n, NULL) == BP_OK &&
+				  n == (size_t) k, "exact top-k count");
 	}
 	bp_set_impl(BP_IMPL_AUTO);
-	CHECK(bp_ffn_sparse(&f, x, d, h + 1, y2, scratch, &n, NULL) == BP_ERR_FFN_K, "k too large");
+	CHECK(bp_ffn_sparse(&f, x, d, h + 1, BP_FFN_SELECT_PREDICTOR, y2, scratch, &n, NULL) == BP_ERR_FFN_K, "k too large");
 	CHECK(bp_ffn_dense(&f, x, d - 1, y, scratch, NULL) == BP_ERR_FFN_INPUT_DIM, "wrong dims");
 	x[3] = NAN;
 	CHECK(bp_ffn_dense(&f, x, d, y, scratch, NULL) == BP_ERR_NONFINITE_VALUE, "NaN input");

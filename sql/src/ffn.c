@@ -144,9 +144,9 @@ get_layer(const char *name)
 	return e;
 }
 
-/* y = the layer on x; k < 0: dense, k = 0: thresholds, k > 0: top-k */
+/* y = the layer on x; k < 0: dense, k = 0: thresholds, k > 0: top-k by selector */
 static void
-run_layer(CachedLayer *e, const float *x, int dim, int64 k, float *y)
+run_layer(CachedLayer *e, const float *x, int dim, int64 k, int selector, float *y)
 {
 	size_t		bad = 0;
 	bp_status	st;
@@ -155,7 +155,7 @@ run_layer(CachedLayer *e, const float *x, int dim, int64 k, float *y)
 	if (k < 0)
 		st = bp_ffn_dense(&e->f, x, (size_t) dim, y, e->scratch, &bad);
 	else
-		st = bp_ffn_sparse(&e->f, x, (size_t) dim, k, y, e->scratch, NULL, &bad);
+		st = bp_ffn_sparse(&e->f, x, (size_t) dim, k, selector, y, e->scratch, NULL, &bad);
 	if (st == BP_ERR_FFN_INPUT_DIM)
 		report(st, dim, e->f.d);
 	if (st == BP_ERR_FFN_K)
@@ -174,6 +174,25 @@ k_arg(FunctionCallInfo fcinfo, CachedLayer *e)
 	return k;
 }
 
+/* the fourth argument: 'predictor' (default) or 'exact' */
+static int
+selector_arg(FunctionCallInfo fcinfo)
+{
+	char	   *s;
+
+	if (PG_NARGS() < 4)
+		return BP_FFN_SELECT_PREDICTOR;
+	s = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(s, "predictor") == 0)
+		return BP_FFN_SELECT_PREDICTOR;
+	if (strcmp(s, "exact") == 0)
+		return BP_FFN_SELECT_EXACT;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("selector must be predictor or exact, got \"%s\"", s)));
+	pg_unreachable();
+}
+
 /* k: -1 dense, 0 thresholds, 1 top-k with k read from the third argument */
 static Datum
 vector_result(FunctionCallInfo fcinfo, int64 k)
@@ -189,7 +208,7 @@ vector_result(FunctionCallInfo fcinfo, int64 k)
 	y = (PgVector *) palloc0(size);
 	SET_VARSIZE(y, size);
 	y->dim = (int16) e->f.d;
-	run_layer(e, x->x, x->dim, k, y->x);
+	run_layer(e, x->x, x->dim, k, selector_arg(fcinfo), y->x);
 	PG_RETURN_POINTER(y);
 }
 
@@ -203,7 +222,7 @@ float4_result(FunctionCallInfo fcinfo, int64 k)
 
 	if (k > 0)
 		k = k_arg(fcinfo, e);
-	run_layer(e, x, dim, k, y);
+	run_layer(e, x, dim, k, selector_arg(fcinfo), y);
 	{
 		Datum	   *d = palloc(sizeof(Datum) * e->f.d);
 		uint32		t;
