@@ -268,3 +268,41 @@ def test_sparse_fit_command_stores_every_layer(tmp_path, capsys):
         # better than chance (0.30), and the exact selector closer to dense than the predictor
         assert 0.35 < s["recall_at_k"] <= 1.0
         assert s["output_rel_error_at_k_exact"] < s["output_rel_error_at_k"]
+
+
+@pytest.mark.parametrize("kind_, name", [(1, "gelu_tanh"), (2, "relu"), (3, "silu"), (0, "gelu_erf")])
+def test_core_activations_against_math(kind_, name):
+    assert ffn.ACTIVATIONS[name] == kind_
+    x = np.linspace(-12, 12, 20001, dtype=np.float32)
+    out = np.empty_like(x)
+    _core.activation_into(kind_, x, out)
+    xd = x.astype(np.float64)
+    ref = {"gelu_erf": 0.5 * xd * (1 + np.vectorize(math.erf)(xd / math.sqrt(2))),
+           "gelu_tanh": 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3))),
+           "relu": np.maximum(xd, 0), "silu": xd / (1 + np.exp(-xd))}[name]
+    assert np.abs(out - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max())
+
+
+def test_weights_from_a_tensor_train_model(duck_books):
+    """sparse fit can take a layer's weights from a model stored as TT cores."""
+    from bitpress import sparsefit, ttmodels
+
+    ttmodels.compress(duck_books, default_model_path(), "l3tt", eps=0.3, include=r"layer\.0\.intermediate",
+                      progress_bar=False)
+    rows = sparsefit.fit_model(duck_books, "fromtt", rank=16, calibration=30, held_out=10,
+                               tt_model="l3tt", progress_bar=False)
+    assert len(rows) == 3 and rows[0]["weights_from_tt_model"] == "l3tt"
+    blob = ffn.load(duck_books, "fromtt.layer0")
+    from bitpress import tensors
+
+    w1 = tensors.load(duck_books, "l3tt", "model.0.auto_model.encoder.layer.0.intermediate.dense.weight").reconstruct()
+    m = onnx_weights.load_model(default_model_path())
+    orig = onnx_weights.tensor(m, "onnx::MatMul_481")
+    assert 0.25 < np.linalg.norm(w1 - orig) / np.linalg.norm(orig) <= 0.3 + 1e-6  # the TT weights, not the originals
+    x = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    y, _ = ffn.run(blob, x)
+    b1 = tensors.load(duck_books, "l3tt", "model.0.auto_model.encoder.layer.0.intermediate.dense.bias").reconstruct()
+    w2 = tensors.load(duck_books, "l3tt", "model.0.auto_model.encoder.layer.0.output.dense.weight").reconstruct()
+    b2 = tensors.load(duck_books, "l3tt", "model.0.auto_model.encoder.layer.0.output.dense.bias").reconstruct()
+    ref = _gelu64(x.astype(np.float64) @ w1 + b1) @ w2 + b2
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()

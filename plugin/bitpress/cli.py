@@ -182,7 +182,7 @@ def _sparse_fit(args) -> int:
     conn = _migrated(_connect(args))
     rows = sparsefit.fit_model(conn, args.name, rank=args.rank, fraction=args.fraction, int8=args.int8,
                                calibration=args.calibration, held_out=args.held_out,
-                               offsets=not args.no_offsets, model_path=args.model,
+                               offsets=not args.no_offsets, model_path=args.model, tt_model=args.tt_model,
                                progress_bar=None if not args.quiet else False)
     print(f"{'layer':<16} {'rank':>4} {'k':>5} {'recall@k':>8} {'out err (predictor)':>19} "
           f"{'out err (exact)':>15} {'predictor cost':>14}")
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--held-out", type=int, default=100, help="held-out sentences for the report (100)")
     sf.add_argument("--int8", action="store_true", help="store the weights as int8 rows with scales")
     sf.add_argument("--no-offsets", action="store_true", help="skipped neurons count as 0, not their off value")
+    sf.add_argument("--tt-model", help="take the weights from this model stored as TT cores (bitpress tt compress)")
     sf.add_argument("--quiet", action="store_true")
     sf.set_defaults(func=_sparse_fit)
     sl = spsub.add_parser("list", help="stored layers")

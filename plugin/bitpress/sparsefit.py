@@ -10,6 +10,11 @@ of the truly active neurons and the output error on held-out sentences, and stor
 in ``bitpress.ffn_layers`` as ``{name}.layer{i}`` (``bitpress.ffn``). Each layer is written in
 its own transaction; running the command again replaces them.
 
+With ``tt_model`` the layer's weights come from a model stored as Tensor-Train cores
+(``bitpress tt compress``): each of W1, b1, W2, b2 is rebuilt from ``bitpress.tt_cores`` by the C
+core (``bitpress.tensors``), so a compressed model's layers can be run sparse in SQL too. The
+calibration inputs are still the original model's.
+
 The neuron score the thresholds and the recall use is the one the C core ranks by
 (pyext/bp_ffn.c score(): ``|z sigmoid(1.702 z)|`` for GELU), so that SQL's
 ``sparse_ffn(x, 'name.layer0')`` picks what was measured here.
@@ -64,8 +69,9 @@ def recall(pred_scores, true_scores, k) -> float:
 
 def fit_model(conn, name: str, rank: int = 32, fraction: float = 0.3, int8: bool = False,
               calibration: int = 400, held_out: int = 100, offsets: bool = True, model_path=None,
-              progress_bar=None) -> list[dict]:
-    """Fits and stores every FFN layer of the model; returns one report per layer."""
+              tt_model: str | None = None, progress_bar=None) -> list[dict]:
+    """Fits and stores every FFN layer of the model; returns one report per layer. With
+    ``tt_model``, the weights are rebuilt from that stored Tensor-Train model's cores."""
     from .bert import Bert
 
     if not 0 < fraction <= 1:
@@ -77,6 +83,11 @@ def fit_model(conn, name: str, rank: int = 32, fraction: float = 0.3, int8: bool
     with progress.bar(total=bert.layers, desc=f"sparse fit {name}", progress=progress_bar, unit="layer") as bar:
         for i in range(bert.layers):
             p = bert.ffn_params(i)
+            if tt_model is not None:
+                from . import tensors
+
+                p = dict(p, **{key: tensors.load(conn, tt_model, name).reconstruct()
+                               for key, name in p["readable"].items()})
             c = sparse.neuron_offsets(x_cal[i], p["w1"], p["b1"], "gelu") if offsets else None
             pred = sparse.fit_predictor(p["w1"], p["b1"], x_cal[i], rank, offset=c)
             thr = float(np.quantile(score(pred.predict(x_cal[i]), c), 1.0 - fraction))
@@ -92,7 +103,7 @@ def fit_model(conn, name: str, rank: int = 32, fraction: float = 0.3, int8: bool
                 return float(np.mean(np.linalg.norm(y - dense, axis=1) / np.linalg.norm(dense, axis=1)))
 
             layer.settings = {"rank": rank, "fraction": fraction, "k": k, "threshold": thr,
-                              "offsets": bool(offsets),
+                              "offsets": bool(offsets), "weights_from_tt_model": tt_model,
                               "calibration_tokens": int(len(x_cal[i])), "held_out_tokens": int(len(xt)),
                               "recall_at_k": rec,
                               "output_rel_error_at_k": rel(ffn.run(blob, xt, k=k)[0]),
