@@ -1,0 +1,187 @@
+"""bitpress in SQLAlchemy: a code column type, the SQL functions, and a k-NN query builder.
+
+PostgreSQL through psycopg 3, DuckDB through duckdb_engine, the same Python code::
+
+    from bitpress import sa as bp
+
+    class Document(Base):
+        __tablename__ = "documents"
+        id = mapped_column(Integer, primary_key=True)
+        embedding = mapped_column(Vector(384))      # pgvector (PostgreSQL) / ARRAY(Float) (DuckDB)
+        code = mapped_column(bp.BITCODE(384))
+
+    session.execute(update(Document).values(code=bp.binarize(Document.embedding, "docs_v1")))
+    session.scalars(select(Document).order_by(Document.code.hamming(bp.binarize(q, "docs_v1"))).limit(10))
+    session.scalars(bp.knn(Document, Document.code, Document.embedding, q, k=10, codebook="docs_v1"))
+
+``BITCODE(n)`` is ``bit(n)`` in PostgreSQL (pgvector's ``<~>`` and HNSW ``bit_hamming_ops`` work
+on it) and ``BLOB`` in DuckDB, where codes are BLOBs (``bitpress.duckdb``); in Python a code is
+``bytes``, the packed bits MSB first, the same in both engines. DuckDB engines must carry
+bitpress's functions on every connection: ``duckdb_engine(path)`` makes one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+import sqlalchemy.ext.compiler  # noqa: F401  (sa.ext.compiler.compiles)
+import sqlalchemy.orm  # noqa: F401  (sa.orm.aliased)
+from sqlalchemy.dialects.postgresql.base import PGBit
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["BITCODE", "binarize", "hamming", "knn", "duckdb_engine"]
+
+
+def _to_bytes(value, bits):
+    """bytes of a code given as bytes, a uint8 array, a '0101' string or pgvector's Bit."""
+    if value is None or isinstance(value, (bytes, bytearray, memoryview)):
+        return None if value is None else bytes(value)
+    if isinstance(value, np.ndarray):
+        return value.astype(np.uint8).tobytes()
+    if hasattr(value, "to_text"):  # pgvector.Bit
+        value = value.to_text()
+    if isinstance(value, str):
+        return np.packbits(np.frombuffer(value.encode(), np.uint8) == ord("1")).tobytes()
+    raise TypeError(f"a code must be bytes, a uint8 array or a bit string, got {type(value).__name__}")
+
+
+class BITCODE(TypeDecorator):
+    """A bitpress code: ``bit(n)`` in PostgreSQL, ``BLOB`` in DuckDB, ``bytes`` in Python."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def __init__(self, bits: int | None = None):
+        super().__init__()
+        self.bits = bits
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(PGBit(self.bits) if self.bits else PGBit(varying=True))
+        return dialect.type_descriptor(sa.LargeBinary())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        data = _to_bytes(value, self.bits)
+        if dialect.name != "postgresql":
+            return data
+        bits = np.unpackbits(np.frombuffer(data, np.uint8))
+        n = self.bits or len(bits)
+        return "".join("1" if b else "0" for b in bits[:n])
+
+    def process_result_value(self, value, dialect):
+        return _to_bytes(value, self.bits)
+
+    def bind_expression(self, bindvalue):
+        # PostgreSQL gets the code as a '0101' string: cast it, or psycopg sends text
+        return _BitParam(bindvalue)
+
+    class comparator_factory(TypeDecorator.Comparator):
+        def hamming(self, other):
+            """Number of differing bits (bitpress's ``hamming``), INTEGER."""
+            if not isinstance(other, sa.sql.ClauseElement) and not hasattr(other, "__clause_element__"):
+                other = sa.bindparam(None, other, type_=self.type)
+            return hamming(self.expr, other)
+
+
+class _BitParam(sa.sql.expression.ColumnElement):
+    inherit_cache = True
+
+    def __init__(self, bindvalue):
+        self.bindvalue = bindvalue
+        self.type = bindvalue.type
+
+
+@sa.ext.compiler.compiles(_BitParam)
+def _compile_bit_param(element, compiler, **kw):
+    p = compiler.process(element.bindvalue, **kw)
+    return f"CAST({p} AS BIT VARYING)" if compiler.dialect.name == "postgresql" else p
+
+
+def hamming(a, b):
+    return sa.func.hamming(a, b, type_=sa.Integer)
+
+
+def binarize(vector, codebook: str | None = None, version: int | None = None, bits: int | None = None):
+    """``binarize(vector[, codebook[, version]])`` as a BITCODE expression. ``vector`` is a
+    column or a Python list / numpy array (sent as a float list)."""
+    if not isinstance(vector, sa.sql.ClauseElement) and not hasattr(vector, "__clause_element__"):
+        vector = _vector_param(vector)
+    args = [vector] + ([] if codebook is None else [sa.literal(codebook)]) + \
+        ([] if version is None else [sa.literal(int(version))])
+    return sa.func.binarize(*args, type_=BITCODE(bits))
+
+
+class _VectorParam(sa.sql.expression.ColumnElement):
+    """A query vector: ``CAST(:q AS vector)`` in PostgreSQL, ``CAST(:q AS FLOAT[])`` in DuckDB."""
+
+    inherit_cache = True
+    type = sa.ARRAY(sa.Float)
+
+    def __init__(self, values):
+        self.values = [float(v) for v in np.asarray(values, dtype=np.float32).ravel()]
+
+
+@sa.ext.compiler.compiles(_VectorParam)
+def _compile_vector(element, compiler, **kw):
+    p = compiler.process(sa.bindparam(None, element.values, type_=sa.ARRAY(sa.Float)), **kw)
+    if compiler.dialect.name == "postgresql":
+        return f"CAST({p} AS vector)"
+    return f"CAST({p} AS FLOAT[])"
+
+
+def _vector_param(values):
+    return _VectorParam(values)
+
+
+class _Distance(sa.sql.expression.ColumnElement):
+    """Exact distance for the rerank: pgvector's operators in PostgreSQL, DuckDB's list functions."""
+
+    inherit_cache = True
+    type = sa.Float()
+
+    def __init__(self, metric, a, b):
+        self.metric, self.a, self.b = metric, a, b
+
+
+_PG_OPS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+_DUCK_FUNCS = {"cosine": "list_cosine_distance", "l2": "list_distance", "ip": "list_negative_inner_product"}
+
+
+@sa.ext.compiler.compiles(_Distance)
+def _compile_distance(element, compiler, **kw):
+    a, b = compiler.process(element.a, **kw), compiler.process(element.b, **kw)
+    if compiler.dialect.name == "postgresql":
+        return f"({a} {_PG_OPS[element.metric]} {b})"
+    return f"{_DUCK_FUNCS[element.metric]}(CAST({a} AS FLOAT[]), {b})"
+
+
+def knn(entity, code_column, vector_column, query, k: int = 10, oversample: int = 4,
+        codebook: str | None = None, metric: str = "cosine"):
+    """A Select of the k rows nearest ``query``: the top k * oversample by Hamming distance of
+    the codes (the query coded with ``codebook``, or by sign), reranked exactly on the vectors.
+    Returns ORM entities when ``entity`` is a mapped class."""
+    from . import errors
+    from .kernels import check_count
+
+    k, oversample = check_count("k", k), check_count("oversample", oversample)
+    if metric not in _PG_OPS:
+        raise errors.InvalidParameterError(f"metric must be cosine, ip or l2, got {metric!r}")
+    q = _vector_param(query)
+    pool = (sa.select(entity).order_by(hamming(code_column, binarize(q, codebook)))
+            .limit(k * oversample).subquery())
+    aliased = sa.orm.aliased(entity, pool) if hasattr(entity, "__mapper__") else pool
+    vec = getattr(aliased, vector_column.key) if hasattr(entity, "__mapper__") else pool.c[vector_column.key]
+    return sa.select(aliased).order_by(_Distance(metric, vec, q)).limit(k)
+
+
+def duckdb_engine(path: str = ":memory:", **kwargs):
+    """An SQLAlchemy engine on a DuckDB file whose every connection has bitpress's functions
+    (``bitpress.duckdb.register``). ``:memory:`` keeps one connection (StaticPool)."""
+    from duckdb_engine import ConnectionWrapper
+
+    from .duckdb import connect
+
+    if path == ":memory:":
+        kwargs.setdefault("poolclass", sa.pool.StaticPool)
+    return sa.create_engine("duckdb://", creator=lambda: ConnectionWrapper(connect(path)), **kwargs)
