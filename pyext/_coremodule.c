@@ -51,6 +51,24 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what)
 	return 0;
 }
 
+/* view's bytes at a 4-byte boundary: view->buf itself, or a copy in *copy (PyMem_Free it);
+ * NULL with MemoryError set when the copy cannot be made */
+static const void *
+aligned4(const Py_buffer *view, void **copy)
+{
+	*copy = NULL;
+	if (((uintptr_t) view->buf & 3) == 0)
+		return view->buf;
+	*copy = PyMem_Malloc(view->len ? (size_t) view->len : 1);
+	if (*copy == NULL)
+	{
+		PyErr_NoMemory();
+		return NULL;
+	}
+	memcpy(*copy, view->buf, (size_t) view->len);
+	return *copy;
+}
+
 /*
  * binarize_into(x: float32 buffer, n, dim, thresholds, out: uint8 buffer)
  * thresholds: None, dim floats shared by all rows, or n * dim floats (one row per vector)
@@ -307,18 +325,9 @@ get_codebook(PyObject *obj, Py_buffer *view, void **copy, bp_codebook *cb)
 	*copy = NULL;
 	if (get_buffer(obj, view, 0, "codebook") < 0)
 		return -1;
-	buf = view->buf;
-	if (((uintptr_t) buf & 3) != 0)
-	{
-		*copy = PyMem_Malloc(view->len ? (size_t) view->len : 1);
-		if (*copy == NULL)
-		{
-			PyErr_NoMemory();
-			return -1;
-		}
-		memcpy(*copy, view->buf, (size_t) view->len);
-		buf = *copy;
-	}
+	buf = aligned4(view, copy);
+	if (buf == NULL)
+		return -1;
 	st = bp_codebook_parse(buf, (size_t) view->len, cb, &problem);
 	if (st != BP_OK)
 	{
@@ -328,8 +337,9 @@ get_codebook(PyObject *obj, Py_buffer *view, void **copy, bp_codebook *cb)
 	return 0;
 }
 
+/* Releases what get_codebook / get_ffn held. */
 static void
-release_codebook(Py_buffer *view, void *copy)
+release_blob(Py_buffer *view, void *copy)
 {
 	if (view->obj)
 		PyBuffer_Release(view);
@@ -350,7 +360,7 @@ core_codebook_shape(PyObject *self, PyObject *args)
 		return NULL;
 	if (get_codebook(bo, &bb, &copy, &cb) == 0)
 		result = Py_BuildValue("(IIIi)", cb.dims, cb.components, cb.bits, cb.base != NULL);
-	release_codebook(&bb, copy);
+	release_blob(&bb, copy);
 	return result;
 }
 
@@ -419,7 +429,7 @@ core_encode_into(PyObject *self, PyObject *args)
 	result = Py_NewRef(Py_None);
 done:
 	PyMem_Free(scratch);
-	release_codebook(&bb, copy);
+	release_blob(&bb, copy);
 	if (xb.obj)
 		PyBuffer_Release(&xb);
 	if (ob.obj)
@@ -498,7 +508,7 @@ core_asym_scores_into(PyObject *self, PyObject *args)
 	result = Py_NewRef(Py_None);
 done:
 	PyMem_Free(work);
-	release_codebook(&bb, copy);
+	release_blob(&bb, copy);
 	if (qb.obj)
 		PyBuffer_Release(&qb);
 	if (cbuf.obj)
@@ -696,21 +706,12 @@ get_tt(PyObject *cores, PyObject *shapes, int check_values, TTArgs *t)
 		t->d = k + 1;
 		if (get_buffer(PySequence_Fast_GET_ITEM(seq, k), v, 0, "a core") < 0)
 			goto done;
-		ptrs[k] = v->buf;
 		lens[k] = (size_t) v->len / sizeof(float);
 		if ((size_t) v->len % sizeof(float) != 0)
 			lens[k] = (size_t) -1;	/* never equal to a shape's product */
-		if (((uintptr_t) v->buf & 3) != 0)
-		{
-			t->copies[k] = PyMem_Malloc(v->len ? (size_t) v->len : 1);
-			if (t->copies[k] == NULL)
-			{
-				PyErr_NoMemory();
-				goto done;
-			}
-			memcpy(t->copies[k], v->buf, (size_t) v->len);
-			ptrs[k] = t->copies[k];
-		}
+		ptrs[k] = aligned4(v, &t->copies[k]);
+		if (ptrs[k] == NULL)
+			goto done;
 	}
 	st = bp_tt_init(&t->tt, (int) d, (const int64_t *) sb.buf, ptrs, lens, check_values, &problem,
 					&bad_core);
@@ -932,6 +933,29 @@ done:
 
 /* ---- feed-forward layers ---- */
 
+/* Parses a stored layer held by obj, as get_codebook does for codebooks. */
+static int
+get_ffn(PyObject *obj, Py_buffer *view, void **copy, bp_ffn *f)
+{
+	const void *buf;
+	int			problem = 0;
+	bp_status	st;
+
+	*copy = NULL;
+	if (get_buffer(obj, view, 0, "layer") < 0)
+		return -1;
+	buf = aligned4(view, copy);
+	if (buf == NULL)
+		return -1;
+	st = bp_ffn_parse(buf, (size_t) view->len, f, &problem);
+	if (st != BP_OK)
+	{
+		raise_status(st, problem, 0, -1);
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed in total
  *   mode 0: dense; 1: sparse, the k neurons the predictor ranks highest; 2: sparse, the
@@ -955,7 +979,6 @@ core_ffn_into(PyObject *self, PyObject *args)
 	float	   *scratch = NULL;
 	bp_ffn		f;
 	bp_status	st = BP_OK;
-	int			problem = 0;
 	size_t		bad_index = 0,
 				total = 0,
 				v = 0;
@@ -965,24 +988,8 @@ core_ffn_into(PyObject *self, PyObject *args)
 		return NULL;
 	if (nvec < 0 || dim < 0 || mode < 0 || mode > 3)
 		return PyErr_Format(PyExc_ValueError, "bad ffn_into arguments");
-	if (get_buffer(bo, &bb, 0, "layer") < 0)
+	if (get_ffn(bo, &bb, &copy, &f) < 0)
 		goto done;
-	if (((uintptr_t) bb.buf & 3) != 0)
-	{
-		copy = PyMem_Malloc(bb.len ? (size_t) bb.len : 1);
-		if (copy == NULL)
-		{
-			PyErr_NoMemory();
-			goto done;
-		}
-		memcpy(copy, bb.buf, (size_t) bb.len);
-	}
-	st = bp_ffn_parse(copy ? copy : bb.buf, (size_t) bb.len, &f, &problem);
-	if (st != BP_OK)
-	{
-		raise_status(st, problem, 0, -1);
-		goto done;
-	}
 	if ((mode == 1 || mode == 3) && (k < 1 || (unsigned long long) k > f.h))
 	{
 		raise_status(BP_ERR_FFN_K, k, f.h, -1);
@@ -1031,9 +1038,7 @@ core_ffn_into(PyObject *self, PyObject *args)
 	result = PyLong_FromSize_t(total);
 done:
 	PyMem_Free(scratch);
-	PyMem_Free(copy);
-	if (bb.obj)
-		PyBuffer_Release(&bb);
+	release_blob(&bb, copy);
 	if (xb.obj)
 		PyBuffer_Release(&xb);
 	if (ob.obj)
@@ -1049,32 +1054,14 @@ core_ffn_shape(PyObject *self, PyObject *args)
 	Py_buffer	bb = {0};
 	void	   *copy = NULL;
 	bp_ffn		f;
-	int			problem = 0;
-	bp_status	st;
 	PyObject   *result = NULL;
 
 	if (!PyArg_ParseTuple(args, "O", &bo))
 		return NULL;
-	if (get_buffer(bo, &bb, 0, "layer") < 0)
-		return NULL;
-	if (((uintptr_t) bb.buf & 3) != 0)
-	{
-		copy = PyMem_Malloc(bb.len ? (size_t) bb.len : 1);
-		if (copy == NULL)
-		{
-			PyBuffer_Release(&bb);
-			return PyErr_NoMemory();
-		}
-		memcpy(copy, bb.buf, (size_t) bb.len);
-	}
-	st = bp_ffn_parse(copy ? copy : bb.buf, (size_t) bb.len, &f, &problem);
-	if (st != BP_OK)
-		raise_status(st, problem, 0, -1);
-	else
+	if (get_ffn(bo, &bb, &copy, &f) == 0)
 		result = Py_BuildValue("(IIIiiii)", f.d, f.h, f.r, f.activation, f.w1q != NULL, f.thr != NULL,
 							   f.c != NULL);
-	PyMem_Free(copy);
-	PyBuffer_Release(&bb);
+	release_blob(&bb, copy);
 	return result;
 }
 
