@@ -109,6 +109,11 @@ bp_status	bp_set_impl(bp_impl impl);
 /* The path in use now. */
 bp_impl		bp_get_impl(void);
 
+/* Whether the float kernels (bp_tt.c, bp_ffn.c) take their AVX2 path: whenever the CPU has
+ * AVX2, unless the scalar path is forced (the Hamming dispatch may pick popcnt on an AVX2 CPU,
+ * which says nothing about float loops). */
+int			bp_float_avx2(void);
+
 /* Distance between two codes of nbytes bytes. */
 uint64_t	bp_hamming(const uint8_t *a, const uint8_t *b, size_t nbytes);
 

@@ -30,16 +30,6 @@
 
 #define FFN_HEADER 32
 
-static int
-use_avx2(void)
-{
-#ifdef BP_X86
-	return bp_get_impl() != BP_IMPL_SCALAR && bp_impl_supported(BP_IMPL_AVX2);
-#else
-	return 0;
-#endif
-}
-
 /* ---- parsing ---- */
 
 static uint32_t
@@ -342,7 +332,7 @@ pick(void)
 	kernels		k = {dot_scalar, dot_i8_scalar, axpy_scalar, axpy_i8_scalar};
 
 #ifdef BP_X86
-	if (use_avx2())
+	if (bp_float_avx2())
 	{
 		k.dot = dot_avx2;
 		k.dot_i8 = dot_i8_avx2;

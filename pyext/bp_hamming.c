@@ -287,3 +287,9 @@ bp_hamming_pairs(const uint8_t *a, const uint8_t *b, size_t n, size_t nbytes,
 	for (size_t i = 0; i < n; i++)
 		out[i] = fn(a + i * stride_a, b + i * stride_b, nbytes);
 }
+
+int
+bp_float_avx2(void)
+{
+	return current_impl != BP_IMPL_SCALAR && bp_impl_supported(BP_IMPL_AVX2);
+}

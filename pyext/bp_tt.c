@@ -5,9 +5,7 @@
  * Every product is a sequence of "axpy" steps, y[0..len) += a * x[0..len), over contiguous
  * slices of a core. The scalar and AVX2 paths (kernels in bp_tt_kernels.h, compiled once per
  * path) multiply and add separately, element by element in the same order, so they give the
- * same bits. The AVX2 path runs whenever the CPU has AVX2, unless the scalar path is forced
- * (bp_set_impl(BP_IMPL_SCALAR), `SET bitpress.simd = 'scalar'`): the Hamming dispatch may pick
- * popcnt on an AVX2 CPU, which says nothing about these loops.
+ * same bits. The AVX2 path runs when bp_float_avx2() says so (bp_core.h).
  */
 #include <math.h>
 #include <string.h>
@@ -36,16 +34,6 @@
 #undef BP_TT_TARGET
 #undef BP_TT_AVX2
 #endif
-
-static int
-use_avx2(void)
-{
-#ifdef BP_X86
-	return bp_get_impl() != BP_IMPL_SCALAR && bp_impl_supported(BP_IMPL_AVX2);
-#else
-	return 0;
-#endif
-}
 
 /* ---- checks ---- */
 
@@ -221,7 +209,7 @@ row_states(const bp_tt *tt, float *out, float *work, float **state)
 static void
 row_from(const bp_tt *tt, const uint32_t *digit, int from, float **state)
 {
-	int			avx2 = use_avx2();
+	int			avx2 = bp_float_avx2();
 	int			k;
 
 	for (k = from; k < tt->d; k++)
@@ -381,7 +369,7 @@ bp_status
 bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x, size_t nvec,
 				size_t x_stride, float *y, size_t y_stride, size_t *bad_row, size_t *bad_index)
 {
-	int			avx2 = use_avx2();
+	int			avx2 = bp_float_avx2();
 	bp_status	st = check_vectors(x, nvec, x_stride, rows, bad_row, bad_index);
 	size_t		vc;
 
@@ -430,7 +418,7 @@ bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_stride,
 			 float *y, size_t y_stride, float *work, size_t *bad_row, size_t *bad_index)
 {
 	uint64_t	most = 0;
-	int			avx2 = use_avx2();
+	int			avx2 = bp_float_avx2();
 	size_t		v;
 	int			k;
 	bp_status	st = check_vectors(x, nvec, x_stride, tt->rows, bad_row, bad_index);
