@@ -23,10 +23,7 @@ TABLE = "bitpress.codebooks"
 def _ensure_table(conn):
     from . import schema
 
-    if schema.current(conn) is None:
-        raise errors.UnknownCodebookError(
-            f"table {TABLE} does not exist; create it with `bitpress migrate` "
-            "or bitpress.schema.upgrade(conn)", "42P01")
+    schema.require(conn, "0001_codebooks", TABLE, errors.UnknownCodebookError)
 
 
 def save(conn, name: str, codebook: Codebook, sample_size: int = 0) -> int:

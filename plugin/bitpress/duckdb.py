@@ -256,8 +256,9 @@ class _Codebooks:
             row = cur.execute(q + " ORDER BY version DESC LIMIT 1", args).fetchone()
         except Exception as e:
             if "codebooks" in str(e) and ("does not exist" in str(e) or "not found" in str(e).lower()):
-                raise errors.UnknownCodebookError(
-                    "table bitpress.codebooks does not exist; create it with `bitpress migrate`", "42P01")
+                from .schema import missing_table
+
+                raise missing_table("bitpress.codebooks", errors.UnknownCodebookError) from None
             raise
         finally:
             cur.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core, errors, ffn
+from .schema import missing_table
 from .duckdb import _gather, _groups, _list_rows
 from .duckdb_tt import _floats, _replace
 
@@ -38,8 +39,7 @@ class _Layers:
                                    [name]).fetchall()
             except Exception as e:
                 if "ffn_layers" in str(e):
-                    raise errors.UnknownLayerError(
-                        f"table {ffn.TABLE} does not exist; create it with `bitpress migrate`", "42P01") from None
+                    raise missing_table(ffn.TABLE, errors.UnknownLayerError) from None
                 raise
             if not rows:
                 raise errors.UnknownLayerError(f'layer "{name}" does not exist')

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core, errors, tensors
+from .schema import missing_table
 from .duckdb import _gather, _groups, _list_rows
 
 
@@ -32,9 +33,7 @@ class _Tensors:
                 stamp = tensors.stamp(cur, model, tensor)
             except Exception as e:
                 if "tt_tensors" in str(e):
-                    raise errors.UnknownTensorError(
-                        f"table {tensors.CORES} does not exist; create it with `bitpress migrate`",
-                        "42P01") from None
+                    raise missing_table(tensors.CORES, errors.UnknownTensorError) from None
                 raise
             if stamp is None:
                 raise errors.UnknownTensorError(f'tensor "{tensor}" of model "{model}" does not exist')

@@ -145,10 +145,7 @@ def run(blob, x, k: int | None = None, thresholds: bool = False,
 def _ensure_table(conn):
     from . import schema
 
-    cur = schema.current(conn)
-    if cur is None or cur < "0004_ffn_layers":
-        raise errors.UnknownLayerError(f"table {TABLE} does not exist; create it with `bitpress migrate` "
-                                       "or bitpress.schema.upgrade(conn)", "42P01")
+    schema.require(conn, "0004_ffn_layers", TABLE, errors.UnknownLayerError)
 
 
 def save(conn, name: str, layer: Layer, int8: bool = False, source: str | None = None) -> None:

@@ -114,6 +114,20 @@ def current(target) -> str | None:
         return ctx.get_current_revision()
 
 
+def missing_table(table: str, error):
+    """The error (an ``errors`` class) for a bitpress table that was never migrated (42P01)."""
+    return error(f"table {table} does not exist; create it with `bitpress migrate` "
+                 "or bitpress.schema.upgrade(conn)", "42P01")
+
+
+def require(conn, revision: str, table: str, error) -> None:
+    """Raises ``missing_table`` unless the database is migrated to ``revision`` or later
+    (revisions are numbered, so their ids sort in order)."""
+    cur = current(conn)
+    if cur is None or cur < revision:
+        raise missing_table(table, error)
+
+
 def head() -> str:
     from alembic.script import ScriptDirectory
 

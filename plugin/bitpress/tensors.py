@@ -133,11 +133,7 @@ class StoredTensor:
 def _ensure_tables(conn):
     from . import schema
 
-    cur = schema.current(conn)
-    if cur is None or cur < "0003_tt":
-        raise errors.UnknownTensorError(
-            f"table {CORES} does not exist; create it with `bitpress migrate` "
-            "or bitpress.schema.upgrade(conn)", "42P01")
+    schema.require(conn, "0003_tt", CORES, errors.UnknownTensorError)
 
 
 def stamp(conn, model: str, tensor: str) -> str | None:
