@@ -22,6 +22,14 @@ def tqdm_or_none(**kw):
     return tqdm(file=sys.stderr, **kw)
 
 
+def top10(queries, corpus):
+    """Each query's 10 nearest corpus rows by inner product (float64, ties to the lower row)."""
+    import numpy as np
+
+    s = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    return np.argsort(-s, axis=1, kind="stable")[:, :10]
+
+
 def median_ms(times):
     return statistics.median(times) * 1e3
 

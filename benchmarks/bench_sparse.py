@@ -63,12 +63,12 @@ SELECTORS = ("predictor", "exact")
 
 def capture_vectors(bert, n):
     """(n, 384) float32: layer 0's real FFN inputs, from PyPI summaries at line 1000 on."""
-    from bitpress.sparsefit import calibration_texts
+    from bitpress.sparse import load_texts
 
     parts, have, offset, sentences = [], 0, 1000, 0
     while have < n:
         m = max(64, int((n - have) / 15) + 32)  # ~17 tokens per sentence, a little extra
-        texts = calibration_texts(m, offset=offset)
+        texts = load_texts(offset, offset + m)
         if not texts:
             raise SystemExit(f"the corpus ran out of sentences after {sentences} ({have} vectors)")
         x = bert.capture_ffn_inputs(texts)[0]
@@ -146,9 +146,9 @@ def measure_cosines(bert, blobs, fractions):
     """{(selector, fraction): mean cosine} of end-to-end sentence embeddings, and the mean
     number of neurons ffn.run computed per token."""
     from bitpress import ffn
-    from bitpress.sparsefit import calibration_texts
+    from bitpress.sparse import load_texts
 
-    texts = calibration_texts(300, offset=3000)
+    texts = load_texts(3000, 3300)
     ref = bert.encode(texts)
     out, neurons = {}, {}
     for sel, f, k in [(None, 1.0, None)] + [(s, f, int(round(f * H))) for s in SELECTORS for f in fractions]:

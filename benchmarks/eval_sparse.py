@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import top10  # noqa: E402
+
 FRACTIONS = (0.1, 0.3, 0.5, 0.7)
 
 
@@ -54,17 +57,16 @@ def main(argv=None) -> int:
 
     from bitpress import ffn, sparse
     from bitpress.bert import Bert
-    from bitpress.sparsefit import calibration_texts, recall, score
+    from bitpress.sparse import load_texts, shared_data_dir
+    from bitpress.sparsefit import recall, score
 
     t0 = time.perf_counter()
     bert = Bert()
-    cal = bert.capture_ffn_inputs(calibration_texts(args.calibration))
-    held_texts = calibration_texts(args.held_out, offset=5000)
+    cal = bert.capture_ffn_inputs(load_texts(0, args.calibration))
+    held_texts = load_texts(5000, 5000 + args.held_out)
     test = bert.capture_ffn_inputs(held_texts)
-    corpus = calibration_texts(args.corpus, offset=10000)
-    data = Path(os.environ.get("BITPRESS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    with open(data / "pypi-minilm" / "queries.jsonl") as f:
-        queries = [json.loads(line)["text"] for _, line in zip(range(args.queries), f)]
+    corpus = load_texts(10000, 10000 + args.corpus)
+    queries = load_texts(0, args.queries, shared_data_dir() / "pypi-minilm" / "queries.jsonl")
     log(f"captured {sum(len(v) for v in cal.values()) // bert.layers:,} calibration and "
         f"{sum(len(v) for v in test.values()) // bert.layers:,} held-out tokens per layer "
         f"in {time.perf_counter() - t0:.0f} s")
@@ -109,9 +111,6 @@ def main(argv=None) -> int:
     out["layers"] = layers
 
     # end to end
-    def top10(q, c_):
-        return np.argsort(-(q.astype(np.float64) @ c_.astype(np.float64).T), axis=1, kind="stable")[:, :10]
-
     ref_s = bert.encode(held_texts)
     ref_top = top10(bert.encode(queries), bert.encode(corpus))
     methods = list(blobs[0])

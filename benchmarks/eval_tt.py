@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import top10  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BITPRESS_SHARED_DATA", ROOT.parent / "shared" / "data")) / "pypi-minilm"
 
@@ -47,13 +50,9 @@ def log(*a):
 
 
 def texts(name, n):
-    with open(DATA / name) as f:
-        return [json.loads(line)["text"] for _, line in zip(range(n), f)]
+    from bitpress.sparse import load_texts
 
-
-def top10(q, c):
-    s = q.astype(np.float64) @ c.astype(np.float64).T
-    return np.argsort(-s, axis=1, kind="stable")[:, :10]
+    return load_texts(0, n, DATA / name)
 
 
 def measure(embedder, sentences, corpus, queries, ref):

@@ -40,9 +40,9 @@ def layer():
 def inputs():
     """Real inputs of layer 0's FFN: 40 tokens' hidden states from real PyPI summaries."""
     from bitpress.bert import Bert
-    from bitpress.sparsefit import calibration_texts
+    from bitpress.sparse import load_texts
 
-    x = Bert().capture_ffn_inputs(calibration_texts(12))[0]
+    x = Bert().capture_ffn_inputs(load_texts(0, 12))[0]
     return np.ascontiguousarray(x[::max(1, len(x) // 40)][:40], dtype=np.float32)
 
 

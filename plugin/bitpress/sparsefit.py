@@ -21,32 +21,10 @@ The neuron score the thresholds and the recall use is the one the C core ranks b
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 from . import errors, ffn, progress, sparse
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def calibration_texts(n: int, offset: int = 0) -> list[str]:
-    """``n`` real PyPI summaries from the shared pypi-minilm set (lines offset..offset+n)."""
-    data = Path(os.environ.get("BITPRESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    path = data / "pypi-minilm" / "corpus.jsonl"
-    if not path.is_file():
-        raise errors.InvalidParameterError(
-            f"{path} not found: pass texts, or set BITPRESS_SHARED_DATA to the shared data directory")
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if i >= offset + n:
-                break
-            if i >= offset:
-                out.append(json.loads(line)["text"])
-    return out
 
 
 def score(z, c=None) -> np.ndarray:
@@ -57,14 +35,10 @@ def score(z, c=None) -> np.ndarray:
     return np.abs(g if c is None else g - np.asarray(c, np.float32))
 
 
-def _top_k(s, k):
-    return np.sort(np.argpartition(-s, k - 1, axis=1)[:, :k], axis=1)
-
-
 def recall(pred_scores, true_scores, k) -> float:
     """Mean share of each row's true top-k neurons among the predicted top-k."""
-    a, b = _top_k(pred_scores, k), _top_k(true_scores, k)
-    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
+    true = sparse._top_k(np.asarray(true_scores), k)
+    return sparse._recall(true, sparse._top_k(np.asarray(pred_scores), k), true_scores.shape[1])
 
 
 def fit_model(conn, name: str, rank: int = 32, fraction: float = 0.3, int8: bool = False,
@@ -77,8 +51,8 @@ def fit_model(conn, name: str, rank: int = 32, fraction: float = 0.3, int8: bool
     if not 0 < fraction <= 1:
         raise errors.InvalidParameterError(f"fraction must be in (0, 1], got {fraction}")
     bert = Bert(model_path)
-    x_cal = bert.capture_ffn_inputs(calibration_texts(calibration))
-    x_test = bert.capture_ffn_inputs(calibration_texts(held_out, offset=calibration))
+    x_cal = bert.capture_ffn_inputs(sparse.load_texts(0, calibration))
+    x_test = bert.capture_ffn_inputs(sparse.load_texts(calibration, calibration + held_out))
     reports = []
     with progress.bar(total=bert.layers, desc=f"sparse fit {name}", progress=progress_bar, unit="layer") as bar:
         for i in range(bert.layers):
