@@ -24,7 +24,7 @@ attention mask and L2-normalised outside the graph (the same code as ``Embedder.
 
 Numerics: weights, activations and matmuls are float32 (numpy/BLAS); LayerNorm statistics
 are computed in float64 and the result rounded to float32; erf is evaluated in float64
-(``erf``, accurate to ~4e-15, see there) and rounded to float32, the rest of GELU is the
+(``bitpress.sparse.erf``, Cody's approximations, relative error <= 4.5e-16) and rounded to float32, the rest of GELU is the
 graph's float32 arithmetic. Against onnxruntime the sentence embeddings agree to about
 1e-6 (cosine >= 0.99999, see tests/test_bert.py).
 
@@ -45,6 +45,7 @@ import numpy as np
 from . import embed, onnx_weights
 from .embed import ModelFileError
 from .errors import BitpressError
+from .sparse import erf  # Cody's erf, shared with bitpress.sparse (see gelu_erf)
 
 __all__ = ["Bert", "capture_ffn_inputs", "erf", "ffn_dense", "gelu_erf", "layer_norm"]
 
@@ -53,75 +54,10 @@ _PREFIX = "model.0.auto_model."  # readable initializer names of the sentence-tr
 
 # ----------------------------------------------------------------------------- erf, GELU
 
-_ERF_COEFS = None  # lazily: power-basis coefficients of the three pieces
-
-
-def _erf_coefs():
-    """Polynomial coefficients of erf, fitted once to ``math.erf`` (a few dozen calls).
-
-    Chebyshev interpolants (numpy.polynomial) of ``erf(sqrt(u)) / sqrt(u)`` on ``u`` in
-    ``[0, 4]`` (degree 18) and of ``erf`` on ``[2, 4]`` and ``[4, 6]`` (degrees 20, 18),
-    converted to the power basis in ``u``, ``|t| - 3`` and ``|t| - 5`` for Horner's rule
-    (the conversion costs no accuracy here: checked to ~4e-15 against ``math.erf``).
-    """
-    global _ERF_COEFS
-    if _ERF_COEFS is None:
-        from numpy.polynomial import Polynomial
-        from numpy.polynomial import chebyshev as C
-
-        verf = np.vectorize(math.erf, otypes=[np.float64])
-
-        def erf_over_x(u):  # erf(sqrt(u)) / sqrt(u), an entire function of u
-            r = np.sqrt(u)
-            return verf(r) / r  # Chebyshev nodes are interior: u > 0
-
-        small = C.Chebyshev.interpolate(erf_over_x, 18, domain=[0.0, 4.0])
-        mid = C.Chebyshev.interpolate(verf, 20, domain=[2.0, 4.0])
-        high = C.Chebyshev.interpolate(verf, 18, domain=[4.0, 6.0])
-        _ERF_COEFS = (small.convert(kind=Polynomial, domain=[0.0, 4.0], window=[0.0, 4.0]).coef,
-                      mid.convert(kind=Polynomial, domain=[2.0, 4.0], window=[-1.0, 1.0]).coef,
-                      high.convert(kind=Polynomial, domain=[4.0, 6.0], window=[-1.0, 1.0]).coef)
-    return _ERF_COEFS
-
-
-def _horner(coefs, y: np.ndarray) -> np.ndarray:
-    out = np.full_like(y, coefs[-1])
-    for c in coefs[-2::-1]:
-        out *= y
-        out += c
-    return out
-
-
-def erf(x) -> np.ndarray:
-    """The error function of ``x``, vectorised, as float64.
-
-    numpy has no erf and scipy is not a dependency, so erf is piecewise polynomial
-    interpolation of ``math.erf`` (fitted at first use, see ``_erf_coefs``):
-    ``erf(t) = t * P(t**2)`` for ``|t| < 2`` (relative error <= 4e-15, also for tiny
-    ``t``), degree-20/18 polynomials on ``[2, 4]`` and ``(4, 6]`` (absolute error <= 4e-15)
-    and ``sign(t)`` beyond 6 (``1 - erf(6) = 2e-17``). Rounded to float32 this is the
-    correctly rounded float32 erf except when the exact value lies within ~4e-15 of a
-    rounding boundary (for comparison, onnxruntime's float32 Erf is within 1 ulp of the
-    correctly rounded value, equal to it for ~90% of inputs). NaN stays NaN.
-    """
-    small, mid, high = _erf_coefs()
-    x = np.asarray(x, dtype=np.float64)
-    u = x * x
-    np.minimum(u, 4.0, out=u)
-    out = _horner(small, u)  # most values: no indexing
-    out *= x
-    big = np.flatnonzero(u >= 4.0)  # |x| >= 2 (not NaN)
-    if big.size:
-        xb = x.reshape(-1)[big]
-        a = np.abs(xb)
-        vals = np.sign(xb)  # |x| > 6
-        i = a <= 4.0
-        vals[i] *= _horner(mid, a[i] - 3.0)
-        i = (a > 4.0) & (a <= 6.0)
-        vals[i] *= _horner(high, a[i] - 5.0)
-        out.reshape(-1)[big] = vals
-    return out
-
+# numpy has no erf and scipy is not a dependency: bitpress.sparse.erf (W. J. Cody's rational
+# approximations, relative error <= 4.5e-16 against math.erf) serves both modules. Rounded to
+# float32 it is the correctly rounded float32 erf except when the exact value lies within
+# ~1e-15 of a rounding boundary (onnxruntime's float32 Erf is within 1 ulp of it).
 
 _SQRT2_F32 = np.float32(1.4142135)  # the graph's constants, as float32
 _ONE_F32 = np.float32(1.0)
@@ -131,8 +67,8 @@ _HALF_F32 = np.float32(0.5)
 def gelu_erf(x) -> np.ndarray:
     """Exact GELU as the graph computes it, float32: ``(x * (erf(x / 1.4142135) + 1)) * 0.5``.
 
-    Every operation is float32 as in the graph except erf, evaluated in float64 by ``erf``
-    and rounded to float32.
+    Every operation is float32 as in the graph except erf, evaluated in float64 by
+    ``bitpress.sparse.erf`` and rounded to float32.
     """
     x = np.asarray(x, dtype=np.float32)
     e = erf(x / _SQRT2_F32).astype(np.float32)
