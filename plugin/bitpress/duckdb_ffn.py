@@ -64,7 +64,7 @@ def _batch(layers, x, layer, k=None, selector=None):
     cols = (layer,) if k is None else (layer, k, selector)
     for key, rows in _groups(*cols).items():
         blob = layers.get(key[0])
-        d = _core.ffn_shape(blob)[0]
+        d = ffn.dims(blob)
         bad = rows[lengths[rows] != d]
         if len(bad):
             _core.raise_error(_core.ERR_FFN_INPUT_DIM, int(lengths[bad[0]]), d)

@@ -110,13 +110,15 @@ class Layer:
 
 def shape(blob) -> dict:
     """d, h, rank, activation, format and whether thresholds are stored, of a stored layer."""
-    d, h, r, act, int8, thr, off = _core.ffn_shape(_aligned(blob))
+    d, h, r, act, int8, thr, off = _core.ffn_shape(blob)
     return {"d": d, "h": h, "rank": r, "activation": _NAMES[act],
             "format": "int8" if int8 else "float32", "thresholds": bool(thr), "offsets": bool(off)}
 
 
-def _aligned(blob):
-    return np.frombuffer(bytes(blob), dtype=np.uint8).copy() if not isinstance(blob, np.ndarray) else blob
+def dims(blob) -> int:
+    """The input (= output) dimension d from the stored form's header (written by
+    ``Layer.to_bytes``; the C core checks the whole form when it runs it)."""
+    return struct.unpack_from("<I", blob, 8)[0]
 
 
 def run(blob, x, k: int | None = None, thresholds: bool = False,
@@ -127,13 +129,14 @@ def run(blob, x, k: int | None = None, thresholds: bool = False,
     (``selector="predictor"``) or by their exact activations (``"exact"``: the first matmul in
     full, only the second one sparse); ``thresholds``: only those the predictor puts above
     their stored thresholds."""
-    blob = _aligned(blob)
     x = np.asarray(x)
     one = x.ndim == 1
     x = np.ascontiguousarray(x.reshape(1, -1) if one else x, dtype=np.float32)
     if x.ndim != 2:
         raise errors.InvalidParameterError(f"x must be one vector or a 2-D batch, got shape {x.shape}")
-    d = _core.ffn_shape(blob)[0]
+    d = dims(blob) if len(blob) >= 12 else 0
+    if not 1 <= d <= _core.MAX_DIM:
+        _core.ffn_shape(blob)  # not a layer's header: raises the core's error
     out = np.empty((x.shape[0], d), dtype=np.float32)
     if selector not in SELECTORS:
         raise errors.InvalidParameterError(f"selector must be predictor or exact, got {selector!r}")
