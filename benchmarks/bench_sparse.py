@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    parse_engines, tqdm_or_none, unwind_on_signals)
+                    parse_engines, time_interleaved, unwind_on_signals)
 
 MODEL = "bench"
 LAYER = f"{MODEL}.layer0"
@@ -109,29 +109,6 @@ def sql_call(selector, k, x="x"):
     return f"sparse_ffn({x}, '{LAYER}', {k}, 'exact')"
 
 
-def time_interleaved(fns, repeat, warm=None, after=None, desc=None):
-    """fns[name](warm) once untimed each, then ``repeat`` rounds, every method per round, the
-    order alternating between rounds (drift on a noisy machine hits all alike)."""
-    for name, fn in fns.items():
-        ans = fn(True)
-        if after:
-            after(name, True, ans)
-    times = {name: [] for name in fns}
-    bar = tqdm_or_none(total=repeat * len(fns), desc=desc, leave=False) if desc else None
-    for q in range(repeat):
-        for name in (list(fns) if q % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
-            ans = fns[name](False)
-            times[name].append(time.perf_counter() - t0)
-            if after:
-                after(name, False, ans)
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    return times
-
-
 def add_rows(results, engine, ms_list, n, cosines, neurons, notes=""):
     for (name, sel, f, k), t in ms_list:
         results.append(dict(engine=engine, method=name, selector=sel, active_fraction=f, k=k if k else H,
@@ -186,7 +163,7 @@ def bench_numpy(x, blobs, bert, fractions, args, results, cosines, neurons):
         xx = x[:WARM_ROWS] if warm else x
         return gelu_erf(xx @ w1 + b1) @ w2 + b2
 
-    t = time_interleaved({"dense": numpy_dense}, args.repeat, desc="numpy dense")
+    t = time_interleaved({"dense": numpy_dense}, [False] * args.repeat, True, desc="numpy dense")
     y = numpy_dense(True)
     rel = float(np.max(np.abs(y - ref_dense)) / np.max(np.abs(ref_dense)))
     if rel > 1e-4:
@@ -199,7 +176,7 @@ def bench_numpy(x, blobs, bert, fractions, args, results, cosines, neurons):
     for name, sel, f, k in ms:
         fns[(name, f)] = (lambda sel, k: lambda warm: ffn.run(blob, x[:WARM_ROWS] if warm else x, k=k,
                                                               selector=sel or "predictor")[0])(sel, k)
-    t = time_interleaved(fns, args.repeat, desc="python ffn.run")
+    t = time_interleaved(fns, [False] * args.repeat, True, desc="python ffn.run")
     add_rows(results, "python", [(m, t[(m[0], m[2])]) for m in ms], n, cosines, neurons,
              notes="bitpress.ffn.run: the C core on the whole batch, one thread")
 
@@ -228,7 +205,7 @@ def bench_sql(engine, con, q, table, x, blob, fractions, args, results, cosines,
         if tuple(int(a) for a in ans) != (want, want * 384):
             raise Mismatch(f"{engine} {name}: got {tuple(ans)}, expected {(want, want * 384)}")
 
-    t = time_interleaved(fns, args.repeat, after=after, desc=engine)
+    t = time_interleaved(fns, [False] * args.repeat, True, after=after, desc=engine)
     add_rows(results, engine, [(m, t[(m[0], m[2])]) for m in ms], n, cosines, neurons)
     return f"{engine}: every SQL function's sampled rows ({len(ids)}) are ffn.run's bits; row counts checked"
 

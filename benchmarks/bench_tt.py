@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    parse_engines, tqdm_or_none, unwind_on_signals)
+                    parse_engines, time_interleaved, tqdm_or_none, unwind_on_signals)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VECTORS = REPO.parent / "shared" / "data" / "pypi-minilm" / "corpus.npy"
@@ -202,35 +202,6 @@ def make_cases(w, eps_list, x, args, checks):
 
 
 # -- timing --------------------------------------------------------------------------------------
-
-def time_interleaved(fns, keys, warm_key, before=None, after=None, desc=None):
-    """Time fns[name](key) for every key, each method in turn per key, the order alternating
-    between keys (drift on a noisy machine hits all methods alike), after one untimed warm-up
-    call each on warm_key. ``before(name)`` runs untimed before each call, ``after(name, key,
-    answer)`` untimed after it (the checks). Returns {name: [seconds]}."""
-    for name, fn in fns.items():
-        if before:
-            before(name)
-        ans = fn(warm_key)
-        if after:
-            after(name, warm_key, ans)
-    times = {name: [] for name in fns}
-    bar = tqdm_or_none(total=len(keys) * len(fns), desc=desc, leave=False) if desc else None
-    for q, key in enumerate(keys):
-        for name in (list(fns) if q % 2 == 0 else list(fns)[::-1]):
-            if before:
-                before(name)
-            t0 = time.perf_counter()
-            ans = fns[name](key)
-            times[name].append(time.perf_counter() - t0)
-            if after:
-                after(name, key, ans)
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    return times
-
 
 def add_rows(results, engine, op, case, times, notes, n=None, extra=None):
     for name, t in times.items():
