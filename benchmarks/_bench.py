@@ -98,3 +98,16 @@ def unwind_on_signals():
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+
+
+def close_postgresql(conns, server):
+    """End of a PostgreSQL benchmark: close its connections (errors ignored: the server may
+    be gone) and stop the throwaway cluster, if one was started."""
+    for c in {id(c): c for c in conns if c is not None}.values():
+        try:
+            c.close()
+        except Exception:
+            pass
+    if server is not None:
+        log("postgresql: stopping the throwaway cluster")
+        server.stop()

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    parse_engines, tqdm_or_none, unwind_on_signals)
+                    close_postgresql, parse_engines, tqdm_or_none, unwind_on_signals)
 
 K = 10
 BASELINES = {"postgresql": "pgvector", "duckdb": "bit_count_xor", "numpy": "bitwise_count",
@@ -428,14 +428,7 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
                     c2.execute(f"DROP TABLE IF EXISTS {table}")
             except Exception as e:
                 log(f"postgresql: could not drop {table}: {e}")
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-        if server is not None:
-            log("postgresql: stopping the throwaway cluster")
-            server.stop()
+        close_postgresql([conn], server)
 
 
 # -- report --------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    parse_engines, time_interleaved, unwind_on_signals)
+                    close_postgresql, parse_engines, time_interleaved, unwind_on_signals)
 
 MODEL = "bench"
 LAYER = f"{MODEL}.layer0"
@@ -307,16 +307,13 @@ def bench_postgresql(layer_rows, x, blobs, fractions, args, results, cosines, ne
                           fractions, args, results, cosines, neurons, ids, fetch_rows)
         return check, info
     finally:
-        if conn is not None:
-            try:
-                if not own:
-                    conn.execute(f"DROP TABLE IF EXISTS {table}")
-                    for nm in names:
-                        conn.execute(f"DELETE FROM {ffn.TABLE} WHERE name = %s", [nm])
-            finally:
-                conn.close()
-        if server is not None:
-            server.stop()
+        try:
+            if conn is not None and not own:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                for nm in names:
+                    conn.execute(f"DELETE FROM {ffn.TABLE} WHERE name = %s", [nm])
+        finally:
+            close_postgresql([conn], server)
 
 
 # -- report ------------------------------------------------------------------------------------

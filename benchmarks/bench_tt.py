@@ -48,7 +48,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    parse_engines, time_interleaved, tqdm_or_none, unwind_on_signals)
+                    close_postgresql, parse_engines, time_interleaved, tqdm_or_none,
+                    unwind_on_signals)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VECTORS = REPO.parent / "shared" / "data" / "pypi-minilm" / "corpus.npy"
@@ -667,14 +668,7 @@ def bench_postgresql(cases, x, args, simd, results, checks, fetched):
                 conn.execute("DELETE FROM bitpress.tt_tensors WHERE model = %s", [model])
             except Exception as e:
                 log(f"postgresql: could not clean up {table} / model {model}: {e}")
-        for c in {id(c): c for c in [conn, *sess.values()] if c is not None}.values():
-            try:
-                c.close()
-            except Exception:
-                pass
-        if server is not None:
-            log("postgresql: stopping the throwaway cluster")
-            server.stop()
+        close_postgresql([conn, *sess.values()], server)
 
 
 # -- report --------------------------------------------------------------------------------------
