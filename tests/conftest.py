@@ -118,3 +118,28 @@ def duck_books(duck):
 
     schema.upgrade(duck)
     return duck
+
+
+def error_of(conn, query, macro_errors=None):
+    """(SQLSTATE, message) of the error a query raises, on a psycopg or a DuckDB connection.
+
+    PostgreSQL reports the SQLSTATE itself. DuckDB wraps a UDF's exception in its own, whose
+    message names the bitpress exception class (``... UDF: MalformedTensorError: ...``): its
+    ``sqlstate`` is used. ``macro_errors`` maps words of a DuckDB macro's ``error()`` message
+    (which names no class) to the SQLSTATE PostgreSQL gives for the same mistake."""
+    from bitpress import errors
+    from bitpress.tables import kind
+
+    if kind(conn) == "duckdb":
+        with pytest.raises(Exception) as ei:
+            conn.execute(query).fetchall()
+        msg = str(ei.value)
+        for cls in vars(errors).values():
+            if isinstance(cls, type) and issubclass(cls, errors.BitpressError) and f"{cls.__name__}:" in msg:
+                return cls.sqlstate, msg
+        return next((st for words, st in (macro_errors or {}).items() if words in msg), None), msg
+    import psycopg
+
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(query).fetchall()
+    return ei.value.sqlstate, str(ei.value)

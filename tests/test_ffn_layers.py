@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import error_of
 
 from bitpress import _core, errors, ffn, onnx_weights
 from bitpress.embed import default_model_path
@@ -145,20 +146,8 @@ def test_kernel_paths_give_the_same_bits(layer, inputs):
 
 
 def _error(conn, q):
-    if kind(conn) == "duckdb":
-        with pytest.raises(Exception) as ei:
-            conn.execute(q.replace("CAST", "FLOAT[]")).fetchall()
-        msg = str(ei.value)
-        for cls in (errors.MalformedLayerError, errors.UnknownLayerError, errors.InvalidParameterError,
-                    errors.DimensionMismatchError, errors.NonFiniteError):
-            if cls.__name__ in msg:
-                return cls.sqlstate, msg
-        return ("22023" if "k must be at least 1" in msg else None), msg
-    import psycopg
-
-    with pytest.raises(psycopg.Error) as ei:
-        conn.execute(q.replace("CAST", "real[]")).fetchall()
-    return ei.value.sqlstate, str(ei.value)
+    cast = "FLOAT[]" if kind(conn) == "duckdb" else "real[]"
+    return error_of(conn, q.replace("CAST", cast), {"k must be at least 1": "22023"})
 
 
 @pytest.mark.parametrize("q, sqlstate, words", [

@@ -7,8 +7,9 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest import error_of
 
-from bitpress import _core, errors, schema, tensors, tt
+from bitpress import _core, schema, tensors, tt
 
 
 def _cores(rng, modes, ranks):
@@ -156,24 +157,6 @@ def _break(conn, sql, params=()):
     conn.execute(sql.replace("%s", "?" if _is_duck(conn) else "%s"), list(params))
 
 
-def _error_of(conn, q):
-    """(sqlstate, message) of the error a query raises, on either engine."""
-    if _is_duck(conn):
-        with pytest.raises(Exception) as ei:
-            conn.execute(q).fetchall()
-        msg = str(ei.value)
-        for cls in (errors.MalformedTensorError, errors.UnknownTensorError,
-                    errors.IndexOutOfRangeError, errors.DimensionMismatchError):
-            if cls.__name__ in msg:
-                return cls.sqlstate, msg
-        return None, msg
-    import psycopg
-
-    with pytest.raises(psycopg.Error) as ei:
-        conn.execute(q).fetchall()
-    return ei.value.sqlstate, str(ei.value)
-
-
 @pytest.mark.parametrize("breakage, sqlstate, words", [
     ("UPDATE bitpress.tt_cores SET checksum = 'bad' WHERE tensor = 'ffn' AND idx = 1",
      "22P03", 'tensor "ffn" of model "m": malformed TT core 1: its data does not match its stored checksum'),
@@ -192,7 +175,7 @@ def test_malformed_cores_are_named(engine, breakage, sqlstate, words):
     if not _is_duck(engine):
         breakage = breakage.replace("[", "ARRAY[")
     _break(engine, breakage)
-    got, msg = _error_of(engine, "SELECT tt_element('m', 'ffn', 1, 1)")
+    got, msg = error_of(engine, "SELECT tt_element('m', 'ffn', 1, 1)")
     assert got == sqlstate and words in msg, msg
 
 
@@ -200,7 +183,7 @@ def test_a_nan_in_a_core_is_refused(engine):
     data = np.full(7 * 6 * 12 * 9, np.nan, dtype="<f4").tobytes()
     _break(engine, "UPDATE bitpress.tt_cores SET data = %s, checksum = %s WHERE tensor = 'ffn' AND idx = 1",
            [data, hashlib.sha256(data).hexdigest()])
-    got, msg = _error_of(engine, "SELECT tt_reconstruct('m', 'ffn')")
+    got, msg = error_of(engine, "SELECT tt_reconstruct('m', 'ffn')")
     assert got == "22P03" and "malformed TT core 1: NaN or infinity" in msg
 
 
@@ -217,7 +200,7 @@ def test_bad_arguments(engine, q, sqlstate, words):
         q = q.replace("real[]", "FLOAT[]")
     else:
         q = q.replace("[1, 2]", "ARRAY[1, 2]")
-    got, msg = _error_of(engine, q)
+    got, msg = error_of(engine, q)
     assert got == sqlstate and words in msg, msg
 
 
