@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import error_of
 
-from bitpress import _core, schema, tensors, tt
+from bitpress import _core, tensors, tt
 
 
 def _cores(rng, modes, ranks):
