@@ -143,3 +143,62 @@ def error_of(conn, query, macro_errors=None):
     with pytest.raises(psycopg.Error) as ei:
         conn.execute(query).fetchall()
     return ei.value.sqlstate, str(ei.value)
+
+
+def run_cli(*args, **kwargs):
+    """``python -m bitpress ARGS`` in a subprocess: its CompletedProcess (text output)."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bitpress", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture
+def pg_test_dsn(pg, postgresql_proc):
+    """DSN of the test's own database (the one ``pg`` is connected to), for CLI runs."""
+    p = postgresql_proc
+    return f"host={p.host} port={p.port} user={p.user} dbname={pg.info.dbname}"
+
+
+def pypi_docs(n: int):
+    """The first n PyPI summaries (text) and their real MiniLM embeddings (n x 384 float32)."""
+    import json
+
+    path = SHARED_DATA / "pypi-minilm" / "corpus.jsonl"
+    if not path.is_file():
+        pytest.fail(f"real data set missing: {path} (set BITPRESS_SHARED_DATA to the shared/data folder)")
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if len(texts) == n:
+                break
+    return texts, load_shared("pypi-minilm", "corpus.npy")[:n]
+
+
+def create_docs(conn, n: int, table: str = "documents", with_embeddings: bool = True):
+    """``table (id bigint primary key, body text, embedding vector(384) | FLOAT[384])`` holding
+    the first n PyPI summaries and (unless ``with_embeddings`` is False) their embeddings."""
+    from bitpress.tables import kind, quoted
+
+    texts, x = pypi_docs(n)
+    t, _ = quoted(conn, table)
+    if kind(conn) == "pg":
+        from psycopg import sql
+
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, body text, embedding vector(384))").format(t))
+        with conn.cursor().copy(sql.SQL("COPY {} (id, body, embedding) FROM STDIN WITH (FORMAT BINARY)")
+                                .format(t)) as cp:
+            cp.set_types(["int8", "text", "vector"])
+            for i in range(n):
+                cp.write_row([i, texts[i], x[i] if with_embeddings else None])
+    else:
+        import pyarrow as pa
+
+        conn.execute(f"CREATE TABLE {t} (id BIGINT PRIMARY KEY, body VARCHAR, embedding FLOAT[384])")
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 384) if with_embeddings else \
+            pa.nulls(n, pa.list_(pa.float32(), 384))
+        src = pa.table({"id": pa.array(range(n), pa.int64()), "body": texts, "embedding": emb})
+        conn.register("bitpress_docs_src", src)
+        conn.execute(f"INSERT INTO {t} SELECT * FROM bitpress_docs_src")
+        conn.unregister("bitpress_docs_src")
+    return texts, x

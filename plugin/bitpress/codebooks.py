@@ -15,7 +15,7 @@ from . import errors
 from .codebook import Codebook
 from .tables import fetchall as _rows
 from .tables import kind as _kind
-from .tables import transaction
+from .tables import qmark, transaction
 
 TABLE = "bitpress.codebooks"
 
@@ -44,7 +44,7 @@ def save(conn, name: str, codebook: Codebook, sample_size: int = 0) -> int:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('bitpress.codebooks'), hashtext(%s))", (name,))
             return conn.execute(insert, args).fetchone()[0]
     with transaction(conn):
-        return conn.execute(insert.replace("%s", "?"), list(args)).fetchall()[0][0]
+        return conn.execute(qmark(insert), list(args)).fetchall()[0][0]
 
 
 def load(conn, name: str, version: int | None = None) -> Codebook:

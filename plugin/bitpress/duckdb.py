@@ -9,8 +9,17 @@ Why BLOB and not DuckDB's ``BIT``: DuckDB stores a ``BIT`` with a leading byte t
 padding bits and puts the padding at the *front* of the first data byte, PostgreSQL at the
 *end* of the last; Arrow has no bit-string type, so a BLOB is the one form that crosses
 engines, Arrow and numpy without conversion.
+
+DuckDB keeps Python UDFs in the database's catalog, which every connection to the same file in
+one process shares, while macros live per connection. So the pure functions (``hamming``,
+``bitpress_binarize*``) are registered once per database, and those that read bitpress's tables
+through their connection are registered under a name unique to that connection, behind a
+TEMP macro with the public name (``udf``): two connections to one file each read through their
+own.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pyarrow as pa
@@ -363,6 +372,27 @@ def _store_knn_batch(con, store, query, k):
     return pa.array(out, type=_KNN_TYPE)
 
 
+_SERIAL = itertools.count(1)
+
+
+def udf(con, name: str, fn, params, returns, *, reads_tables: bool = True, **kwargs):
+    """Registers an Arrow UDF: ``reads_tables`` ones under a per-connection name behind a TEMP
+    macro ``name``; pure ones once per database (a second connection finds them there)."""
+    import duckdb
+
+    if not reads_tables:
+        try:
+            con.create_function(name, fn, params, returns, type="arrow", **kwargs)
+        except duckdb.CatalogException as e:
+            if "already exists" not in str(e):
+                raise
+        return
+    unique = f"{name}__bp{next(_SERIAL)}"
+    con.create_function(unique, fn, params, returns, type="arrow", **kwargs)
+    args = ", ".join(f"a{i}" for i in range(len(params)))
+    con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS {unique}({args})")
+
+
 def register(con):
     """Add bitpress's functions to a DuckDB connection; returns the connection.
 
@@ -376,26 +406,20 @@ def register(con):
     query, k[, oversample, codebook])``: table macros returning the k nearest rows.
     """
     books = _Codebooks(con)
-    for name in ("bitpress_binarize_sign", "bitpress_binarize", "hamming", "bitpress_encode",
-                 "bitpress_score_udf", "bitpress_store_knn_udf"):
-        try:
-            con.remove_function(name)
-        except Exception:  # not registered yet
-            pass
-    con.create_function("bitpress_binarize_sign", _binarize_sign_batch, ["FLOAT[]"], "BLOB",
-                        type="arrow", side_effects=False)
-    con.create_function("bitpress_binarize", _binarize_batch, ["FLOAT[]", "FLOAT[]"], "BLOB",
-                        type="arrow", side_effects=False)
-    con.create_function("hamming", _hamming_batch, ["BLOB", "BLOB"], "INTEGER",
-                        type="arrow", side_effects=False)
-    con.create_function("bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
-                        ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", type="arrow", side_effects=False)
-    con.create_function("bitpress_score_udf", lambda c, q, n, st: _score_batch(books, c, q, n, st),
-                        ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR"], "DOUBLE", type="arrow",
-                        side_effects=False)
-    con.create_function("bitpress_store_knn_udf", lambda s_, q, k: _store_knn_batch(con, s_, q, k),
-                        ["VARCHAR", "BLOB", "INTEGER"], "STRUCT(id BIGINT, distance INTEGER)[]",
-                        type="arrow", side_effects=True)  # reads bitpress.code_segments
+    udf(con, "bitpress_binarize_sign", _binarize_sign_batch, ["FLOAT[]"], "BLOB",
+        reads_tables=False, side_effects=False)
+    udf(con, "bitpress_binarize", _binarize_batch, ["FLOAT[]", "FLOAT[]"], "BLOB",
+        reads_tables=False, side_effects=False)
+    # a real function, not a macro: it overloads DuckDB's own hamming(VARCHAR, VARCHAR)
+    udf(con, "hamming", _hamming_batch, ["BLOB", "BLOB"], "INTEGER", reads_tables=False,
+        side_effects=False)
+    udf(con, "bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
+        ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", side_effects=False)
+    udf(con, "bitpress_score_udf", lambda c, q, n, st: _score_batch(books, c, q, n, st),
+        ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR"], "DOUBLE", side_effects=False)
+    udf(con, "bitpress_store_knn_udf", lambda s_, q, k: _store_knn_batch(con, s_, q, k),
+        ["VARCHAR", "BLOB", "INTEGER"], "STRUCT(id BIGINT, distance INTEGER)[]",
+        side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
     from . import duckdb_ffn, duckdb_tt

@@ -13,7 +13,8 @@ import pyarrow as pa
 from . import _core, errors, ffn
 from .schema import missing_table
 from .duckdb import _gather, _groups, _list_rows
-from .duckdb_tt import _floats, _replace
+from .duckdb import udf
+from .duckdb_tt import _floats
 
 _MACRO = """
 CREATE OR REPLACE TEMP MACRO bitpress_ffn_k(k) AS
@@ -79,13 +80,10 @@ def _batch(layers, x, layer, k=None, selector=None):
 def register(con):
     """Add ffn / sparse_ffn to a DuckDB connection (bitpress.duckdb.register calls it)."""
     layers = _Layers(con)
-    _replace(con, "ffn")
-    con.create_function("ffn", lambda x, l_: _batch(layers, x, l_), ["FLOAT[]", "VARCHAR"], "FLOAT[]",
-                        type="arrow", side_effects=True)
-    _replace(con, "bitpress_sparse_ffn_udf")
-    con.create_function("bitpress_sparse_ffn_udf", lambda x, l_, k, s_: _batch(layers, x, l_, k, s_),
-                        ["FLOAT[]", "VARCHAR", "INTEGER", "VARCHAR"], "FLOAT[]", type="arrow",
-                        side_effects=True)
+    udf(con, "ffn", lambda x, l_: _batch(layers, x, l_), ["FLOAT[]", "VARCHAR"], "FLOAT[]",
+        side_effects=True)
+    udf(con, "bitpress_sparse_ffn_udf", lambda x, l_, k, s_: _batch(layers, x, l_, k, s_),
+        ["FLOAT[]", "VARCHAR", "INTEGER", "VARCHAR"], "FLOAT[]", side_effects=True)
     for macro in _MACRO.split(";"):
         con.execute(macro)
     return con

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from . import _core, errors, tensors
 from .schema import missing_table
-from .duckdb import _gather, _groups, _list_rows
+from .duckdb import _gather, _groups, _list_rows, udf
 
 
 class _Tensors:
@@ -117,18 +117,8 @@ def register(con):
         ("tt_matvec", lambda m, t, x: _matvec_batch(cache, m, t, x), ["VARCHAR", "VARCHAR", "FLOAT[]"]),
     ]
     for name, fn, params in specs:
-        _replace(con, name)
         # side effects: the result depends on bitpress.tt_cores, so never fold it into a plan
-        con.create_function(name, fn, params, "FLOAT[]", type="arrow", side_effects=True)
-    _replace(con, "tt_element")
-    con.create_function("tt_element", lambda m, t, i, j: _element_batch(cache, m, t, i, j),
-                        ["VARCHAR", "VARCHAR", "INTEGER", "INTEGER"], "FLOAT", type="arrow",
-                        side_effects=True)
+        udf(con, name, fn, params, "FLOAT[]", side_effects=True)
+    udf(con, "tt_element", lambda m, t, i, j: _element_batch(cache, m, t, i, j),
+        ["VARCHAR", "VARCHAR", "INTEGER", "INTEGER"], "FLOAT", side_effects=True)
     return con
-
-
-def _replace(con, name):
-    try:
-        con.remove_function(name)
-    except Exception:  # not registered yet
-        pass

@@ -1,12 +1,15 @@
 """Reading a vector column of a user's table, in PostgreSQL or DuckDB: all rows or a sample.
 
-Table and column names are quoted by psycopg.sql.Identifier (PostgreSQL) or SQLAlchemy's
-identifier quoting (DuckDB speaks the same quoting rules), never formatted into SQL as text.
+Table and column names are quoted by psycopg.sql.Identifier (PostgreSQL; ``pg_ident``) or
+SQLAlchemy's identifier quoting (DuckDB speaks the same quoting rules; ``quote_ident``), never
+formatted into SQL as text. Statements with PostgreSQL identifiers are always executed with a
+parameter tuple (``()`` at least) so that a ``%`` inside a name survives.
 A table name may be schema-qualified as "schema.table".
 """
 from __future__ import annotations
 
 import contextlib
+import re
 
 import numpy as np
 
@@ -23,11 +26,28 @@ def kind(conn) -> str:
     raise TypeError(f"expected a psycopg or DuckDB connection, got {type(conn).__name__}")
 
 
+_QUOTED_OR_PLACEHOLDER = re.compile(r'("(?:[^"]|"")*"|\'(?:[^\']|\'\')*\')|%s')
+
+
+def qmark(query: str) -> str:
+    """A query written with %s placeholders in DuckDB's ? style; a %s inside a quoted name or
+    a string literal is left alone."""
+    return _QUOTED_OR_PLACEHOLDER.sub(lambda m: m.group(1) or "?", query)
+
+
+def quote_ident(name: str) -> str:
+    """A name quoted as an SQL identifier, by SQLAlchemy's PostgreSQL rules (which DuckDB
+    shares), for statements sent to the driver as they are (no %% doubling)."""
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.dialect(paramstyle="named").identifier_preparer.quote_identifier(name)
+
+
 def fetchall(conn, query: str, params=()) -> list:
     """All rows of a query written with %s placeholders, on a psycopg or a DuckDB connection
     (DuckDB takes ?; fetchall also leaves no half-read DuckDB result behind)."""
     if kind(conn) == "duckdb":
-        return conn.execute(query.replace("%s", "?"), list(params)).fetchall()
+        return conn.execute(qmark(query), list(params)).fetchall()
     return conn.execute(query, params).fetchall()
 
 
@@ -51,22 +71,26 @@ def transaction(conn):
 def execute(conn, query: str, params=()) -> None:
     """Runs a statement written with %s placeholders on either engine, discarding its result."""
     fetch = kind(conn) == "duckdb"
-    cur = conn.execute(query.replace("%s", "?") if fetch else query, list(params) if fetch else params)
+    cur = conn.execute(qmark(query) if fetch else query, list(params) if fetch else params)
     if fetch and cur.description is not None:
         cur.fetchall()
+
+
+def pg_ident(*names):
+    """psycopg.sql.Identifier(*names) for a statement executed *with* parameters (even ``()``):
+    psycopg does not escape a ``%`` inside an identifier, so ``"a%sb"`` would be read as a
+    placeholder; here it is doubled, which psycopg turns back into one ``%``."""
+    from psycopg import sql
+
+    return sql.SQL(sql.Identifier(*names).as_string(None).replace("%", "%%"))
 
 
 def quoted(conn, table: str, column: str | None = None):
     """(table, column) ready for SQL: psycopg.sql objects for PostgreSQL, quoted text for DuckDB."""
     parts = table.split(".")
     if kind(conn) == "pg":
-        from psycopg import sql
-
-        return sql.Identifier(*parts), None if column is None else sql.Identifier(column)
-    from sqlalchemy.dialects import postgresql
-
-    q = postgresql.dialect().identifier_preparer.quote_identifier
-    return ".".join(q(p) for p in parts), None if column is None else q(column)
+        return pg_ident(*parts), None if column is None else pg_ident(column)
+    return ".".join(quote_ident(p) for p in parts), None if column is None else quote_ident(column)
 
 
 def check_matrix(x, what) -> np.ndarray:
@@ -130,7 +154,7 @@ def read_vectors(conn, table: str, column: str, sample: int | None = None, seed:
 
     from psycopg import sql
 
-    total = conn.execute(sql.SQL("SELECT count({c}) FROM {t}").format(c=c, t=t)).fetchone()[0]
+    total = conn.execute(sql.SQL("SELECT count({c}) FROM {t}").format(c=c, t=t), ()).fetchone()[0]
     want = total if sample is None else min(sample, total)
     plain = sql.SQL("SELECT {c}::real[] FROM {t} WHERE {c} IS NOT NULL LIMIT %s").format(c=c, t=t)
     if want == total:

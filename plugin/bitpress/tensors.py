@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core, errors
 from .tables import fetchall as _rows
-from .tables import execute, transaction
+from .tables import execute, qmark, transaction
 from .tables import kind as _kind
 
 TENSORS = "bitpress.tt_tensors"
@@ -210,7 +210,7 @@ def write(conn, model: str, name: str, result, onnx_name: str | None = None) -> 
             with conn.cursor() as cur:
                 cur.executemany(insert_core, cores)
         else:
-            conn.executemany(insert_core.replace("%s", "?"), [list(c) for c in cores])
+            conn.executemany(qmark(insert_core), [list(c) for c in cores])
 
 
 def list_tensors(conn, model: str) -> list[dict]:
