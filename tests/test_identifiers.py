@@ -16,19 +16,21 @@ from conftest import error_of
 from bitpress import codebooks, errors, ffn, fit, kernels, schema, stores, tensors, tt, ttmodels
 from bitpress import sa as bp
 from bitpress.search import search
-from bitpress.tables import fetchall, kind
+from bitpress.tables import execute, fetchall, kind
 
 T = 'x"; DROP TABLE victim; --'
-NAMES = [T, "x'); DROP TABLE victim; --", "Mixed Case Täble ü"]
+NAMES = [T, "x'); DROP TABLE victim; --", "Mixed Case Täble ü", "50%s off"]
 ID, VEC, CODE = 'i"d', "v'); DROP TABLE victim; --", 'Code"; DROP TABLE victim; --'
 CB, STORE = "cb'); DROP TABLE victim; --", 's"); DROP TABLE victim; --'
 X = np.random.default_rng(7).standard_normal((200, 64)).astype(np.float32)
 Q = X[3] + 0.05
 
 
-def qi(name):
-    """A quoted SQL identifier (the same rule in PostgreSQL and DuckDB)."""
-    return '"' + name.replace('"', '""') + '"'
+def qi(name, conn=None):
+    """A quoted SQL identifier (the same rule in PostgreSQL and DuckDB); % doubled for a
+    statement that psycopg runs with parameters (pass conn: every statement here but error_of's)."""
+    q = '"' + name.replace('"', '""') + '"'
+    return q.replace("%", "%%") if conn is not None and kind(conn) == "pg" else q
 
 
 def lit(s):
@@ -36,26 +38,28 @@ def lit(s):
 
 
 def make(conn, table, idc=ID, vec=VEC):
+    t, i, v = qi(table, conn), qi(idc, conn), qi(vec, conn)
     if kind(conn) == "pg":
-        conn.execute(f"CREATE TABLE {qi(table)} ({qi(idc)} int PRIMARY KEY, {qi(vec)} vector({X.shape[1]}))")
-        with conn.cursor().copy(f"COPY {qi(table)} FROM STDIN WITH (FORMAT BINARY)") as cp:
+        execute(conn, f"CREATE TABLE {t} ({i} int PRIMARY KEY, {v} vector({X.shape[1]}))")
+        with conn.cursor().copy(f"COPY {qi(table)} FROM STDIN WITH (FORMAT BINARY)") as cp:  # no parameters
             cp.set_types(["int4", "vector"])
-            for i, v in enumerate(X):
-                cp.write_row([i, v])
+            for n, x in enumerate(X):
+                cp.write_row([n, x])
     else:
-        conn.execute(f"CREATE TABLE {qi(table)} AS SELECT CAST(unnest(range(?)) AS INTEGER) AS {qi(idc)}, "
-                     f"CAST(unnest(?) AS FLOAT[]) AS {qi(vec)}", [len(X), X.tolist()])
+        execute(conn, f"CREATE TABLE {t} AS SELECT CAST(unnest(range(%s)) AS INTEGER) AS {i}, "
+                      f"CAST(unnest(%s) AS FLOAT[]) AS {v}", [len(X), X.tolist()])
 
 
 def add_codes(conn, table, vec=VEC, code=CODE, book=CB):
-    conn.execute(f"ALTER TABLE {qi(table)} ADD COLUMN {qi(code)} {'varbit' if kind(conn) == 'pg' else 'BLOB'}")
-    fetchall(conn, f"UPDATE {qi(table)} SET {qi(code)} = binarize({qi(vec)}, %s) RETURNING 1", [book])
+    t, v, c = qi(table, conn), qi(vec, conn), qi(code, conn)
+    execute(conn, f"ALTER TABLE {t} ADD COLUMN {c} {'varbit' if kind(conn) == 'pg' else 'BLOB'}")
+    execute(conn, f"UPDATE {t} SET {c} = binarize({v}, %s)", [book])
 
 
-def two_tables(conn):
-    """Codebook CB; table T (columns ID, VEC, CODE) and table plain (id, v, code), the same rows."""
+def two_tables(conn, name=T):
+    """Codebook CB; table name (columns ID, VEC, CODE) and table plain (id, v, code), the same rows."""
     codebooks.save(conn, CB, fit.fit(X, "median"))
-    for table, (i, v, c) in ((T, (ID, VEC, CODE)), ("plain", ("id", "v", "code"))):
+    for table, (i, v, c) in ((name, (ID, VEC, CODE)), ("plain", ("id", "v", "code"))):
         make(conn, table, idc=i, vec=v)
         add_codes(conn, table, vec=v, code=c)
 
@@ -97,7 +101,7 @@ def test_fit_table_reads_a_hostile_table_and_column(engine, name):
     assert [r["name"] for r in codebooks.list_codebooks(engine)] == [CB, "plain"]
     # the codebook name travels as a value: binarize(v, name) in SQL gives the core's codes
     add_codes(engine, name)
-    got = fetchall(engine, f"SELECT {qi(CODE)} FROM {qi(name)} ORDER BY {qi(ID)}")
+    got = fetchall(engine, f"SELECT {qi(CODE, engine)} FROM {qi(name, engine)} ORDER BY {qi(ID, engine)}")
     want = kernels.encode(cb, X)
     to_bytes = (lambda c: int(c, 2).to_bytes(8, "big")) if kind(engine) == "pg" else bytes
     assert [to_bytes(c) for c, in got] == [w.tobytes() for w in want]
@@ -111,14 +115,14 @@ def test_fit_table_reads_a_hostile_table_and_column(engine, name):
 def knn_ids(conn, table, idc, code, vec):
     """ids from the k-NN SQL helpers on one table (PostgreSQL: NULL::table; DuckDB macros: the
     table as a qualified name, like query_table)."""
+    i, t = qi(idc, conn), qi(table, conn)
     if kind(conn) == "pg":
-        knn = (f"SELECT {qi(idc)} FROM bitpress_knn(NULL::{qi(table)}, %s, %s, %s::real[]::vector, 5, 4, %s, "
-               "'cosine', %s)")
-        codes = f"SELECT {qi(idc)} FROM bitpress_knn_codes(NULL::{qi(table)}, %s, %s::real[]::vector, 5, 4, %s, %s)"
+        knn = f"SELECT {i} FROM bitpress_knn(NULL::{t}, %s, %s, %s::real[]::vector, 5, 4, %s, 'cosine', %s)"
+        codes = f"SELECT {i} FROM bitpress_knn_codes(NULL::{t}, %s, %s::real[]::vector, 5, 4, %s, %s)"
         tbl = []
     else:
-        knn = (f"SELECT {qi(idc)} FROM bitpress_knn(?, ?, ?, ?::FLOAT[], 5, codebook := ?, scoring := ?)")
-        codes = f"SELECT {qi(idc)} FROM bitpress_knn_codes(?, ?, ?::FLOAT[], 5, codebook := ?, scoring := ?)"
+        knn = f"SELECT {i} FROM bitpress_knn(%s, %s, %s, CAST(%s AS FLOAT[]), 5, codebook := %s, scoring := %s)"
+        codes = f"SELECT {i} FROM bitpress_knn_codes(%s, %s, CAST(%s AS FLOAT[]), 5, codebook := %s, scoring := %s)"
         tbl = [qi(table)]
     out = {}
     for scoring in ("hamming", "asymmetric"):
@@ -127,21 +131,22 @@ def knn_ids(conn, table, idc, code, vec):
     return out
 
 
-def test_knn_helpers_with_hostile_table_and_column_names(engine):
-    two_tables(engine)
-    got = knn_ids(engine, T, ID, CODE, VEC)
+@pytest.mark.parametrize("name", [T, "50%s off"])
+def test_knn_helpers_with_hostile_table_and_column_names(engine, name):
+    two_tables(engine, name)
+    got = knn_ids(engine, name, ID, CODE, VEC)
     assert got == knn_ids(engine, "plain", "id", "code", "v")
     assert got["knn", "hamming"][0] == 3 and len(got["codes", "asymmetric"]) == 5
     # a column that is an injection string is a missing column, nothing more
     if kind(engine) == "pg":
-        q = f"SELECT * FROM bitpress_knn(NULL::{qi(T)}, {lit(CODE + ' x')}, {lit(VEC)}, '{Q.tolist()}', 3)"
+        q = f"SELECT * FROM bitpress_knn(NULL::{qi(name)}, {lit(CODE + ' x')}, {lit(VEC)}, '{Q.tolist()}', 3)"
         assert error_of(engine, q)[0] == "42703"
-        q = f"SELECT * FROM bitpress_knn_codes(NULL::{qi(T)}, {lit('code) FROM victim; --')}, '{Q.tolist()}', 3)"
+        q = f"SELECT * FROM bitpress_knn_codes(NULL::{qi(name)}, {lit('code) FROM victim; --')}, '{Q.tolist()}', 3)"
         assert error_of(engine, q)[0] == "42703"
     else:
         for bad in (f"{lit(CODE + ' x')}, {lit(VEC)}", f"{lit(CODE)}, {lit('v) FROM victim; --')}"):
             with pytest.raises(duckdb.BinderException, match="empty set of columns"):
-                engine.execute(f"SELECT * FROM bitpress_knn({lit(qi(T))}, {bad}, {Q.tolist()}, 3)").fetchall()
+                engine.execute(f"SELECT * FROM bitpress_knn({lit(qi(name))}, {bad}, {Q.tolist()}, 3)").fetchall()
         with pytest.raises(duckdb.CatalogException, match="does not exist"):
             engine.execute(f"SELECT * FROM bitpress_knn({lit('plain; DROP TABLE victim; --')}, 'code', 'v', "
                            f"{Q.tolist()}, 3)").fetchall()
@@ -157,10 +162,11 @@ def test_search_takes_a_raw_hostile_table_name(engine):
     assert [r[ID] for r in got] == [r["id"] for r in want] and got[0][ID] == 3
 
 
-def test_stores_over_hostile_names(engine):
-    two_tables(engine)
+@pytest.mark.parametrize("name", [T, "50%s off"])
+def test_stores_over_hostile_names(engine, name):
+    two_tables(engine, name)
     qcode = kernels.encode(fit.fit(X, "median"), X[7:8])[0]
-    for table, store, cols in ((T, STORE, (ID, CODE, VEC)), ("plain", "plain", ("id", "code", "v"))):
+    for table, store, cols in ((name, STORE, (ID, CODE, VEC)), ("plain", "plain", ("id", "code", "v"))):
         if kind(engine) == "pg":  # the SQL function takes a regclass: the quoted name
             n = engine.execute("SELECT bitpress_store_create(%s, %s::regclass, %s, %s, 64)",
                                (store, qi(table), cols[0], cols[1])).fetchone()[0]
@@ -168,8 +174,8 @@ def test_stores_over_hostile_names(engine):
             n = stores.create(engine, store, table, cols[0], cols[1], segment_codes=64)
         assert n == 200
         # a new row: PostgreSQL's triggers (named from the store) record it, DuckDB refreshes
-        fetchall(engine, f"INSERT INTO {qi(table)} SELECT 1000, {qi(cols[2])}, {qi(cols[1])} FROM {qi(table)} "
-                         f"WHERE {qi(cols[0])} = 7 RETURNING 1")
+        t, (i, c, v) = qi(table, engine), (qi(x, engine) for x in cols)
+        execute(engine, f"INSERT INTO {t} SELECT 1000, {v}, {c} FROM {t} WHERE {i} = 7")
     got = stores.knn(engine, STORE, qcode, 10, refresh=True)
     assert got == stores.knn(engine, "plain", qcode, 10, refresh=True)
     assert got[:2] == [(7, 0), (1000, 0)] and stores.check(engine, STORE)
@@ -179,8 +185,8 @@ def test_stores_over_hostile_names(engine):
     else:
         assert fetchall(engine, "SELECT id, distance FROM bitpress_store_knn(%s, %s, 10)", [STORE, qcode.tobytes()]) == got
         ids = "SELECT {} FROM bitpress_knn_store(%s, %s, %s, %s, CAST(%s AS FLOAT[]), 5, codebook := %s)"
-        weird, plain = [qi(T), STORE, ID, VEC], ["plain", "plain", "id", "v"]
-    weird = fetchall(engine, ids.format(qi(ID), qi(T)), weird + [Q.tolist(), CB])
+        weird, plain = [qi(name), STORE, ID, VEC], ["plain", "plain", "id", "v"]
+    weird = fetchall(engine, ids.format(qi(ID, engine), qi(name, engine)), weird + [Q.tolist(), CB])
     plain = fetchall(engine, ids.format("id", "plain"), plain + [Q.tolist(), CB])
     assert weird == plain and weird[0][0] == 3
     stores.drop(engine, STORE)
@@ -189,9 +195,9 @@ def test_stores_over_hostile_names(engine):
     assert ei.value.sqlstate == "42704"
     if kind(engine) == "pg":
         assert engine.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
-                              (qi(T),)).fetchone()[0] == 0
+                              (qi(name),)).fetchone()[0] == 0
         assert error_of(engine, f"SELECT bitpress_store_create('s', {lit(qi('nope ' + T))}, 'id', 'c')")[0] == "42P01"
-        assert error_of(engine, f"SELECT bitpress_store_create('s', {lit(qi(T))}, 'id', {lit('c; --')})")[0] == "42703"
+        assert error_of(engine, f"SELECT bitpress_store_create('s', {lit(qi(name))}, 'id', {lit('c; --')})")[0] == "42703"
 
 
 @pytest.mark.parametrize("name", ["Docs", *NAMES])

@@ -227,19 +227,6 @@ class _Graph:
 # ---------------------------------------------------------------------------------- Bert
 
 
-def _load_tokenizer(path: Path, sha256: str | None, max_length: int):
-    """The tokenizer exactly as ``embed.Embedder`` sets it up (checked by SHA-256)."""
-    import tokenizers
-
-    embed.verify_sha256(path, None)
-    text, member = embed._load_tokenizer_json(path)
-    embed.verify_sha256(path, sha256, member)
-    tok = tokenizers.Tokenizer.from_str(text)
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
-
-
 def _pool(tokens: np.ndarray, mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Mean pooling over the attention mask + L2 normalisation, as ``Embedder._run``."""
     pooled = np.einsum("bsd,bs->bd", tokens, mask.astype(np.float32))
@@ -339,7 +326,7 @@ class Bert:
                     or f["w2"].shape != (self.intermediate, self.hidden)):
                 raise ModelFileError(f"{self.model_path}: unexpected FFN weight shapes")
         del model
-        self.tokenizer = _load_tokenizer(self.tokenizer_path, tokenizer_sha256, self.max_length)
+        self.tokenizer = embed.load_tokenizer(self.tokenizer_path, tokenizer_sha256, self.max_length)
 
     # -------------------------------------------------------------------- parameters
 

@@ -122,12 +122,30 @@ def verify_sha256(path, expected: str | None, member: str | None = None) -> None
             f"refusing {what}: SHA-256 is {actual}, expected {expected.lower()}")
 
 
-def _load_tokenizer_json(path: Path) -> tuple[str, str | None]:
-    """(JSON text, zip member or None) of a tokenizer.json file or a zip holding one."""
-    if zipfile.is_zipfile(path):
-        with _open(path, TOKENIZER_MEMBER) as f:
-            return f.read().decode("utf-8"), TOKENIZER_MEMBER
-    return path.read_text(encoding="utf-8"), None
+def _load_tokenizer_json(path: Path, member: str | None) -> str:
+    """The JSON text of a tokenizer.json file, or of the one inside a zip."""
+    with _open(path, member) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{path} is not a tokenizer.json (not UTF-8 text)") from None
+
+
+def load_tokenizer(path, sha256: str | None, max_length: int):
+    """A ``tokenizers.Tokenizer`` from a tokenizer.json (or a zip holding one), checked by
+    SHA-256 before it is parsed, truncating at ``max_length`` and padding nothing (batches
+    are padded to their longest text)."""
+    import tokenizers
+
+    path = Path(path)
+    verify_sha256(path, None)
+    member = TOKENIZER_MEMBER if zipfile.is_zipfile(path) else None
+    verify_sha256(path, sha256, member)
+    tok = tokenizers.Tokenizer.from_str(_load_tokenizer_json(path, member))
+    tok.no_padding()  # the file pads to 128
+    tok.enable_truncation(max_length)
+    return tok
 
 
 class Embedder:
@@ -147,7 +165,7 @@ class Embedder:
                  model_sha256: str | None = None, tokenizer_sha256: str | None = None):
         try:
             import onnxruntime as ort
-            import tokenizers
+            import tokenizers  # noqa: F401  (load_tokenizer needs it)
         except ImportError as e:  # pragma: no cover - both are dependencies of bitpress
             raise ModelNotInstalledError(
                 f"{e.name} is needed for embeddings: pip install onnxruntime tokenizers") from None
@@ -159,13 +177,7 @@ class Embedder:
             tokenizer_path, tokenizer_sha256 = default_tokenizer_path(), TOKENIZER_SHA256
         self.model_path, self.tokenizer_path = Path(model_path), Path(tokenizer_path)
         verify_sha256(self.model_path, model_sha256)
-        verify_sha256(self.tokenizer_path, None)
-        text, member = _load_tokenizer_json(self.tokenizer_path)
-        verify_sha256(self.tokenizer_path, tokenizer_sha256, member)
-
-        self.tokenizer = tokenizers.Tokenizer.from_str(text)
-        self.tokenizer.no_padding()  # the file pads to 128; we pad each batch to its longest
-        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer = load_tokenizer(self.tokenizer_path, tokenizer_sha256, max_length)
         self.max_length, self.batch_size = max_length, batch_size
 
         opts = ort.SessionOptions()
