@@ -1,5 +1,5 @@
 """Hostile identifiers (issue #7): table, column, codebook, store, model and layer names made of
-SQL injection strings, quotes, spaces, uppercase and unicode, through every entry point that
+SQL injection strings, quotes, spaces, uppercase, unicode and %s, through every entry point that
 takes a name, on both engines. Each name either works (same answer as a normally named table)
 or gives a clean error (a bitpress error, or a psycopg error with its proper SQLSTATE, never a
 42601 syntax error); the table ``victim`` that the strings try to drop keeps its rows."""
@@ -27,8 +27,8 @@ Q = X[3] + 0.05
 
 
 def qi(name, conn=None):
-    """A quoted SQL identifier (the same rule in PostgreSQL and DuckDB); % doubled for a
-    statement that psycopg runs with parameters (pass conn: every statement here but error_of's)."""
+    """A quoted SQL identifier (the same rule in PostgreSQL and DuckDB); with conn, % doubled for
+    PostgreSQL, whose statements here run with parameters (all but COPY and error_of's)."""
     q = '"' + name.replace('"', '""') + '"'
     return q.replace("%", "%%") if conn is not None and kind(conn) == "pg" else q
 

@@ -107,3 +107,34 @@ def test_bad_input(setup):
         bp.knn(Doc, Doc.code, Doc.embedding, x[0], metric="manhattan")
     with Session(engine) as s, pytest.raises(sa.exc.DBAPIError, match="does not exist"):
         s.execute(sa.select(bp.binarize(Doc.embedding, "no_such_codebook"))).all()
+
+
+def test_reflected_bit_columns_are_codes(postgresql, minilm):
+    """A table created in SQL (as op.add_code_column does), reflected: the code column is a
+    BITCODE, values come back as bytes and .hamming() and knn work on it."""
+    info = postgresql.info
+    engine = sa.create_engine(f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{info.dbname}")
+    x = minilm[:300]
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE documents (id int PRIMARY KEY, embedding vector(384), code bit(384), "
+                          "other bit varying)")
+        c.execute(sa.text("INSERT INTO documents (id, embedding) VALUES (:id, CAST(:v AS vector))"),
+                  [{"id": i, "v": str(v.tolist())} for i, v in enumerate(x)])
+        c.exec_driver_sql("UPDATE documents SET code = binarize(embedding), other = binarize(embedding)")
+    meta = sa.MetaData()
+    sa.event.listen(meta, "column_reflect", bp.column_reflect)
+    from pgvector.sqlalchemy import Vector  # noqa: F401  (registers the vector type for reflection)
+
+    docs = sa.Table("documents", meta, autoload_with=engine)
+    assert isinstance(docs.c.code.type, bp.BITCODE) and docs.c.code.type.bits == 384
+    assert isinstance(docs.c.other.type, bp.BITCODE) and docs.c.other.type.bits is None
+    want = bitpress.binarize(x)
+    with engine.connect() as c:
+        codes = c.execute(sa.select(docs.c.code).order_by(docs.c.id)).scalars().all()
+        assert codes == [w.tobytes() for w in want]
+        near = c.execute(sa.select(docs.c.id).order_by(docs.c.code.hamming(want[42].tobytes()), docs.c.id)
+                         .limit(1)).scalar()
+        assert near == 42
+        ids = c.execute(bp.knn(docs, docs.c.code, docs.c.embedding, x[42], k=3)).all()
+        assert ids[0].id == 42
+    engine.dispose()

@@ -18,6 +18,15 @@ PostgreSQL through psycopg 3, DuckDB through duckdb_engine, the same Python code
 on it) and ``BLOB`` in DuckDB, where codes are BLOBs (``bitpress.duckdb``); in Python a code is
 ``bytes``, the packed bits MSB first, the same in both engines. DuckDB engines must carry
 bitpress's functions on every connection: ``duckdb_engine(path)`` makes one.
+
+Reflection: listen with ``column_reflect`` and reflected ``bit(n)`` columns come back as
+``BITCODE(n)``, with ``.hamming()`` and bytes values::
+
+    meta = sa.MetaData()
+    sa.event.listen(meta, "column_reflect", bp.column_reflect)
+    documents = sa.Table("documents", meta, autoload_with=engine)
+
+(duckdb_engine cannot reflect columns with this SQLAlchemy: DuckDB tables are declared.)
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import sqlalchemy.orm  # noqa: F401  (sa.orm.aliased)
 from sqlalchemy.dialects.postgresql.base import PGBit
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["BITCODE", "binarize", "hamming", "knn", "duckdb_engine"]
+__all__ = ["BITCODE", "binarize", "hamming", "knn", "duckdb_engine", "column_reflect"]
 
 
 def _to_bytes(value, bits):
@@ -82,6 +91,14 @@ class BITCODE(TypeDecorator):
             if not isinstance(other, sa.sql.ClauseElement) and not hasattr(other, "__clause_element__"):
                 other = sa.bindparam(None, other, type_=self.type)
             return hamming(self.expr, other)
+
+
+def column_reflect(inspector, table, column_info) -> None:
+    """A ``column_reflect`` listener: a PostgreSQL ``bit(n)`` or ``bit varying`` column is
+    reflected as ``BITCODE(n)`` (a code column made by ``op.add_code_column`` is ``bit(n)``)."""
+    t = column_info.get("type")
+    if isinstance(t, PGBit):
+        column_info["type"] = BITCODE(None if t.varying else t.length)
 
 
 class _BitParam(sa.sql.expression.ColumnElement):
