@@ -152,9 +152,7 @@ def test_knn_helpers_with_hostile_table_and_column_names(engine, name):
                            f"{Q.tolist()}, 3)").fetchall()
 
 
-@pytest.mark.parametrize("engine", ["pg", pytest.param("duckdb", marks=pytest.mark.xfail(strict=True, reason=(
-    "bug: search.search() passes the raw table name to the DuckDB bitpress_knn macro, whose query_table() "
-    "parses it as SQL: a name with a quote gives a ParserException (PostgreSQL quotes it)")))], indirect=True)
+@pytest.mark.parametrize("engine", ["pg", "duckdb"], indirect=True)
 def test_search_takes_a_raw_hostile_table_name(engine):
     two_tables(engine)
     got = search(engine, T, Q, 5, code_column=CODE, vector_column=VEC, codebook=CB)
@@ -201,10 +199,7 @@ def test_stores_over_hostile_names(engine, name):
 
 
 @pytest.mark.parametrize("name", ["Docs", *NAMES])
-@pytest.mark.parametrize("engine", [pytest.param("pg", marks=pytest.mark.xfail(strict=True, reason=(
-    "bug: stores.create() on PostgreSQL casts the table name with ::regclass, which parses it as SQL: "
-    "a quote or a space gives 42602 invalid name syntax, uppercase is folded (42P01 relation \"docs\" does not "
-    "exist); on DuckDB, and in every other Python API, the name is taken as it is"))), "duckdb"], indirect=True)
+@pytest.mark.parametrize("engine", ["pg", "duckdb"], indirect=True)
 def test_stores_create_takes_a_raw_table_name(engine, name):
     codebooks.save(engine, CB, fit.fit(X, "median"))
     make(engine, name)

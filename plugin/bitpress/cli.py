@@ -93,8 +93,11 @@ def _fit(args) -> int:
     print(f"codebook {args.name!r} version {version}: {cb.method}, {cb.dims} dims -> {cb.bits} bits "
           f"({cb.code_bytes} bytes, {cb.dims * 4 / cb.code_bytes:.0f}x smaller than float32), "
           f"fitted on {cb.options.get('sample_size', args.sample)} rows in {took:.1f} s")
-    print(f"use it: SELECT binarize({args.vector_col}, '{args.name}') ...   "
-          f"(or binarize(v, '{args.name}', {version}) to pin this version)")
+    from .tables import quote_ident, quote_literal
+
+    col, name = quote_ident(args.vector_col), quote_literal(args.name)
+    print(f"use it: SELECT binarize({col}, {name}) ...   "
+          f"(or binarize({col}, {name}, {version}) to pin this version)")
     return 0
 
 

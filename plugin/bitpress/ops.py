@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
 
 from . import errors, schema  # noqa: F401  (schema: Alembic's DuckDB implementation)
-from .tables import quote_ident
+from .tables import quote_ident, quote_literal
 
 __all__ = ["CreateBitpressExtensionOp", "DropBitpressExtensionOp", "AddCodeColumnOp",
            "DropCodeColumnOp", "sync_function_name", "COMMENT_PREFIX"]
@@ -52,11 +52,6 @@ def sync_function_name(table: str, code_column: str) -> str:
     digest = hashlib.sha256(f"{table}\0{code_column}".encode()).hexdigest()[:10]
     head = name.encode()[:52].decode(errors="ignore")
     return f"{head}_{digest}"
-
-
-def _literal(s: str) -> str:
-    """A string literal read the same whatever standard_conforming_strings says."""
-    return "E'" + s.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _run(bind, statement: str) -> None:
@@ -235,7 +230,7 @@ def _add_code_column(operations, operation):
     _run(bind, f"ALTER TABLE {table} ADD COLUMN {code} {f'bit({bits})' if pg else 'BLOB'}")
     comment = (f"{COMMENT_PREFIX} of {operation.vector_column}: codebook {operation.codebook} "
                f"version {version}, {bits} bits")
-    _run(bind, f"COMMENT ON COLUMN {table}.{code} IS {_literal(comment)}")
+    _run(bind, f"COMMENT ON COLUMN {table}.{code} IS {quote_literal(comment)}")
     if pg:
         ext = bind.execute(sa.text("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                    "ON n.oid = e.extnamespace WHERE e.extname = 'bitpress'")).scalar()
@@ -244,11 +239,11 @@ def _add_code_column(operations, operation):
                                        "(op.create_bitpress_extension())", "42704")
         name = sync_function_name(operation.table, operation.code_column)
         func = _qualified(bind, schema, name)
-        body = (f"BEGIN NEW.{code} := {quote_ident(ext)}.binarize(NEW.{vec}, {_literal(operation.codebook)}, "
+        body = (f"BEGIN NEW.{code} := {quote_ident(ext)}.binarize(NEW.{vec}, {quote_literal(operation.codebook)}, "
                 f"{int(version)}); RETURN NEW; END")
-        _run(bind, f"CREATE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS {_literal(body)}")
+        _run(bind, f"CREATE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS {quote_literal(body)}")
         _run(bind, f"COMMENT ON FUNCTION {func}() IS "
-                   f"{_literal(f'keeps {operation.table}.{operation.code_column} in sync (bitpress)')}")
+                   f"{quote_literal(f'keeps {operation.table}.{operation.code_column} in sync (bitpress)')}")
         _run(bind, f"CREATE TRIGGER {quote_ident(name)} BEFORE INSERT OR UPDATE OF {vec}, {code} ON {table} "
                    f"FOR EACH ROW EXECUTE FUNCTION {func}()")
     bind.execute(sa.text(

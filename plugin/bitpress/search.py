@@ -65,11 +65,12 @@ def search(conn, table: str, query, k: int = 10, *, oversample: int = 4, code_co
         if vector_column is None:
             stmt = ("SELECT * FROM bitpress_knn_codes(?, ?, ?::FLOAT[], ?, oversample := ?, "
                     "codebook := ?::VARCHAR, scoring := ?)")
-            args = [table, code_column, q.tolist(), k, oversample, codebook, scoring]
+            args = [_quoted(conn, table)[0], code_column, q.tolist(), k, oversample, codebook, scoring]
         else:
             stmt = ("SELECT * FROM bitpress_knn(?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
                     "codebook := ?::VARCHAR, metric := ?, scoring := ?)")
-            args = [table, code_column, vector_column, q.tolist(), k, oversample, codebook, metric, scoring]
+            args = [_quoted(conn, table)[0], code_column, vector_column, q.tolist(), k, oversample, codebook,
+                    metric, scoring]
         cur = conn.execute(stmt, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -85,4 +86,5 @@ def _duckdb_store_search(conn, table, q, k, oversample, store, vector_column, co
         raise errors.InvalidParameterError(f'code store "{store}" follows {source}, not {table}')
     return conn.execute("SELECT * FROM bitpress_knn_store(?, ?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
                         "codebook := ?::VARCHAR, metric := ?)",
-                        [table, store, id_column, vector_column, q.tolist(), k, oversample, codebook, metric])
+                        [_quoted(conn, table)[0], store, id_column, vector_column, q.tolist(), k, oversample,
+                         codebook, metric])

@@ -23,8 +23,12 @@ def create(conn, name: str, table: str, id_column: str, code_column: str,
     """Creates store ``name`` over ``table.code_column`` (row ids from ``id_column``, unique
     and bigint-castable); returns the number of codes stored."""
     if kind(conn) == "pg":
+        from psycopg import sql
+
+        # the name as a quoted identifier, so regclass reads "Docs" or 'a"b' as written
+        rel = sql.Identifier(*table.split(".")).as_string(conn)
         return conn.execute("SELECT bitpress_store_create(%s, %s::regclass, %s, %s, %s)",
-                            (name, table, id_column, code_column, segment_codes)).fetchone()[0]
+                            (name, rel, id_column, code_column, segment_codes)).fetchone()[0]
     if isinstance(segment_codes, bool) or not isinstance(segment_codes, int) or segment_codes < 1:
         raise errors.InvalidParameterError(f"segment_codes must be at least 1, got {segment_codes!r}")
     # bits is set by the first rebuild (1 until then: the table's check wants a positive size)

@@ -43,6 +43,14 @@ def quote_ident(name: str) -> str:
     return postgresql.dialect(paramstyle="named").identifier_preparer.quote_identifier(name)
 
 
+def quote_literal(s: str) -> str:
+    """A string literal read the same whatever standard_conforming_strings says (E'...' when
+    it holds a backslash), for SQL that must carry a value in its text (trigger bodies, hints)."""
+    if "\\" in s:
+        return "E'" + s.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + s.replace("'", "''") + "'"
+
+
 def fetchall(conn, query: str, params=()) -> list:
     """All rows of a query written with %s placeholders, on a psycopg or a DuckDB connection
     (DuckDB takes ?; fetchall also leaves no half-read DuckDB result behind)."""
