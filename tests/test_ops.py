@@ -173,3 +173,15 @@ def test_add_code_column_in_duckdb_records_a_blob_column(tmp_path):
     assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 200
     engine.dispose()
     con.close()
+
+
+def test_db_command_upgrades_downgrades_and_reports(tmp_path):
+    from conftest import run_cli
+
+    path = str(tmp_path / "db.duckdb")
+    assert run_cli("db", "current", "--duckdb", path).stdout.startswith("bitpress schema: none (head 0005_code_columns)")
+    assert run_cli("db", "upgrade", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0005_code_columns")
+    out = run_cli("db", "downgrade", "--duckdb", path)
+    assert out.returncode == 0 and out.stdout.startswith("bitpress schema: 0005_code_columns -> 0004_ffn_layers")
+    assert run_cli("db", "downgrade", "--duckdb", path, "base").stdout.startswith(
+        "bitpress schema: 0004_ffn_layers -> none")
