@@ -92,3 +92,25 @@ def test_register_is_idempotent_and_persists_nothing(tmp_path):
     with pytest.raises(duckdb.CatalogException):
         con.execute("SELECT binarize([1.0])")
     con.close()
+
+
+def test_two_connections_to_one_file_each_read_through_their_own(tmp_path):
+    """DuckDB shares UDFs between connections to one file in a process: bitpress's table-reading
+    functions are per connection, so closing one connection leaves the other working."""
+    import bitpress.duckdb
+    from bitpress import codebooks, schema
+
+    path = str(tmp_path / "two.duckdb")
+    a = bitpress.duckdb.connect(path)
+    b = bitpress.duckdb.connect(path)  # used to fail: "function already exists"
+    schema.upgrade(a)
+    x = np.random.default_rng(3).standard_normal((200, 8)).astype(np.float32)
+    a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v FLOAT[8])")
+    a.executemany("INSERT INTO t VALUES (?, ?)", [(i, v.tolist()) for i, v in enumerate(x)])
+    codebooks.fit_table(a, "t", "v", "cb", "median", progress=False)
+    want = codebooks.load(a, "cb").encode_reference(x[:3])
+    a.close()
+    got = b.execute("SELECT binarize(v, 'cb'), hamming(binarize(v, 'cb'), binarize(v, 'cb')) FROM t "
+                    "ORDER BY id LIMIT 3").fetchall()
+    assert [bytes(g[0]) for g in got] == [w.tobytes() for w in want] and [g[1] for g in got] == [0, 0, 0]
+    b.close()

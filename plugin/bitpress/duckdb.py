@@ -382,6 +382,10 @@ def udf(con, name: str, fn, params, returns, *, reads_tables: bool = True, **kwa
 
     if not reads_tables:
         try:
+            con.remove_function(name)  # registered before on this connection
+        except Exception:
+            pass
+        try:
             con.create_function(name, fn, params, returns, type="arrow", **kwargs)
         except duckdb.CatalogException as e:
             if "already exists" not in str(e):
