@@ -2,7 +2,6 @@
 its FFN replacement and capture hooks, on real PyPI summaries."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -12,22 +11,14 @@ import pytest
 from bitpress import bert as bert_mod
 from bitpress import embed, onnx_weights
 from bitpress.errors import BitpressError
-from conftest import SHARED_DATA
+from conftest import pypi_docs
 
 N_TEXTS = 50
 
 
 @pytest.fixture(scope="module")
 def texts():
-    path = SHARED_DATA / "pypi-minilm" / "corpus.jsonl"
-    if not path.is_file():
-        pytest.fail(f"real data set missing: {path} (set BITPRESS_SHARED_DATA)")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            out.append(json.loads(line)["text"])
-            if len(out) == N_TEXTS:
-                break
+    out = pypi_docs(N_TEXTS)[0]
     assert len(out) == N_TEXTS
     return out
 

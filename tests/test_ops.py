@@ -185,3 +185,19 @@ def test_db_command_upgrades_downgrades_and_reports(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("bitpress schema: 0005_code_columns -> 0004_ffn_layers")
     assert run_cli("db", "downgrade", "--duckdb", path, "base").stdout.startswith(
         "bitpress schema: 0004_ffn_layers -> none")
+
+
+def test_upgrade_bitpress_schema_runs_inside_the_users_migration(pg, pg_engine):
+    """bitpress's own revisions applied from a user's migration share its transaction: rolled
+    back with it, committed with it."""
+    create_docs(pg, 20)
+    with pytest.raises(RuntimeError, match="later step failed"):
+        with pg_engine.begin() as c:
+            ops.operations(c).upgrade_bitpress_schema()
+            assert schema.current(c) == schema.head()
+            raise RuntimeError("a later step failed")
+    assert schema.current(pg) is None
+    assert pg.execute("SELECT to_regclass('bitpress.codebooks')").fetchone()[0] is None
+    with pg_engine.begin() as c:
+        ops.operations(c).upgrade_bitpress_schema()
+    assert schema.current(pg) == schema.head() == "0005_code_columns"

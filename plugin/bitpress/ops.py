@@ -7,6 +7,7 @@
 
     def upgrade():
         op.create_bitpress_extension()                 # CREATE EXTENSION vector, bitpress
+        op.upgrade_bitpress_schema()                   # bitpress's own tables (bitpress db upgrade)
         op.add_code_column("documents", "embedding", "code", codebook="docs_v1")
 
     def downgrade():
@@ -37,7 +38,7 @@ from . import errors, schema  # noqa: F401  (schema: Alembic's DuckDB implementa
 from .tables import quote_ident, quote_literal
 
 __all__ = ["CreateBitpressExtensionOp", "DropBitpressExtensionOp", "AddCodeColumnOp",
-           "DropCodeColumnOp", "sync_function_name", "COMMENT_PREFIX"]
+           "DropCodeColumnOp", "UpgradeBitpressSchemaOp", "sync_function_name", "COMMENT_PREFIX"]
 
 COMMENT_PREFIX = "bitpress code"
 REGISTRY = "bitpress.code_columns"
@@ -268,6 +269,25 @@ def _drop_code_column(operations, operation):
         bind.execute(sa.text(f"DELETE FROM {REGISTRY} WHERE table_schema = :s AND table_name = :t "
                              "AND code_column = :c"),
                      {"s": schema, "t": operation.table, "c": operation.code_column})
+
+
+@Operations.register_operation("upgrade_bitpress_schema")
+class UpgradeBitpressSchemaOp(MigrateOperation):
+    """Runs bitpress's own migrations (``bitpress db upgrade``) inside your migration, in its
+    transaction: a failure later in your migration rolls them back too (PostgreSQL). No
+    ``reverse()``: downgrading would drop fitted codebooks, so it is never done implicitly."""
+
+    def __init__(self, revision: str = "head"):
+        self.revision = revision
+
+    @classmethod
+    def upgrade_bitpress_schema(cls, operations, revision: str = "head"):
+        return operations.invoke(cls(revision))
+
+
+@Operations.implementation_for(UpgradeBitpressSchemaOp)
+def _upgrade_schema(operations, operation):
+    schema.upgrade(operations.get_bind(), operation.revision)
 
 
 def operations(connection) -> Operations:

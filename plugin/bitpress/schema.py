@@ -90,8 +90,10 @@ def upgrade(target, revision: str = "head") -> str | None:
     from alembic import command
 
     with _sa_connection(target) as conn:
+        outer = conn.in_transaction()  # the caller's transaction (a migration): it commits
         command.upgrade(_config(conn), revision)
-        conn.commit()
+        if not outer:
+            conn.commit()
     return current(target)
 
 
