@@ -45,10 +45,17 @@ def test_embed_interrupted_then_resumed_matches_the_model(request, embedder, eng
     schema.upgrade(conn)
     conn.execute("UPDATE documents SET body = NULL WHERE id IN (5, 150)")
 
-    first = Interrupting(embedder, fail_at=3)
-    with pytest.raises(KeyboardInterrupt):
-        etl.embed(conn, "documents", "body", "embedding", first, batch_size=50, progress_bar=False)
-    # two batches committed with their progress row, the third rolled back
+    first = Interrupting(embedder)
+
+    def stop_after_two(last_key, rows, changed):
+        if last_key == 99:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after two committed batches of a 4-batch window
+        etl.embed(conn, "documents", "body", "embedding", first, batch_size=50, read_ahead=4,
+                  progress_bar=False, on_batch=stop_after_two)
+    assert first.calls == 1 and first.texts == 198  # rows 0..199 but 5 and 150, whose text is NULL
+    # two batches committed with their progress row; the window's other embeddings are lost
     from bitpress.tables import fetchall
 
     assert fetchall(conn, "SELECT count(*) FROM documents WHERE embedding IS NOT NULL")[0][0] == 99

@@ -264,6 +264,7 @@ def _embed(args) -> int:
     conn = _migrated(_connect(args))
     r = etl.embed(conn, args.table, args.text_col, args.vector_col, embedder, key=args.key,
                   batch_size=args.batch_size, overwrite=args.overwrite, restart=args.restart,
+                  read_ahead=args.read_ahead,
                   progress_bar=None if not args.quiet else False, on_batch=_batch_logger(args))
     _print_result(r, f"vectors written ({embedder.model_path.name}, {embedder.dim} dims)")
     return 0
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--tokenizer-sha256", help="expected SHA-256 of the tokenizer.json")
     em.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
     em.add_argument("--overwrite", action="store_true", help="embed every row, not only NULL vectors")
+    em.add_argument("--read-ahead", type=int, default=8,
+                    help="batches embedded together, sorted by length (8): less padding, faster")
     job_options(em, 256)
     em.set_defaults(func=_embed)
 
