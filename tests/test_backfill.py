@@ -82,7 +82,7 @@ def test_backfill_without_registry_pins_the_latest_version_and_warns_without_tri
 
 
 @pytest.mark.parametrize("call, sqlstate, match", [
-    (dict(table="nope"), "42P01", 'relation "public.nope" does not exist'),
+    (dict(table="nope"), "42P01", 'relation "nope" does not exist'),
     (dict(code_col="nope"), "42703", 'column "nope"'),
     (dict(codebook="other"), "22023", "kept in sync with codebook 'docs_v1' \\(bitpress.code_columns\\), not 'other'"),
     (dict(version=3), "22023", "kept in sync with version 1 \\(bitpress.code_columns\\), not 3"),
@@ -96,6 +96,51 @@ def test_backfill_refuses_bad_arguments(pg, pg_test_dsn, call, sqlstate, match):
         etl.backfill(pg, kw.pop("table"), kw.pop("code_col"), progress_bar=False, **kw)
     assert ei.value.sqlstate == sqlstate
     assert pg.execute("SELECT count(*) FROM documents WHERE code IS NOT NULL").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("key_type, values", [
+    ("uuid", "gen_random_uuid()"),
+    ("text", "'k' || lpad(i::text, 5, '0')"),
+    ("numeric(12,3)", "i / 7.0"),
+    ("timestamptz", "timestamptz '2026-01-01' + i * interval '1 minute'"),
+])
+def test_backfill_walks_keys_of_other_types_and_resumes(pg, key_type, values):
+    """Keys that are not integers: the last key survives JSON and the walk resumes exactly."""
+    x, book = setup_docs(pg, 300)
+    pg.execute(f"CREATE TABLE k (key {key_type} PRIMARY KEY, embedding vector(384), code bit(384))")
+    pg.execute(f"INSERT INTO k SELECT {values}, d.embedding FROM documents d, LATERAL (SELECT d.id AS i) s")
+
+    def stop(last_key, rows, changed):
+        if stop.calls == 1:
+            raise KeyboardInterrupt
+        stop.calls += 1
+    stop.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        etl.backfill(pg, "k", "code", "embedding", "docs_v1", batch_size=70, progress_bar=False, log=lambda m: None,
+                     on_batch=stop)
+    assert pg.execute("SELECT count(code) FROM k").fetchone()[0] == 140
+    r = etl.backfill(pg, "k", "code", "embedding", "docs_v1", batch_size=70, progress_bar=False, log=lambda m: None)
+    assert (r.rows_seen, r.rows_changed) == (300, 300) and r.resumed_from is not None
+    assert pg.execute("SELECT count(*) FROM k WHERE code IS DISTINCT FROM binarize(embedding, 'docs_v1', 1)"
+                      ).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("ddl, match", [
+    ("key real PRIMARY KEY", "is real: walk by an integer"),
+    ("key int, UNIQUE (key)", "must be NOT NULL"),
+    ("key int NOT NULL", "unique index"),
+])
+def test_backfill_refuses_keys_it_cannot_walk_exactly(pg, ddl, match):
+    pg.execute(f"CREATE TABLE bad ({ddl}, v vector(3), code bit(3))")
+    with pytest.raises(errors.InvalidParameterError, match=match):
+        etl.backfill(pg, "bad", "code", "v", "cb", key="key", progress_bar=False)
+
+
+def test_backfill_needs_an_autocommit_connection(pg_test_dsn):
+    with psycopg.connect(pg_test_dsn) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v vector(3), code bit(3))")
+        with pytest.raises(errors.InvalidParameterError, match="autocommit"):
+            etl.backfill(conn, "t", "code", "v", "cb", progress_bar=False)
 
 
 def test_backfill_needs_a_single_column_key(pg):
@@ -217,12 +262,15 @@ def test_backfill_while_the_application_writes(pg, pg_test_dsn):
                 i += 1
 
     t = threading.Thread(target=writer)
+    seen_at = []
     t.start()
     try:
-        r = etl.backfill(pg, "documents", "code", batch_size=150, progress_bar=False)
+        r = etl.backfill(pg, "documents", "code", batch_size=150, progress_bar=False,
+                         on_batch=lambda *a: seen_at.append(done["inserted"]))
     finally:
         stop.set()
         t.join()
+    assert seen_at[-1] - seen_at[0] > 0, "no write happened while the backfill ran"
     assert r.rows_seen >= n - done["deleted"]
     assert done["inserted"] >= 30
     assert check_pg(pg, book) == n + done["inserted"] - done["deleted"]

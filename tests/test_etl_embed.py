@@ -118,3 +118,25 @@ def test_embed_command_on_duckdb_and_a_wrong_model_file_refused(tmp_path):
     # the same file accepted when its hash is given on purpose: onnxruntime then judges it
     with pytest.raises(ModelFileError):
         Embedder(wrong, default_tokenizer_path(), model_sha256="0" * 64)
+
+
+def test_embed_never_stores_the_vector_of_a_text_changed_meanwhile(pg, pg_test_dsn, embedder):
+    """The application edits a text while its batch is being embedded: that row is left for
+    the next run, which embeds the new text."""
+    import psycopg
+
+    create_docs(pg, 30, with_embeddings=False)
+    schema.upgrade(pg)
+
+    class Changing(Interrupting):
+        def encode(self, texts):
+            with psycopg.connect(pg_test_dsn, autocommit=True) as c:
+                c.execute("UPDATE documents SET body = 'a text changed meanwhile' WHERE id = 3")
+            return super().encode(texts)
+
+    r = etl.embed(pg, "documents", "body", "embedding", Changing(embedder), progress_bar=False)
+    assert r.rows_changed == 29 and vectors(pg, "SELECT embedding FROM documents WHERE id = 3") == [None]
+    r = etl.embed(pg, "documents", "body", "embedding", embedder, progress_bar=False)
+    assert r.rows_changed == 1
+    got = vectors(pg, "SELECT embedding FROM documents WHERE id = 3")[0]
+    assert float(got @ embedder.encode("a text changed meanwhile")[0]) > 0.99999

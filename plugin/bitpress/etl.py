@@ -20,6 +20,7 @@ rules for DuckDB); values are always parameters.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from . import errors, progress, tables
@@ -37,24 +38,62 @@ class Target:
     table: str
     key: str
     columns: dict  # name -> data type (as information_schema spells it)
+    key_type: str = "bigint"  # the key's SQL type (from KEY_TYPES), for CAST(last key AS ...)
 
     @property
     def name(self) -> str:
         return f"{self.schema}.{self.table}"
 
 
+# key types a job can walk by and store exactly (as JSON) between runs; floats are not exact
+KEY_TYPES = re.compile(r"(smallint|integer|bigint|hugeint|ubigint|uinteger|usmallint|utinyint|tinyint|"
+                       r"text|character varying|varchar|uuid|date|timestamp( with(out)? time zone)?|"
+                       r"(numeric|decimal)(\(\d+,\s*\d+\))?)", re.I)
+
+
+def _locate(conn, table: str):
+    """(schema, name) of a table: PostgreSQL resolves an unqualified name on search_path as
+    any query would; DuckDB looks in its current schema."""
+    if kind(conn) == "pg":
+        from psycopg import sql
+
+        rel = sql.Identifier(*table.split(".")).as_string(None)
+        row = fetchall(conn, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+                             "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", (rel,))
+        if not row:
+            raise errors.BitpressError(f'relation "{table}" does not exist', "42P01")
+        return row[0]
+    schema, _, name = table.rpartition(".")
+    return (schema or fetchall(conn, "SELECT current_schema()")[0][0]), name
+
+
+def _is_unique(conn, schema: str, name: str, column: str) -> bool:
+    """Whether a unique index or constraint covers exactly this one column."""
+    if kind(conn) == "pg":
+        from psycopg import sql
+
+        rel = sql.Identifier(schema, name).as_string(None)
+        return bool(fetchall(conn, "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                                   "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s) AND i.indisunique "
+                                   "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s", (rel, column)))
+    return bool(fetchall(conn, "SELECT 1 FROM duckdb_constraints() WHERE schema_name = %s AND table_name = %s "
+                               "AND constraint_type IN ('PRIMARY KEY', 'UNIQUE') "
+                               "AND constraint_column_names = [%s]", (schema, name, column)))
+
+
 def resolve(conn, table: str, needed=(), key: str | None = None) -> Target:
     """Checks that ``table`` ("name" or "schema.name") and the columns ``needed`` exist and
-    finds its single-column primary key (or takes ``key``): 42P01 / 42703 / 22023 otherwise."""
-    schema, _, name = table.rpartition(".")
-    if not schema:
-        schema = fetchall(conn, "SELECT current_schema()")[0][0]
-    cols = dict(fetchall(conn, "SELECT column_name, data_type FROM information_schema.columns "
-                               "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                         (schema, name)))
+    finds its single-column primary key, or checks that ``key`` is unique and NOT NULL and
+    of a type walked exactly (integers, numeric, text, uuid, date, timestamp): 42P01 / 42703 /
+    22023 otherwise."""
+    schema, name = _locate(conn, table)
+    rows = fetchall(conn, "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                          "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (schema, name))
+    cols = {r[0]: r[1] for r in rows}
+    nullable = {r[0] for r in rows if r[2] == "YES"}
     if not cols:
         raise errors.BitpressError(f'relation "{schema}.{name}" does not exist', "42P01")
-    for col in needed:
+    for col in list(needed) + ([key] if key is not None else []):
         if col not in cols:
             raise errors.BitpressError(f'column "{col}" of relation "{schema}.{name}" does not exist', "42703")
     if key is None:
@@ -69,9 +108,16 @@ def resolve(conn, table: str, needed=(), key: str | None = None) -> Target:
                 f"{schema}.{name} has {'a composite' if pk else 'no'} primary key: name a unique, "
                 "NOT NULL column to walk the table by (--key)")
         key = pk[0]
-    elif key not in cols:
-        raise errors.BitpressError(f'column "{key}" of relation "{schema}.{name}" does not exist', "42703")
-    return Target(schema, name, key, cols)
+    elif key in nullable or not _is_unique(conn, schema, name, key):
+        raise errors.InvalidParameterError(
+            f"{schema}.{name}.{key} cannot be walked by: the key must be NOT NULL and have a unique "
+            "index or constraint of its own")
+    key_type = cols[key]
+    if not KEY_TYPES.fullmatch(key_type):
+        raise errors.InvalidParameterError(
+            f"{schema}.{name}.{key} is {key_type}: walk by an integer, numeric, text, uuid, date or "
+            "timestamp key (--key)")
+    return Target(schema, name, key, cols, key_type)
 
 
 def _names(conn, target: Target, *columns):
@@ -96,12 +142,28 @@ def _changed(conn, query, params) -> int:
     return conn.execute(query, params).rowcount
 
 
+def _check_autocommit(conn) -> None:
+    if kind(conn) == "pg" and not conn.autocommit:
+        raise errors.InvalidParameterError(
+            "bitpress.etl needs a psycopg connection in autocommit mode (psycopg.connect(..., "
+            "autocommit=True)): each batch commits on its own, and in a transaction nothing would")
+
+
+def _json_key(key):
+    """A key as it is stored in bitpress.etl_jobs (JSON): ints stay ints, the other KEY_TYPES
+    (text, numeric, uuid, dates) become their text form, cast back in SQL by ``_after``."""
+    if key is None or isinstance(key, (int, str)):
+        return key
+    return str(key)
+
+
 class Job:
     """The progress row of one resumable job in bitpress.etl_jobs."""
 
     def __init__(self, conn, job: str, job_kind: str, key: str, settings: dict, restart: bool):
         from . import schema
 
+        _check_autocommit(conn)
         schema.require(conn, "0005_code_columns", JOBS, errors.BitpressError)
         self.conn, self.job = conn, job
         text = json.dumps(settings, sort_keys=True)
@@ -125,10 +187,10 @@ class Job:
 
     def record(self, last_key, seen: int, changed: int) -> None:
         """Inside the batch's transaction: the batch up to ``last_key`` is done."""
-        self.last_key = last_key
+        self.last_key = last_key = _json_key(last_key)
         execute(self.conn, f"UPDATE {JOBS} SET last_key = %s, rows_seen = rows_seen + %s, "
                            "rows_changed = rows_changed + %s, updated_at = CURRENT_TIMESTAMP WHERE job = %s",
-                (json.dumps(last_key, default=str), seen, changed, self.job))
+                (json.dumps(last_key), seen, changed, self.job))
 
     def finish(self) -> tuple[int, int]:
         with transaction(self.conn):
@@ -137,16 +199,17 @@ class Job:
                               (self.job,))[0])
 
 
-def _after(last_key):
-    """(SQL condition, params) for rows after the last key done, or every row."""
+def _after(last_key, key_type: str):
+    """(SQL condition, params) for rows after the last key done, or every row. The key comes
+    back from JSON as a number or a string and is cast to the key's own type (from KEY_TYPES)."""
     if last_key is None:
         return "TRUE", ()
-    return "{key} > %s", (last_key,)
+    return "{key} > CAST(%s AS " + key_type + ")", (last_key,)
 
 
-def _remaining(conn, parts, last_key, extra="") -> int:
+def _remaining(conn, parts, last_key, key_type, extra="") -> int:
     """Rows still to walk over (the progress bar's total)."""
-    cond, params = _after(last_key)
+    cond, params = _after(last_key, key_type)
     return int(fetchall(conn, _sql(conn, "SELECT count(*) FROM {t} WHERE " + cond + extra, **parts), params)[0][0])
 
 
@@ -209,6 +272,7 @@ def backfill(conn, table: str, code_col: str, vector_col: str | None = None, cod
     from .kernels import check_count
 
     batch_size = check_count("batch_size", batch_size)
+    _check_autocommit(conn)
     target = resolve(conn, table, [code_col] + ([vector_col] if vector_col else []), key)
     reg = code_column(conn, target, code_col)
     if reg is not None:
@@ -238,18 +302,22 @@ def backfill(conn, table: str, code_col: str, vector_col: str | None = None, cod
     parts = dict(t=names[0], key=names[1], code=names[2], vec=names[3])
     code = "binarize({vec}, %s, %s)"
     t0 = time.perf_counter()
-    bar = progress.bar(total=_remaining(conn, parts, job.last_key), desc=f"backfill {target.table}",
-                       progress=progress_bar, unit="row")
+    bar = progress.bar(total=_remaining(conn, parts, job.last_key, target.key_type),
+                       desc=f"backfill {target.table}", progress=progress_bar, unit="row")
     try:
         while True:
-            cond, params = _after(job.last_key)
+            cond, params = _after(job.last_key, target.key_type)
             with transaction(conn):
-                top = fetchall(conn, _sql(conn, "SELECT max(k), count(*) FROM (SELECT {key} AS k FROM {t} WHERE "
-                                                + cond + " ORDER BY {key} LIMIT %s) AS batch", **parts),
-                               params + (batch_size,))
-                hi, seen = top[0][0], int(top[0][1])
-                if seen == 0:
+                # the batch's last key by ORDER BY, not max(): uuid has no max() in PostgreSQL 15
+                top = fetchall(conn, _sql(conn, "SELECT k, count(*) OVER () FROM (SELECT {key} AS k FROM {t} WHERE "
+                                                + cond + " ORDER BY {key} LIMIT %s) AS batch ORDER BY k DESC LIMIT 1",
+                                          **parts), params + (batch_size,))
+                if not top:
                     break
+                hi, seen = _json_key(top[0][0]), int(top[0][1])
+                if hi is None or hi == job.last_key:
+                    raise errors.InvalidParameterError(
+                        f"the walk by {target.key} does not advance past {hi!r}: is the key unique?")
                 changed = _changed(conn, _sql(
                     conn, "UPDATE {t} SET {code} = " + code + " WHERE " + cond + " AND {key} <= %s AND "
                           "{code} IS DISTINCT FROM " + code, **parts),
@@ -285,6 +353,7 @@ def embed(conn, table: str, text_col: str, vector_col: str, embedder=None, key: 
     from .kernels import check_count
 
     batch_size, read_ahead = check_count("batch_size", batch_size), check_count("read_ahead", read_ahead)
+    _check_autocommit(conn)
     target = resolve(conn, table, [text_col, vector_col], key)
     embedder = embedder or Embedder()
     _check_dims(conn, target, vector_col, embedder.dim)
@@ -298,11 +367,11 @@ def embed(conn, table: str, text_col: str, vector_col: str, embedder=None, key: 
     parts = dict(t=names[0], key=names[1], text=names[2], vec=names[3])
     todo = "" if overwrite else " AND {vec} IS NULL"
     t0 = time.perf_counter()
-    bar = progress.bar(total=_remaining(conn, parts, job.last_key, todo), desc=f"embed {target.table}",
-                       progress=progress_bar, unit="row")
+    bar = progress.bar(total=_remaining(conn, parts, job.last_key, target.key_type, todo),
+                       desc=f"embed {target.table}", progress=progress_bar, unit="row")
     try:
         while True:
-            cond, params = _after(job.last_key)
+            cond, params = _after(job.last_key, target.key_type)
             rows = fetchall(conn, _sql(conn, "SELECT {key}, {text} FROM {t} WHERE " + cond + todo +
                                        " ORDER BY {key} LIMIT %s", **parts), params + (batch_size * read_ahead,))
             if not rows:
@@ -315,8 +384,9 @@ def embed(conn, table: str, text_col: str, vector_col: str, embedder=None, key: 
                 part = rows[start:start + batch_size]
                 keys = [k for k, t in part if t is not None]
                 vectors = [next(encoded) for _ in keys]
+                texts_of = [t for _, t in part if t is not None]
                 with transaction(conn):
-                    changed = _write_vectors(conn, parts, keys, vectors, overwrite)
+                    changed = _write_vectors(conn, parts, keys, texts_of, vectors, overwrite)
                     job.record(part[-1][0], len(part), changed)
                 bar.update(len(part))
                 if on_batch is not None:
@@ -345,15 +415,18 @@ def _check_dims(conn, target: Target, column: str, dim: int) -> None:
             f"the model makes {dim}-d vectors but {target.name}.{column} holds {declared}")
 
 
-def _write_vectors(conn, parts, keys, vectors, overwrite: bool) -> int:
+def _write_vectors(conn, parts, keys, texts, vectors, overwrite: bool) -> int:
+    """Writes each row's vector only if its text is still the one embedded (the application
+    may have changed it meanwhile: the rerun then embeds the new text)."""
     if not keys:
         return 0
     only_null = "" if overwrite else " AND {vec} IS NULL"
     if kind(conn) == "pg":
-        q = _sql(conn, "UPDATE {t} SET {vec} = CAST(%s AS vector) WHERE {key} = %s" + only_null, **parts)
+        q = _sql(conn, "UPDATE {t} SET {vec} = CAST(%s AS vector) WHERE {key} = %s AND {text} = %s" + only_null,
+                 **parts)
         with conn.cursor() as cur:
-            cur.executemany(q, [(_vector_text(v), k) for k, v in zip(keys, vectors)], returning=False)
+            cur.executemany(q, [(_vector_text(v), k, t) for k, t, v in zip(keys, texts, vectors)], returning=False)
             return cur.rowcount
-    q = _sql(conn, "UPDATE {t} SET {vec} = src.v FROM (SELECT unnest(?) AS k, unnest(?) AS v) AS src "
-                   "WHERE {t}.{key} = src.k" + only_null, **parts)
-    return int(conn.execute(q, [list(keys), [v.tolist() for v in vectors]]).fetchone()[0])
+    q = _sql(conn, "UPDATE {t} SET {vec} = src.v FROM (SELECT unnest(?) AS k, unnest(?) AS txt, unnest(?) AS v) "
+                   "AS src WHERE {t}.{key} = src.k AND {t}.{text} = src.txt" + only_null, **parts)
+    return int(conn.execute(q, [list(keys), list(texts), [v.tolist() for v in vectors]]).fetchone()[0])

@@ -61,8 +61,9 @@ def fetchall(conn, query: str, params=()) -> list:
 
 @contextlib.contextmanager
 def transaction(conn):
-    """One transaction on a psycopg (autocommit or not) or DuckDB connection: committed when the
-    block ends, rolled back when it raises (Ctrl-C included)."""
+    """One transaction on a psycopg or DuckDB connection: committed when the block ends, rolled
+    back when it raises (Ctrl-C included). On a psycopg connection that is not in autocommit
+    mode and already inside a transaction this is only a savepoint: the caller commits."""
     if kind(conn) == "pg":
         with conn.transaction():
             yield conn
