@@ -58,6 +58,9 @@ def test_entrypoint_initialises_a_server_with_both_extensions(tmp_path):
         with connect(port, "s3cret", time.monotonic() + 60) as conn:
             exts = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
             assert conn.execute("SHOW server_encoding").fetchone()[0] == "UTF8"  # not SQL_ASCII
+            rules = conn.execute("SELECT address, auth_method FROM pg_hba_file_rules WHERE type = 'host' "
+                                 "AND address IN ('0.0.0.0', '::')").fetchall()
+            assert sorted(rules) == [("0.0.0.0", "scram-sha-256"), ("::", "scram-sha-256")]
             assert exts["bitpress"] == bitpress.__version__ and exts["vector"].startswith("0.8")
             assert conn.execute("SELECT hamming(binarize('[1,-1,1]'::vector), B'011')").fetchone()[0] == 2
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
@@ -95,5 +98,6 @@ def test_image_is_built_by_the_scripts_ci_runs():
     assert db["ports"] == ["5432:5432"] and "POSTGRES_PASSWORD" in db["environment"]
     # the build context leaves out local builds and the venv
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ".venv/" in ignored and "**/*.so" in ignored
+    assert ".venv/" in ignored and "**/*.so" in ignored and ".git/" in ignored
+    assert "STOPSIGNAL SIGINT" in dockerfile  # docker stop: a fast shutdown, not a kill after 10 s
     assert shutil.which("bash") and os.access(DOCKER / "entrypoint.sh", os.X_OK)

@@ -145,11 +145,33 @@ def test_odd_names_are_quoted_everywhere(pg, pg_engine):
 
 
 def test_sync_names_fit_postgresql_identifiers():
-    short = ops.sync_function_name("documents", "code")
-    assert short == "bitpress_sync_documents_code"
+    assert ops.sync_function_name("documents", "code").startswith("bitpress_sync_documents_code_")
+    # ("a_b", "c") and ("a", "b_c") read alike: the hash keeps them apart
+    assert ops.sync_function_name("a_b", "c") != ops.sync_function_name("a", "b_c")
     a, b = ops.sync_function_name("t" * 60, "code_a"), ops.sync_function_name("t" * 60, "code_b")
     assert a != b and len(a.encode()) <= 63 and len(b.encode()) <= 63
     assert len(ops.sync_function_name("é" * 40, "c").encode()) <= 63
+
+
+def test_column_types_binarize_cannot_read_and_foreign_columns_are_refused(pg, pg_engine):
+    create_docs(pg, 30)
+    schema.upgrade(pg)
+    codebooks.fit_table(pg, "documents", "embedding", "docs_v1", "median", progress=False)
+    with pytest.raises(errors.BitpressError, match="is of type text") as ei:
+        with pg_engine.begin() as c:
+            ops.operations(c).add_code_column("documents", "body", "code", codebook="docs_v1")
+    assert ei.value.sqlstate == "42804"
+    with pytest.raises(errors.BitpressError, match="not a code column") as ei:
+        with pg_engine.begin() as c:
+            ops.operations(c).drop_code_column("documents", "embedding")
+    assert ei.value.sqlstate == "42704"
+    assert pg.execute("SELECT count(embedding) FROM documents").fetchone()[0] == 30
+    # bitpress's schema cannot be downgraded from under a sync trigger
+    with pg_engine.begin() as c:
+        ops.operations(c).add_code_column("documents", "embedding", "code", codebook="docs_v1")
+    with pytest.raises(RuntimeError, match="drop those code columns first"):
+        schema.downgrade(pg, "base")
+    assert schema.current(pg) == schema.head()
 
 
 def test_add_code_column_in_duckdb_records_a_blob_column(tmp_path):

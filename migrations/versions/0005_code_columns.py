@@ -57,5 +57,11 @@ def upgrade():
 
 
 def downgrade():
+    # sync triggers call binarize with a codebook: never take the tables from under them
+    left = op.get_bind().execute(sa.text("SELECT table_schema || '.' || table_name || '.' || code_column "
+                                         "FROM bitpress.code_columns WHERE sync = 'trigger'")).scalars().all()
+    if left:
+        raise RuntimeError(f"bitpress.code_columns lists sync triggers ({', '.join(left)}): drop those "
+                           "code columns first (op.drop_code_column), then downgrade bitpress's schema")
     op.drop_table("etl_jobs", schema="bitpress")
     op.drop_table("code_columns", schema="bitpress")

@@ -15,7 +15,9 @@ one process shares, while macros live per connection. So the pure functions (``h
 ``bitpress_binarize*``) are registered once per database, and those that read bitpress's tables
 through their connection are registered under a name unique to that connection, behind a
 TEMP macro with the public name (``udf``): two connections to one file each read through their
-own.
+own. Known cost: DuckDB offers no way to unregister them when a connection closes, so each
+``register`` leaves its handful of functions in that database's catalog for the life of the
+process (an engine with NullPool registers on every checkout: prefer a pool that keeps them).
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ column, so the code is always derived from the vector. Existing rows keep a NULL
 ``bitpress backfill`` fills them in batches (a single UPDATE in a migration would lock the
 whole table). DuckDB has no triggers: there the column is a BLOB and ``bitpress backfill`` also
 codes the rows written since. Every column is recorded in ``bitpress.code_columns`` (migration
-0005), which ``bitpress backfill`` reads, and commented, which ``bitpress.sa`` reflection reads.
+0005), which ``bitpress backfill`` reads, and commented (``COMMENT ON COLUMN``) for people
+reading the schema.
 
 Identifiers are quoted by SQLAlchemy's PostgreSQL rules (``tables.quote_ident``, shared by
 DuckDB) and statements go to the driver as they are (no bind-parameter parsing of ``:`` or
@@ -30,6 +31,7 @@ DuckDB) and statements go to the driver as they are (no bind-parameter parsing o
 from __future__ import annotations
 
 import hashlib
+import re
 
 import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
@@ -45,13 +47,10 @@ REGISTRY = "bitpress.code_columns"
 
 
 def sync_function_name(table: str, code_column: str) -> str:
-    """The name of the trigger and of its function for a code column (at most 63 bytes, the
-    PostgreSQL limit: a longer one is cut and made unique by a hash)."""
-    name = f"bitpress_sync_{table}_{code_column}"
-    if len(name.encode()) <= 63:
-        return name
+    """The name of the trigger and of its function for a code column: readable, made unique by
+    a hash of the exact (table, column) pair, and at most 63 bytes (PostgreSQL's limit)."""
     digest = hashlib.sha256(f"{table}\0{code_column}".encode()).hexdigest()[:10]
-    head = name.encode()[:52].decode(errors="ignore")
+    head = f"bitpress_sync_{table}_{code_column}".encode()[:52].decode(errors="ignore")
     return f"{head}_{digest}"
 
 
@@ -94,19 +93,27 @@ def _codebook(bind, name: str, version: int | None):
 
 
 def _vector_dims(bind, schema: str, table: str, column: str):
-    """The declared dimension of a vector column (None when undeclared or not a vector),
-    raising 42703 when the column does not exist."""
-    if not bind.execute(sa.text("SELECT count(*) FROM information_schema.columns WHERE table_schema = :s "
-                                "AND table_name = :t AND column_name = :c"),
-                        {"s": schema, "t": table, "c": column}).scalar():
+    """The declared dimension of the vector column (None when undeclared), raising 42703 when
+    the column does not exist and 42804 when binarize cannot read its type (the trigger would
+    then fail on every write, so the migration must fail instead)."""
+    dtype = bind.execute(sa.text("SELECT data_type FROM information_schema.columns WHERE table_schema = :s "
+                                 "AND table_name = :t AND column_name = :c"),
+                         {"s": schema, "t": table, "c": column}).scalar()
+    if dtype is None:
         raise errors.BitpressError(f'column "{column}" of table "{schema}.{table}" does not exist', "42703")
     if bind.dialect.name != "postgresql":
-        return None
-    row = bind.execute(sa.text(
+        if not re.fullmatch(r"(FLOAT|DOUBLE|REAL|INTEGER|BIGINT|SMALLINT)\[\d*\]", dtype, re.I):
+            raise errors.BitpressError(f"{table}.{column} is {dtype}: a code needs a FLOAT[] column", "42804")
+        m = re.search(r"\[(\d+)\]", dtype)
+        return int(m.group(1)) if m else None
+    typmod, typname = bind.execute(sa.text(
         "SELECT a.atttypmod, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "WHERE a.attrelid = CAST(CAST(:rel AS text) AS regclass) AND a.attname = :col"),
         {"rel": _qualified(bind, schema, table), "col": column}).first()
-    return row[0] if row is not None and row[1] == "vector" and row[0] > 0 else None
+    if typname not in ("vector", "_float4", "_int4"):
+        raise errors.BitpressError(f"{table}.{column} is of type {typname}: binarize reads vector and "
+                                   "real[] columns", "42804")
+    return typmod if typname == "vector" and typmod > 0 else None
 
 
 def _qualified(bind, schema, name):
@@ -231,7 +238,7 @@ def _add_code_column(operations, operation):
     _run(bind, f"ALTER TABLE {table} ADD COLUMN {code} {f'bit({bits})' if pg else 'BLOB'}")
     comment = (f"{COMMENT_PREFIX} of {operation.vector_column}: codebook {operation.codebook} "
                f"version {version}, {bits} bits")
-    _run(bind, f"COMMENT ON COLUMN {table}.{code} IS {quote_literal(comment)}")
+    _run(bind, f"COMMENT ON COLUMN {table}.{code} IS {quote_literal(comment, backslash_escapes=pg)}")
     if pg:
         ext = bind.execute(sa.text("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                    "ON n.oid = e.extnamespace WHERE e.extname = 'bitpress'")).scalar()
@@ -259,6 +266,12 @@ def _add_code_column(operations, operation):
 def _drop_code_column(operations, operation):
     bind = operations.get_bind()
     schema = _schema_of(bind, operation.schema)
+    known = _has_registry(bind) and bind.execute(sa.text(
+        f"SELECT count(*) FROM {REGISTRY} WHERE table_schema = :s AND table_name = :t AND code_column = :c"),
+        {"s": schema, "t": operation.table, "c": operation.code_column}).scalar()
+    if not known:  # never drop a column bitpress did not add (the vectors, say)
+        raise errors.BitpressError(f"{schema}.{operation.table}.{operation.code_column} is not a code column "
+                                   f"added by op.add_code_column (no row in {REGISTRY})", "42704")
     table = _qualified(bind, schema, operation.table)
     if bind.dialect.name == "postgresql":
         name = sync_function_name(operation.table, operation.code_column)
@@ -287,7 +300,18 @@ class UpgradeBitpressSchemaOp(MigrateOperation):
 
 @Operations.implementation_for(UpgradeBitpressSchemaOp)
 def _upgrade_schema(operations, operation):
-    schema.upgrade(operations.get_bind(), operation.revision)
+    import alembic.context
+    import alembic.op
+
+    # bitpress's Alembic run installs, then removes, its own ``op`` and ``context`` proxies:
+    # put back those of the user's migration that is running this operation
+    saved = [getattr(m, "_proxy", None) for m in (alembic.op, alembic.context)]
+    try:
+        schema.upgrade(operations.get_bind(), operation.revision, commit=False)
+    finally:
+        for proxy in saved:
+            if proxy is not None:
+                proxy._install_proxy()
 
 
 def operations(connection) -> Operations:

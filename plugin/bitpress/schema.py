@@ -85,14 +85,15 @@ def _is_psycopg(obj) -> bool:
     return type(obj).__module__.split(".")[0] == "psycopg"
 
 
-def upgrade(target, revision: str = "head") -> str | None:
-    """Brings bitpress's tables up to ``revision``; returns the revision now current."""
+def upgrade(target, revision: str = "head", commit: bool = True) -> str | None:
+    """Brings bitpress's tables up to ``revision``; returns the revision now current.
+    ``commit=False`` leaves the work in the connection's transaction (``op.upgrade_bitpress_schema``
+    inside a user's migration, whose transaction commits it)."""
     from alembic import command
 
     with _sa_connection(target) as conn:
-        outer = conn.in_transaction()  # the caller's transaction (a migration): it commits
         command.upgrade(_config(conn), revision)
-        if not outer:
+        if commit:
             conn.commit()
     return current(target)
 

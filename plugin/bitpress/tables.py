@@ -43,10 +43,11 @@ def quote_ident(name: str) -> str:
     return postgresql.dialect(paramstyle="named").identifier_preparer.quote_identifier(name)
 
 
-def quote_literal(s: str) -> str:
-    """A string literal read the same whatever standard_conforming_strings says (E'...' when
-    it holds a backslash), for SQL that must carry a value in its text (trigger bodies, hints)."""
-    if "\\" in s:
+def quote_literal(s: str, backslash_escapes: bool = True) -> str:
+    """A string literal for SQL that must carry a value in its text (trigger bodies, comments,
+    hints). PostgreSQL (``backslash_escapes``): E'...' when it holds a backslash, read the same
+    whatever standard_conforming_strings says. DuckDB takes backslashes as they are."""
+    if backslash_escapes and "\\" in s:
         return "E'" + s.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + s.replace("'", "''") + "'"
 
