@@ -223,3 +223,22 @@ def test_upgrade_bitpress_schema_runs_inside_the_users_migration(pg, pg_engine):
     with pg_engine.begin() as c:
         ops.operations(c).upgrade_bitpress_schema()
     assert schema.current(pg) == schema.head() == "0005_code_columns"
+
+
+def test_an_unqualified_table_is_found_on_search_path(pg, pg_test_dsn):
+    """Like any query: the table is found in the first schema of search_path that has it, not
+    in current_schema() (which may be another schema without it)."""
+    pg.execute("CREATE SCHEMA app")
+    pg.execute("CREATE SCHEMA postgres")  # "$user": current_schema() is now this empty schema
+    pg.execute("CREATE TABLE app.docs (id int PRIMARY KEY, v vector(3))")
+    pg.execute("INSERT INTO app.docs SELECT i, ARRAY[i, -i, 1]::real[]::vector FROM generate_series(1, 50) i")
+    schema.upgrade(pg)
+    codebooks.fit_table(pg, "app.docs", "v", "small", "median", progress=False)
+    engine = sa.create_engine("postgresql+psycopg://", poolclass=sa.pool.NullPool,
+                              creator=lambda: psycopg.connect(pg_test_dsn, options='-c search_path="$user",app,public'))
+    with engine.begin() as c:
+        ops.operations(c).add_code_column("docs", "v", "code", codebook="small")
+    engine.dispose()
+    assert pg.execute("SELECT table_schema FROM bitpress.code_columns").fetchall() == [("app",)]
+    pg.execute("INSERT INTO app.docs VALUES (100, '[1, 2, 3]')")
+    assert pg.execute("SELECT code IS NOT NULL FROM app.docs WHERE id = 100").fetchone()[0]

@@ -59,9 +59,17 @@ def _run(bind, statement: str) -> None:
     bind.execution_options(no_parameters=True).exec_driver_sql(statement)
 
 
-def _schema_of(bind, schema):
+def _schema_of(bind, schema, table: str):
+    """The schema of ``table``: as given, or, in PostgreSQL, where search_path finds the table
+    (as any query would; 42P01 when it does not exist), in DuckDB the current schema."""
     if schema is not None:
         return schema
+    if bind.dialect.name == "postgresql":
+        found = bind.execute(sa.text("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                     "WHERE c.oid = to_regclass(:rel)"), {"rel": quote_ident(table)}).scalar()
+        if found is None:
+            raise errors.BitpressError(f'relation "{table}" does not exist', "42P01")
+        return found
     return bind.execute(sa.text("SELECT current_schema()")).scalar()
 
 
@@ -227,7 +235,7 @@ def _add_code_column(operations, operation):
             f"table {REGISTRY} does not exist; run `bitpress migrate` (bitpress.schema.upgrade) "
             "before adding code columns", "42P01")
     version, dims, bits = _codebook(bind, operation.codebook, operation.version)
-    schema = _schema_of(bind, operation.schema)
+    schema = _schema_of(bind, operation.schema, operation.table)
     declared = _vector_dims(bind, schema, operation.table, operation.vector_column)
     if declared is not None and declared != dims:
         raise errors.DimensionMismatchError(
@@ -265,7 +273,7 @@ def _add_code_column(operations, operation):
 @Operations.implementation_for(DropCodeColumnOp)
 def _drop_code_column(operations, operation):
     bind = operations.get_bind()
-    schema = _schema_of(bind, operation.schema)
+    schema = _schema_of(bind, operation.schema, operation.table)
     known = _has_registry(bind) and bind.execute(sa.text(
         f"SELECT count(*) FROM {REGISTRY} WHERE table_schema = :s AND table_name = :t AND code_column = :c"),
         {"s": schema, "t": operation.table, "c": operation.code_column}).scalar()
