@@ -241,7 +241,7 @@ def test_sqlalchemy_knn_on_a_hostile_table(request, which):
 def test_model_and_layer_names_are_values(engine):
     M, N, L = 'm"; DROP TABLE victim; --', "w'); DROP TABLE victim; --", "L ü'); DELETE FROM victim; --"
     w = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
-    tensors.write(engine, M, N, tt.decompose(w, modes=[tensors.matrix_shape(w.shape)]))
+    tensors.write(engine, M, N, tt.decompose(w, modes=[tt.matrix_shape(w.shape)]))
     assert fetchall(engine, "SELECT tt_element(%s, %s, 2, 3)", [M, N])[0][0] == w[1, 2]
     assert np.array_equal(np.asarray(fetchall(engine, "SELECT tt_reconstruct_row(%s, %s, 2)", [M, N])[0][0],
                                      np.float32), w[1])
@@ -309,8 +309,8 @@ def test_cli_tt_and_sparse_commands_with_hostile_names(target):
     conn = connect()
     schema.upgrade(conn)
     w = np.arange(24, dtype=np.float32).reshape(4, 6)
-    tensors.write(conn, M, "w", tt.decompose(w, modes=[tensors.matrix_shape(w.shape)]))
-    tensors.write(conn, "other", "w", tt.decompose(w, modes=[tensors.matrix_shape(w.shape)]))
+    tensors.write(conn, M, "w", tt.decompose(w, modes=[tt.matrix_shape(w.shape)]))
+    tensors.write(conn, "other", "w", tt.decompose(w, modes=[tt.matrix_shape(w.shape)]))
     ffn.save(conn, L, ffn.Layer(np.ones((4, 8)), np.ones(8), np.ones((8, 4)), np.ones(4), "relu"))
     close(conn)
     r = cli("tt", "list", *args, M)

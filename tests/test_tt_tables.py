@@ -33,7 +33,7 @@ def weights():
 def _store(conn, weights):
     for name, (w, res) in weights.items():
         if res is None:  # kept dense: one core (1, rows, cols, 1)
-            res = tt.decompose(w, modes=[tensors.matrix_shape(w.shape)])
+            res = tt.decompose(w, modes=[tt.matrix_shape(w.shape)])
         tensors.write(conn, "m", name, res)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core, errors
+from .tt import matrix_shape
 from .tables import fetchall as _rows
 from .tables import execute, qmark, transaction
 from .tables import kind as _kind
@@ -26,16 +27,6 @@ from .tables import kind as _kind
 TENSORS = "bitpress.tt_tensors"
 CORES = "bitpress.tt_cores"
 MODELS = "bitpress.tt_models"
-
-
-def matrix_shape(shape) -> tuple[int, int]:
-    """The 2-D view of a tensor: (shape[0], prod(shape[1:])); a 1-D tensor is one row."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return 1, shape[0]
-    return shape[0], int(np.prod(shape[1:], dtype=np.int64))
 
 
 def _named(e: errors.BitpressError, model: str, tensor: str):
