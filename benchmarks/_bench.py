@@ -11,6 +11,20 @@ class Mismatch(AssertionError):
     """An answer that differs from the reference: the benchmark stops (exit 1)."""
 
 
+def same_bits(label, got, want, reference="the C core's"):
+    """Raises Mismatch unless got and want are the same float32 values, bit for bit."""
+    import numpy as np
+
+    got = np.ascontiguousarray(got, dtype=np.float32)
+    want = np.ascontiguousarray(want, dtype=np.float32)
+    if got.shape != want.shape:
+        raise Mismatch(f"{label}: shape {got.shape} != {want.shape}")
+    if got.tobytes() != want.tobytes():
+        bad = np.flatnonzero(got.view(np.uint32).ravel() != want.view(np.uint32).ravel())
+        raise Mismatch(f"{label}: {len(bad)} of {got.size} floats differ in their bits from {reference} "
+                       f"(first at flat index {bad[0]}: {got.ravel()[bad[0]]!r} vs {want.ravel()[bad[0]]!r})")
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 

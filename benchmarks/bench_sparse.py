@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    close_postgresql, parse_engines, time_interleaved, unwind_on_signals)
+                    close_postgresql, parse_engines, same_bits, time_interleaved, unwind_on_signals)
 
 MODEL = "bench"
 LAYER = f"{MODEL}.layer0"
@@ -79,17 +79,6 @@ def capture_vectors(bert, n):
     x = np.ascontiguousarray(np.concatenate(parts)[:n], dtype=np.float32)
     return x, dict(source="layer-0 FFN inputs of PyPI summaries (corpus.jsonl lines 1000..)",
                    sentences=sentences, n=n)
-
-
-def same_bits(label, got, want):
-    got = np.ascontiguousarray(got, dtype=np.float32)
-    want = np.ascontiguousarray(want, dtype=np.float32)
-    if got.shape != want.shape:
-        raise Mismatch(f"{label}: shape {got.shape} != {want.shape}")
-    if got.tobytes() != want.tobytes():
-        bad = np.flatnonzero(got.view(np.uint32).ravel() != want.view(np.uint32).ravel())
-        raise Mismatch(f"{label}: {len(bad)} of {got.size} floats differ from ffn.run's (first at "
-                       f"{bad[0]}: {got.ravel()[bad[0]]!r} vs {want.ravel()[bad[0]]!r})")
 
 
 def methods(fractions):
@@ -185,7 +174,8 @@ def check_sample(tag, got_rows, x, ids, blob, sel, k):
     from bitpress import ffn
 
     want = ffn.run(blob, x[ids], k=k, selector=sel or "predictor")[0]
-    same_bits(f"{tag}: {sql_call(sel, k)} on rows {ids.tolist()}", np.array(got_rows, dtype=np.float32), want)
+    same_bits(f"{tag}: {sql_call(sel, k)} on rows {ids.tolist()}", np.array(got_rows, dtype=np.float32), want,
+              reference="ffn.run's")
 
 
 def bench_sql(engine, con, q, table, x, blob, fractions, args, results, cosines, neurons, ids, fetch_rows):

@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
-                    close_postgresql, parse_engines, time_interleaved, tqdm_or_none,
+                    close_postgresql, parse_engines, same_bits, time_interleaved, tqdm_or_none,
                     unwind_on_signals)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,18 +147,6 @@ def close(label, got, ref, rtol=RTOL):
     if not rel <= rtol:
         raise Mismatch(f"{label}: max |diff| = {rel:.3g} x max|ref|, tolerance {rtol:g}")
     return rel
-
-
-def same_bits(label, got, want):
-    got = np.ascontiguousarray(got, dtype=np.float32)
-    want = np.ascontiguousarray(want, dtype=np.float32)
-    if got.shape != want.shape:
-        raise Mismatch(f"{label}: shape {got.shape} != {want.shape}")
-    if got.tobytes() != want.tobytes():
-        bad = np.flatnonzero(got.view(np.uint32).ravel() != want.view(np.uint32).ravel())
-        raise Mismatch(f"{label}: {len(bad)} of {got.size} floats differ in their bits from the C "
-                       f"core's (first at flat index {bad[0]}: {got.ravel()[bad[0]]!r} vs "
-                       f"{want.ravel()[bad[0]]!r})")
 
 
 def make_cases(w, eps_list, x, args, checks):
