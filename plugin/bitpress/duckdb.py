@@ -304,26 +304,39 @@ def _groups(*cols):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def map_groups(x, keys, prepare):
+    """The rows of the list column ``x`` grouped by the key columns, each group computed as one
+    matrix. ``prepare(key)`` gives ``(width, error, compute)``: a row of another length raises
+    the core's ``error`` (PostgreSQL's message for the same mistake), and ``compute(matrix)``
+    gives one result row per input row. Returns the results in row order: the group's own
+    array when one group holds every row, else a list."""
+    values, offsets, lengths = _list_rows(x, "vector")
+    n = len(lengths)
+    out = [None] * n
+    for key, rows in _groups(*keys).items():
+        width, error, compute = prepare(key)
+        bad = rows[lengths[rows] != width]
+        if len(bad):
+            _core.raise_error(error, int(lengths[bad[0]]), width)
+        y = compute(_gather(values, offsets, rows, width))
+        if len(rows) == n:
+            return y
+        for i, r in enumerate(rows):
+            out[r] = y[i]
+    return out
+
+
 def _encode_batch(books, v, name, version):
     from .kernels import encode
 
-    values, offsets, lengths = _list_rows(v, "vector")
-    n = len(lengths)
-    if n == 0:
+    if len(v) == 0:
         return pa.array([], type=pa.binary())
-    out = [None] * n
-    for (nm, ver), rows in _groups(name, version).items():
-        blob = books.get(nm, ver)
-        dims, _, bits, _ = _core.codebook_shape(blob)
-        bad = rows[lengths[rows] != dims]
-        if len(bad):
-            _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(lengths[bad[0]]), dims)
-        codes = encode(blob, _gather(values, offsets, rows, dims))
-        if len(rows) == n:
-            return _codes_array(codes, n)
-        for i, r in enumerate(rows):
-            out[r] = codes[i]
-    return _codes_array(out, n)
+
+    def prepare(key):
+        blob = books.get(*key)
+        return _core.codebook_shape(blob)[0], _core.ERR_CODEBOOK_DIM_MISMATCH, lambda m: encode(blob, m)
+
+    return _codes_array(map_groups(v, (name, version), prepare), len(v))
 
 
 def _score_batch(books, code, q, name, stamp):

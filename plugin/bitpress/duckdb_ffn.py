@@ -8,12 +8,10 @@ no row versions; hashing 5 MB costs 2-5 ms, once per batch of 2,048 rows).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from . import _core, errors, ffn
 from .schema import missing_table
-from .duckdb import _gather, _groups, _list_rows
-from .duckdb import udf
+from .duckdb import map_groups, udf
 from .duckdb_tt import _floats
 
 _MACRO = """
@@ -59,22 +57,13 @@ class _Layers:
 
 
 def _batch(layers, x, layer, k=None, selector=None):
-    values, offsets, lengths = _list_rows(x, "vector")
-    n = len(lengths)
-    out = [None] * n
-    cols = (layer,) if k is None else (layer, k, selector)
-    for key, rows in _groups(*cols).items():
+    def prepare(key):
         blob = layers.get(key[0])
-        d = ffn.dims(blob)
-        bad = rows[lengths[rows] != d]
-        if len(bad):
-            _core.raise_error(_core.ERR_FFN_INPUT_DIM, int(lengths[bad[0]]), d)
         kk = None if k is None else int(key[1])
-        y, _ = ffn.run(blob, _gather(values, offsets, rows, d), k=kk or None, thresholds=kk == 0,
-                       selector="predictor" if k is None else key[2])
-        for i, r in enumerate(rows):
-            out[r] = y[i]
-    return _floats(out)
+        return ffn.dims(blob), _core.ERR_FFN_INPUT_DIM, lambda m: ffn.run(
+            blob, m, k=kk or None, thresholds=kk == 0, selector="predictor" if k is None else key[2])[0]
+
+    return _floats(map_groups(x, (layer,) if k is None else (layer, k, selector), prepare))
 
 
 def register(con):

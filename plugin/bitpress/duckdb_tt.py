@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from . import _core, errors, tensors
 from .schema import missing_table
-from .duckdb import _gather, _groups, _list_rows, udf
+from .duckdb import _groups, map_groups, udf
 
 
 class _Tensors:
@@ -48,10 +48,10 @@ class _Tensors:
 
 
 def _floats(arrays) -> pa.Array:
-    """A list<float> Arrow array from float32 numpy rows."""
+    """A list<float> Arrow array from float32 numpy rows (a list of them, or a 2-D array)."""
     lengths = np.array([len(a) for a in arrays], dtype=np.int32)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32)
-    values = np.concatenate(arrays) if arrays else np.empty(0, np.float32)
+    values = np.concatenate(arrays) if len(arrays) else np.empty(0, np.float32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
 
 
@@ -94,18 +94,11 @@ def _one_based(i, n):
 
 
 def _matvec_batch(cache, model, tensor, x):
-    values, offsets, lengths = _list_rows(x, "vector")
-    n = len(lengths)
-    out = [None] * n
-    for (m, t), rows in _groups(model, tensor).items():
-        st = cache.get(m, t)
-        bad = rows[lengths[rows] != st.rows]
-        if len(bad):
-            _core.raise_error(_core.ERR_TT_INPUT_DIM, int(lengths[bad[0]]), st.rows)
-        y = st.matvec(_gather(values, offsets, rows, st.rows))
-        for k, r in enumerate(rows):
-            out[r] = y[k]
-    return _floats(out)
+    def prepare(key):
+        st = cache.get(*key)
+        return st.rows, _core.ERR_TT_INPUT_DIM, st.matvec
+
+    return _floats(map_groups(x, (model, tensor), prepare))
 
 
 def register(con):
