@@ -122,8 +122,10 @@ def resolve(conn, table: str, needed=(), key: str | None = None) -> Target:
 
 def _names(conn, target: Target, *columns):
     """Quoted table and columns as psycopg.sql objects (PostgreSQL) or text (DuckDB)."""
-    t, _ = tables.quoted(conn, f"{target.schema}.{target.table}")
-    return (t,) + tuple(tables.quoted(conn, "x", c)[1] for c in columns)
+    if kind(conn) == "pg":
+        return tuple(tables.pg_ident(*n) for n in [(target.schema, target.table)] + [(c,) for c in columns])
+    return (f"{tables.quote_ident(target.schema)}.{tables.quote_ident(target.table)}",) + \
+        tuple(tables.quote_ident(c) for c in columns)
 
 
 def _sql(conn, template: str, **parts):
@@ -226,7 +228,8 @@ def code_column(conn, target: Target, code_col: str):
     """The bitpress.code_columns row of a code column, or None."""
     from . import schema
 
-    if schema.current(conn) is None or schema.current(conn) < "0005_code_columns":
+    revision = schema.current(conn)  # one lookup: on psycopg it opens a session of its own
+    if revision is None or revision < "0005_code_columns":
         return None
     rows = fetchall(conn, f"SELECT vector_column, codebook, version, bits, sync FROM {CODE_COLUMNS} "
                           "WHERE table_schema = %s AND table_name = %s AND code_column = %s",
@@ -284,7 +287,8 @@ def backfill(conn, table: str, code_col: str, vector_col: str | None = None, cod
                     f"{target.name}.{code_col} is kept in sync with {what} {stored!r} "
                     f"(bitpress.code_columns), not {arg!r}")
         vector_col, codebook, version = reg["vector_column"], reg["codebook"], reg["version"]
-        target = resolve(conn, table, [code_col, vector_col], key)
+        if vector_col not in target.columns:
+            raise errors.BitpressError(f'column "{vector_col}" of relation "{target.name}" does not exist', "42703")
     elif vector_col is None or codebook is None:
         raise errors.InvalidParameterError(
             f"{target.name}.{code_col} was not added by op.add_code_column: give the vector "

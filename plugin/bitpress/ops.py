@@ -286,10 +286,8 @@ def _drop_code_column(operations, operation):
         _run(bind, f"DROP TRIGGER IF EXISTS {quote_ident(name)} ON {table}")
         _run(bind, f"DROP FUNCTION IF EXISTS {_qualified(bind, schema, name)}()")
     _run(bind, f"ALTER TABLE {table} DROP COLUMN {quote_ident(operation.code_column)}")
-    if _has_registry(bind):
-        bind.execute(sa.text(f"DELETE FROM {REGISTRY} WHERE table_schema = :s AND table_name = :t "
-                             "AND code_column = :c"),
-                     {"s": schema, "t": operation.table, "c": operation.code_column})
+    bind.execute(sa.text(f"DELETE FROM {REGISTRY} WHERE table_schema = :s AND table_name = :t "
+                         "AND code_column = :c"), {"s": schema, "t": operation.table, "c": operation.code_column})
 
 
 @Operations.register_operation("upgrade_bitpress_schema")
