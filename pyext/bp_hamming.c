@@ -275,7 +275,13 @@ bp_hamming_one_to_many(const uint8_t *q, const uint8_t *codes, size_t n, size_t 
 	hamming_fn	fn = current;
 
 	for (size_t i = 0; i < n; i++)
+	{
+#if defined(__GNUC__)
+		/* a page ahead: the hardware prefetcher stops at 4 kB boundaries */
+		__builtin_prefetch(codes + i * stride + 1024);
+#endif
 		out[i] = fn(q, codes + i * stride, nbytes);
+	}
 }
 
 void
