@@ -280,8 +280,11 @@ def copy_binary_rows(codes, bits, start):
     return rows.tobytes()
 
 
+# codes per store segment: DuckDB's segments (read into memory once); in PostgreSQL a cap only,
+# its segments hold as many codes as fit one heap page (unless BITPRESS_SEGMENT_CODES is lower)
 SEGMENT_CODES = int(os.environ.get("BITPRESS_SEGMENT_CODES", "16384"))
-PARALLEL_WORKERS = 2  # bitpress_store_par: max_parallel_workers_per_gather (this machine: 2 cores)
+# bitpress_store_par: max_parallel_workers_per_gather; 1 worker + the leader = this machine's 2 cores
+PARALLEL_WORKERS = int(os.environ.get("BITPRESS_PARALLEL_WORKERS", "1"))
 
 
 def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
@@ -374,9 +377,10 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
         conn.execute("VACUUM (ANALYZE) bitpress.code_segments")
         store_s = time.perf_counter() - t0
         store_bytes = conn.execute("SELECT pg_total_relation_size('bitpress.code_segments')").fetchone()[0]
+        per_segment = conn.execute("SELECT max(n) FROM bitpress.code_segments WHERE store = 'bench'").fetchone()[0]
         info_store = {"store_build_s": round(store_s, 2), "store_bytes": store_bytes,
                       "store_vs_raw_codes": round(store_bytes / (n * nbytes), 3),
-                      "segment_codes": SEGMENT_CODES}
+                      "segment_codes": per_segment}
         log(f"postgresql: store built in {store_s:.1f} s, {store_bytes / 1e6:.1f} MB on disk = "
             f"{store_bytes / (n * nbytes):.2f}x the raw codes (ids take 4 or 8 bytes per code)")
 
@@ -419,7 +423,7 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
                 all_ms=[t * 1e3 for t in times[name]], load_s=round(load_s, 2), **info, **extra,
                 note=f"workers={PARALLEL_WORKERS if name == 'bitpress_store_par' else info['max_parallel_workers_per_gather']}, jit={info['jit']}, "
                      + (f"simd={simd}" if name.startswith("bitpress") else f"pgvector {info['pgvector_version']}")
-                     + (f", packed {SEGMENT_CODES}/segment, {info_store['store_vs_raw_codes']}x raw"
+                     + (f", {info_store['segment_codes']} codes/segment, {info_store['store_vs_raw_codes']}x raw"
                         if name.startswith("bitpress_store") else "")))
     finally:
         if server is None and dsn is not None:  # an existing server: leave no table behind

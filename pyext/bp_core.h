@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.3.0"
+#define BP_VERSION "0.4.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536

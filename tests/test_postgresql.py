@@ -208,6 +208,13 @@ CATALOG = {
     "bitpress_store_drop(text)": ("v", False, "u"),
     "bitpress_segment_knn(integer,bytea,bytea,bit varying,integer,bigint[])": ("i", True, "s"),
     "bitpress_store_knn_parallel(text,bit varying,integer)": ("s", True, "s"),
+    # the parallel top-k aggregate: non-strict transition/combine (they start the state)
+    "bitpress_segments_knn(integer,bytea,bytea,bit varying,integer,bigint[])": ("i", False, "s"),
+    "bitpress_segments_knn_step(internal,integer,bytea,bytea,bit varying,integer,bigint[])": ("i", False, "s"),
+    "bitpress_segments_knn_combine(internal,internal)": ("i", False, "s"),
+    "bitpress_segments_knn_serial(internal)": ("i", True, "s"),
+    "bitpress_segments_knn_deserial(bytea,internal)": ("i", True, "s"),
+    "bitpress_segments_knn_final(internal)": ("i", False, "s"),
     "bitpress_knn(anyelement,text,text,vector,integer,integer,text,text,text)": ("s", False, "r"),
     "bitpress_knn_codes(anyelement,text,vector,integer,integer,text,text)": ("s", False, "r"),
     "tt_reconstruct(text,text)": ("s", True, "s"),
@@ -252,7 +259,7 @@ def test_upgrade_from_0_1_0_gives_the_same_functions(pg):
     pg.execute("CREATE EXTENSION bitpress VERSION '0.1.0'")
     assert len(catalog()) == 9
     pg.execute("ALTER EXTENSION bitpress UPDATE")
-    assert pg.execute("SELECT extversion FROM pg_extension WHERE extname = 'bitpress'").fetchone()[0] == "0.3.0"
+    assert pg.execute("SELECT extversion FROM pg_extension WHERE extname = 'bitpress'").fetchone()[0] == bitpress.__version__
     assert catalog() == fresh
 
 

@@ -148,6 +148,160 @@ def test_killed_rebuild_leaves_the_store_exact(items, postgresql_proc):
             assert store_knn(conn, q, 20) == brute(rows, q, 20)
 
 
+def test_segments_are_inline_pages_read_in_place(pg):
+    """Schema 0006: each segment fills at most one heap page, stored inline (never toasted), and
+    the store records what its rebuild wrote."""
+    schema.upgrade(pg)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (2000, 48), dtype=np.uint8)
+    pg.execute("CREATE TABLE wide (id integer PRIMARY KEY, code bit(384))")
+    with pg.cursor() as cur:
+        cur.executemany("INSERT INTO wide VALUES (%s, %s::varbit)",
+                        [(i, "".join(format(b, "08b") for b in c)) for i, c in enumerate(codes)])
+    assert pg.execute("SELECT bitpress_store_create('wide_s', 'wide', 'id', 'code')").fetchone()[0] == 2000
+    storage = pg.execute("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
+                         "'bitpress.code_segments'::regclass AND attname IN ('ids', 'codes')").fetchall()
+    assert sorted(storage) == [("codes", "p"), ("ids", "p")]
+    per = (8100 - len("wide_s")) // (48 + 4)  # 4-byte ids: every id fits in int4
+    sizes = pg.execute("SELECT n, length(codes), pg_column_size(codes) FROM bitpress.code_segments "
+                       "WHERE store = 'wide_s' ORDER BY segment").fetchall()
+    assert [n for n, _, _ in sizes] == [per] * (2000 // per) + [2000 % per]
+    assert all(size == n * 48 and col == size + 4 for n, size, col in sizes)  # inline, uncompressed
+    toast = pg.execute("SELECT reltoastrelid::regclass::text FROM pg_class "
+                       "WHERE oid = 'bitpress.code_segments'::regclass").fetchone()[0]
+    assert pg.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] == 0
+    segments, first, last = pg.execute("SELECT segments, first_block, last_block FROM bitpress.code_stores "
+                                       "WHERE name = 'wide_s'").fetchone()
+    assert segments == len(sizes) and 0 <= first <= last
+    blocks = pg.execute("SELECT min((ctid::text::point)[0]), max((ctid::text::point)[0]) "
+                        "FROM bitpress.code_segments WHERE store = 'wide_s'").fetchone()
+    assert (first, last) == blocks
+    q = rng.integers(0, 256, 48, dtype=np.uint8)
+    want = [(int(i), int(d)) for d, i in sorted(zip(kernels.hamming(q, codes).tolist(), range(2000)))[:10]]
+    got = pg.execute("SELECT id, distance FROM bitpress_store_knn('wide_s', %s::varbit, 10)",
+                     ["".join(format(b, "08b") for b in q)]).fetchall()
+    assert [tuple(r) for r in got] == want
+
+
+def test_store_stays_exact_when_segments_move(items):
+    """bitpress_store_knn reads the blocks the last rebuild recorded; when VACUUM FULL moves the
+    rows it must notice (segment count) and scan the whole table."""
+    pg, rng = items, np.random.default_rng(6)
+    rows = make_items(pg, rng, 3000)
+    pg.execute("SELECT bitpress_store_create('first', 'items', 'id', 'code', 50)")
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code', 50)")
+    recorded = pg.execute("SELECT first_block, last_block FROM bitpress.code_stores WHERE name = 's'").fetchone()
+    queries = rng.integers(0, 256, (6, BITS // 8), dtype=np.uint8)
+    for q in queries[:2]:
+        assert store_knn(pg, q, 15) == brute(rows, q, 15)
+    pg.execute("SELECT bitpress_store_drop('first')")
+    pg.execute("VACUUM FULL bitpress.code_segments")  # 's' moves to the start, the table shrinks
+    assert pg.execute("SELECT pg_relation_size('bitpress.code_segments') / 8192").fetchone()[0] <= recorded[0]
+    for q in queries[2:4]:
+        assert store_knn(pg, q, 15) == brute(rows, q, 15)
+    # a new store fills the recorded blocks again: in range, but none of them holds 's'
+    pg.execute("SELECT bitpress_store_create('other', 'items', 'id', 'code', 50)")
+    assert pg.execute("SELECT count(*) FROM bitpress.code_segments WHERE store = 's' AND "
+                      "(ctid::text::point)[0] BETWEEN %s AND %s", recorded).fetchone()[0] == 0
+    for q in queries[4:]:
+        assert store_knn(pg, q, 15) == brute(rows, q, 15)
+    # a segment lost behind bitpress's back is an error, not a silently partial answer
+    pg.execute("DELETE FROM bitpress.code_segments WHERE store = 's' AND segment = 3")
+    with pytest.raises(psycopg.errors.DataCorrupted, match="found 59 segments, its last rebuild wrote 60"):
+        store_knn(pg, queries[0], 5)
+
+
+def test_parallel_store_scan_runs_in_workers(items):
+    """bitpress_store_knn_parallel is a parallel aggregate: workers score their share of the
+    segments and the leader merges the partial top-k states; the rows are the same."""
+    pg, rng = items, np.random.default_rng(7)
+    rows = make_items(pg, rng, 4000)
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code', 40)")
+    more = make_items(pg, rng, 50, first_id=9000)  # in the delta, merged with the workers' rows
+    rows.update(more)
+    for setting in ("max_parallel_workers_per_gather = 2", "min_parallel_table_scan_size = 0",
+                    "parallel_setup_cost = 0", "parallel_tuple_cost = 0"):
+        pg.execute(f"SET {setting}")
+    pg.execute("LOAD 'auto_explain'")
+    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_analyze = on",
+                    "auto_explain.log_nested_statements = on", "auto_explain.log_level = notice"):
+        pg.execute(f"SET {setting}")
+    plans = []
+    pg.add_notice_handler(lambda d: plans.append(d.message_primary))
+    q = rng.integers(0, 256, BITS // 8, dtype=np.uint8)
+    got = pg.execute("SELECT id, distance FROM bitpress_store_knn_parallel('s', %s::varbit, 20)",
+                     bitstrings([q])).fetchall()
+    pg.execute("RESET auto_explain.log_min_duration")
+    assert [tuple(r) for r in got] == brute(rows, q, 20)
+    plan = next(p for p in plans if "bitpress_segments_knn" in p or "Partial Aggregate" in p)
+    assert "Partial Aggregate" in plan and "Finalize Aggregate" in plan
+    assert any("Parallel" in line and "Scan on code_segments" in line for line in plan.splitlines())
+    launched = [int(line.split(":")[1]) for line in plan.splitlines() if "Workers Launched" in line]
+    assert launched and launched[0] >= 1
+
+
+def test_segments_knn_aggregate_bad_input(items):
+    pg = items
+    q = "1" * BITS
+    for sql, args, err in [
+        ("SELECT bitpress_segments_knn(1, '\\x00000001'::bytea, '\\x00'::bytea, %s::varbit, 1, '{}')",
+         [q], psycopg.errors.DataCorrupted),  # 1 code of 1 byte against 64-bit queries
+        ("SELECT bitpress_segments_knn(1, '\\x00000001'::bytea, '\\x0000000000000000'::bytea, %s::varbit, 0, '{}')",
+         [q], psycopg.errors.InvalidParameterValue),
+        ("SELECT bitpress_segments_knn(1, '\\x00000001'::bytea, '\\x0000000000000000'::bytea, %s::varbit, 1, '{3,2}')",
+         [q], psycopg.errors.InvalidParameterValue),
+        ("SELECT bitpress_segments_knn(1, '\\x00000001'::bytea, '\\x0000000000000000'::bytea, "
+         "CASE WHEN g = 1 THEN %s::varbit ELSE %s::varbit END, 1, '{}') FROM generate_series(1, 2) g",
+         [q, "0" * BITS], psycopg.errors.InvalidParameterValue),
+    ]:
+        with pytest.raises(err):
+            pg.execute(sql, args)
+    # an empty input gives NULL, a NULL row is ignored
+    assert pg.execute("SELECT bitpress_segments_knn(n, ids, codes, %s::varbit, 3, '{}') "
+                      "FROM bitpress.code_segments WHERE false", [q]).fetchone()[0] is None
+    got = pg.execute("SELECT bitpress_segments_knn(n, '\\x0000000500000002'::bytea, c, %s::varbit, 3, '{5}') "
+                     "FROM (VALUES (2, '\\xffffffffffffffff0000000000000000'::bytea), (NULL, NULL)) v(n, c)",
+                     [q]).fetchone()[0]
+    assert got == [[2, 64]]
+
+
+def test_schema_0006_needs_extension_0_4_and_rebuilds_stores_inline(pg):
+    """From schema 0005 and extension 0.3.0 (out-of-line segments of 16384 codes): the new
+    library still answers exactly; the migration refuses an old extension, then rewrites the
+    stores inline; a downgrade leaves them exact."""
+    pg.execute("DROP EXTENSION bitpress")
+    pg.execute("CREATE EXTENSION bitpress VERSION '0.3.0'")
+    schema.upgrade(pg, "0005_code_columns")
+    pg.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, code bit({BITS}))")
+    rng = np.random.default_rng(8)
+    rows = make_items(pg, rng, 3000)
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code')")
+    toast = pg.execute("SELECT reltoastrelid::regclass::text FROM pg_class "
+                       "WHERE oid = 'bitpress.code_segments'::regclass").fetchone()[0]
+    assert pg.execute("SELECT count(*), max(n) FROM bitpress.code_segments").fetchone() == (1, 3000)
+    assert pg.execute(f"SELECT count(DISTINCT chunk_id) FROM {toast}").fetchone()[0] == 2  # ids, codes
+    queries = rng.integers(0, 256, (6, BITS // 8), dtype=np.uint8)
+    assert store_knn(pg, queries[0], 10) == brute(rows, queries[0], 10)
+    with pytest.raises(RuntimeError, match="ALTER EXTENSION bitpress UPDATE first"):
+        schema.upgrade(pg)
+    assert schema.current(pg) == "0005_code_columns"
+    pg.execute("ALTER EXTENSION bitpress UPDATE")
+    assert schema.upgrade(pg) == "0006_inline_segments"
+    per = (8100 - 1) // (BITS // 8 + 4)
+    assert pg.execute("SELECT count(*), max(n), sum(n) FROM bitpress.code_segments").fetchone() == (
+        -(-3000 // per), per, 3000)
+    assert pg.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] == 0
+    assert pg.execute("SELECT segments FROM bitpress.code_stores").fetchone()[0] == -(-3000 // per)
+    for q in queries[1:3]:
+        assert store_knn(pg, q, 10) == brute(rows, q, 10)
+    schema.downgrade(pg, "0005_code_columns")
+    for q in queries[3:5]:
+        assert store_knn(pg, q, 10) == brute(rows, q, 10)
+    pg.execute("SELECT bitpress_store_rebuild('s')")  # out of line again, as 0005 stores them
+    assert pg.execute("SELECT count(*) FROM bitpress.code_segments").fetchone()[0] == 1
+    assert store_knn(pg, queries[5], 10) == brute(rows, queries[5], 10)
+
+
 def test_store_bad_input(items):
     pg = items
     make_items(pg, np.random.default_rng(4), 50)

@@ -7,19 +7,27 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "parser/parse_relation.h"
+#include "storage/bufmgr.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
 #include "utils/varbit.h"
 
 #include "bitpress.h"
-
-#define SEGMENT_BATCH 16
 
 /*
  * Width of a segment's ids: 4 bytes each (int4send) or 8 (int8send), told apart by length;
@@ -45,6 +53,30 @@ check_k(int32 k)
 				 errmsg("k must be at least 1, got %d", k)));
 }
 
+/* parse and check a skip array (one-dimensional bigint[], no NULLs, ascending) */
+static int64 *
+skip_ids(ArrayType *arr, int *nskip)
+{
+	int64	   *skip = NULL;
+
+	*nskip = 0;
+	if (ARR_ELEMTYPE(arr) != INT8OID || ARR_NDIM(arr) > 1 || array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("skip must be a one-dimensional bigint[] without NULLs, sorted ascending")));
+	if (ARR_NDIM(arr) == 1)
+	{
+		*nskip = ARR_DIMS(arr)[0];
+		skip = (int64 *) ARR_DATA_PTR(arr);
+		for (int i = 1; i < *nskip; i++)
+			if (skip[i - 1] > skip[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("skip must be sorted ascending")));
+	}
+	return skip;
+}
+
 /* The heap, sorted ascending by (distance, id), as the rows (id, distance) of an SRF result. */
 static void
 emit_heap(ReturnSetInfo *rsinfo, bp_topk_entry *heap, size_t size)
@@ -61,6 +93,95 @@ emit_heap(ReturnSetInfo *rsinfo, bp_topk_entry *heap, size_t size)
 	}
 }
 
+/* One row of bitpress.code_segments, as the scans below read it. */
+typedef struct SegmentAtts
+{
+	AttrNumber	store;
+	AttrNumber	n;
+	AttrNumber	ids;
+	AttrNumber	codes;
+} SegmentAtts;
+
+static AttrNumber
+segment_attnum(Relation rel, const char *name)
+{
+	AttrNumber	att = attnameAttNum(rel, name, false);
+
+	if (att == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("bitpress.code_segments has no column \"%s\"", name),
+				 errhint("Run `bitpress migrate` to bring bitpress's tables up to date.")));
+	return att;
+}
+
+/*
+ * Scan the segments of one store in place, one core call per segment, and return how many
+ * segments were seen. The rows are read straight from the heap pages in the query's snapshot
+ * (no executor, no copy): a segment written inline (STORAGE PLAIN, page-sized segments) is
+ * scored where it lies in shared buffers; an older out-of-line one is detoasted first.
+ * first/nblocks restrict the scan to the blocks the last rebuild wrote (nblocks 0: all).
+ */
+static int64
+scan_segments(Relation rel, const SegmentAtts *att, const char *store, const uint8_t *query,
+			  int bits, size_t nbytes, const int64 *skip, size_t nskip,
+			  BlockNumber first, BlockNumber nblocks,
+			  bp_topk_entry *heap, size_t *size, size_t k, MemoryContext segcxt)
+{
+	size_t		namelen = strlen(store);
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	int64		seen = 0;
+
+	/* no buffer ring and no synchronized start: a store is hot data, and the range is exact */
+	scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, false, false);
+	if (nblocks > 0)
+		heap_setscanlimits(scan, first, nblocks);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		name = slot_getattr(slot, att->store, &isnull);
+		MemoryContext old;
+		int32		n;
+		bytea	   *ids,
+				   *codes;
+		int			id_width;
+
+		CHECK_FOR_INTERRUPTS();
+		if (isnull || VARATT_IS_EXTERNAL(DatumGetPointer(name)) || VARATT_IS_COMPRESSED(DatumGetPointer(name)))
+		{
+			/* a name stored compressed or out of line: compare it the slow way */
+			if (isnull || strcmp(TextDatumGetCString(name), store) != 0)
+				continue;
+		}
+		else if (VARSIZE_ANY_EXHDR(DatumGetPointer(name)) != namelen ||
+				 memcmp(VARDATA_ANY(DatumGetPointer(name)), store, namelen) != 0)
+			continue;
+
+		old = MemoryContextSwitchTo(segcxt);
+		n = DatumGetInt32(slot_getattr(slot, att->n, &isnull));
+		ids = DatumGetByteaPP(slot_getattr(slot, att->ids, &isnull));
+		codes = DatumGetByteaPP(slot_getattr(slot, att->codes, &isnull));
+		id_width = segment_id_width(n, ids, codes, nbytes);
+		if (id_width == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("code store \"%s\": a segment's sizes do not match its %d codes of %d bits",
+							store, n, bits),
+					 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
+		bp_hamming_topk_segment(query, (const uint8_t *) VARDATA_ANY(codes),
+								(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
+								skip, nskip, heap, size, k);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(segcxt);
+		seen++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	return seen;
+}
+
 PG_FUNCTION_INFO_V1(store_knn);
 Datum
 store_knn(PG_FUNCTION_ARGS)
@@ -74,11 +195,19 @@ store_knn(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	bool		isnull;
 	int			bits;
+	int64		segments = -1;
+	BlockNumber first = 0,
+				nblocks = 0;
 	int64	   *skip = NULL;
+	bytea	  **changed = NULL;
 	size_t		nskip = 0;
 	bp_topk_entry *heap;
 	size_t		size = 0;
-	Portal		portal;
+	int64		seen;
+	Oid			relid;
+	AclResult	acl;
+	Relation	rel;
+	SegmentAtts att;
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext segcxt;
 
@@ -89,7 +218,14 @@ store_knn(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT bits FROM bitpress.code_stores WHERE name = $1",
+	/*
+	 * The store's code length, and the segment count and blocks its last rebuild recorded
+	 * (columns added by schema revision 0006: read through jsonb, NULL before it).
+	 */
+	if (SPI_execute_with_args("SELECT (j->>'bits')::integer, (j->>'segments')::bigint, "
+							  "(j->>'first_block')::bigint, (j->>'last_block')::bigint "
+							  "FROM (SELECT to_jsonb(c) AS j FROM bitpress.code_stores c "
+							  "WHERE c.name = $1) x",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading bitpress.code_stores failed");
 	if (SPI_processed != 1)
@@ -97,7 +233,25 @@ store_knn(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("code store \"%s\" does not exist", store),
 				 errhint("Create one with bitpress_store_create().")));
-	bits = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		ns,
+					nf,
+					nl;
+		Datum		s = SPI_getbinval(tup, desc, 2, &ns);
+		Datum		f = SPI_getbinval(tup, desc, 3, &nf);
+		Datum		l = SPI_getbinval(tup, desc, 4, &nl);
+
+		bits = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		if (!ns)
+			segments = DatumGetInt64(s);
+		if (!nf && !nl && DatumGetInt64(f) >= 0 && DatumGetInt64(l) >= DatumGetInt64(f))
+		{
+			first = (BlockNumber) DatumGetInt64(f);
+			nblocks = (BlockNumber) (DatumGetInt64(l) - DatumGetInt64(f) + 1);
+		}
+	}
 	if (bits != VARBITLEN(query))
 		report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(query), bits);
 
@@ -109,13 +263,15 @@ store_knn(PG_FUNCTION_ARGS)
 	if (SPI_processed > 0)
 	{
 		skip = MemoryContextAlloc(callcxt, sizeof(int64) * SPI_processed);
+		changed = MemoryContextAlloc(callcxt, sizeof(bytea *) * SPI_processed);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
 			int64		id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 			Datum		code = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
 
-			skip[nskip++] = id;
+			skip[nskip] = id;
+			changed[nskip] = NULL;
 			if (!isnull)
 			{
 				bytea	   *b = DatumGetByteaPP(code);
@@ -125,52 +281,56 @@ store_knn(PG_FUNCTION_ARGS)
 							(errcode(ERRCODE_DATA_CORRUPTED),
 							 errmsg("code store \"%s\": changed row %lld has a code of %zu bytes, expected %zu",
 									store, (long long) id, (size_t) VARSIZE_ANY_EXHDR(b), nbytes)));
-				bp_topk_push(heap, &size, (size_t) k,
-							 (double) bp_hamming(VARBITS(query), (const uint8_t *) VARDATA_ANY(b), nbytes),
-							 bp_id_key(id));
+				changed[nskip] = (bytea *) MemoryContextAlloc(callcxt, VARSIZE_ANY(b));
+				memcpy(changed[nskip], b, VARSIZE_ANY(b));
 			}
+			nskip++;
 		}
 		/* skip is ascending: the query orders by id */
 	}
 	SPI_freetuptable(SPI_tuptable);
-
-	/* the segments, a few at a time, one core call each */
-	segcxt = AllocSetContextCreate(callcxt, "bitpress segment", ALLOCSET_DEFAULT_SIZES);
-	portal = SPI_cursor_open_with_args(NULL, "SELECT n, ids, codes FROM bitpress.code_segments "
-									   "WHERE store = $1", 1, argtypes, args, NULL, true,
-									   CURSOR_OPT_NO_SCROLL);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, SEGMENT_BATCH);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			MemoryContext old = MemoryContextSwitchTo(segcxt);
-			int32		n = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-			bytea	   *ids = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
-			bytea	   *codes = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
-			int			id_width = segment_id_width(n, ids, codes, nbytes);
-
-			CHECK_FOR_INTERRUPTS();
-			if (id_width == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("code store \"%s\": a segment's sizes do not match its %d codes of %d bits",
-								store, n, bits),
-						 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
-			bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
-									(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
-									skip, nskip, heap, &size, (size_t) k);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(segcxt);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
 	SPI_finish();
+
+	/* the segments, read in place; checked against the count the last rebuild recorded */
+	relid = get_relname_relid("code_segments", get_namespace_oid("bitpress", false));
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"bitpress.code_segments\" does not exist"),
+				 errhint("Run `bitpress migrate` to create bitpress's tables.")));
+	acl = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_TABLE, "code_segments");
+	rel = table_open(relid, AccessShareLock);
+	att.store = segment_attnum(rel, "store");
+	att.n = segment_attnum(rel, "n");
+	att.ids = segment_attnum(rel, "ids");
+	att.codes = segment_attnum(rel, "codes");
+	segcxt = AllocSetContextCreate(callcxt, "bitpress segment", ALLOCSET_DEFAULT_SIZES);
+	if (nblocks > 0 && first + nblocks > RelationGetNumberOfBlocks(rel))
+		nblocks = 0;			/* the table was truncated or rewritten since: scan it all */
+	seen = scan_segments(rel, &att, store, VARBITS(query), bits, nbytes, skip, nskip,
+						 first, nblocks, heap, &size, (size_t) k, segcxt);
+	if (nblocks > 0 && seen != segments)
+	{
+		/* rows moved (VACUUM FULL, CLUSTER): the recorded blocks no longer hold them all */
+		size = 0;
+		seen = scan_segments(rel, &att, store, VARBITS(query), bits, nbytes, skip, nskip,
+							 0, 0, heap, &size, (size_t) k, segcxt);
+	}
+	table_close(rel, AccessShareLock);
+	if (segments >= 0 && seen != segments)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("code store \"%s\": found %lld segments, its last rebuild wrote %lld",
+						store, (long long) seen, (long long) segments),
+				 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
+
+	for (size_t i = 0; i < nskip; i++)
+		if (changed[i] != NULL)
+			bp_topk_push(heap, &size, (size_t) k,
+						 (double) bp_hamming(VARBITS(query), (const uint8_t *) VARDATA_ANY(changed[i]), nbytes),
+						 bp_id_key(skip[i]));
 
 	emit_heap(rsinfo, heap, size);
 	return (Datum) 0;
@@ -208,20 +368,7 @@ segment_knn(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("a code segment's sizes do not match its %d codes", n)));
 	}
-	if (ARR_ELEMTYPE(skip_arr) != INT8OID || ARR_NDIM(skip_arr) > 1 || array_contains_nulls(skip_arr))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("skip must be a one-dimensional bigint[] without NULLs, sorted ascending")));
-	if (ARR_NDIM(skip_arr) == 1)
-	{
-		nskip = ARR_DIMS(skip_arr)[0];
-		skip = (int64 *) ARR_DATA_PTR(skip_arr);
-		for (int i = 1; i < nskip; i++)
-			if (skip[i - 1] > skip[i])
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("skip must be sorted ascending")));
-	}
+	skip = skip_ids(skip_arr, &nskip);
 	InitMaterializedSRF(fcinfo, 0);
 	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
@@ -229,4 +376,210 @@ segment_knn(PG_FUNCTION_ARGS)
 							skip, (size_t) nskip, heap, &size, (size_t) k);
 	emit_heap(rsinfo, heap, size);
 	return (Datum) 0;
+}
+
+/*
+ * bitpress_segments_knn(n, ids, codes, query, k, skip): an aggregate over segment rows whose
+ * value is the k best (id, distance) pairs, as a bigint[k][2] ascending by (distance, id). Its
+ * partial states combine, so PostgreSQL can run it under a Gather: each worker scores the
+ * segments of its share of a parallel sequential scan, the leader merges k entries per worker
+ * (bitpress_store_knn_parallel). query and k must be the same on every row; skip (sorted
+ * bigint[], rows changed since the segments were written) is parsed again only when it changes.
+ */
+typedef struct KnnAggState
+{
+	int32		k;
+	int32		bits;
+	size_t		size;			/* entries in heap */
+	uint8_t    *query;			/* the query code, (bits + 7) / 8 bytes */
+	int64	   *skip;
+	size_t		nskip;
+	ArrayType  *skip_raw;		/* the skip array it was parsed from, to tell a change */
+	bp_topk_entry heap[FLEXIBLE_ARRAY_MEMBER];	/* k + 1 */
+} KnnAggState;
+
+static KnnAggState *
+knn_state_new(MemoryContext cxt, int32 k, int32 bits, const uint8_t *query)
+{
+	size_t		nbytes = ((size_t) bits + 7) / 8;
+	KnnAggState *st;
+
+	check_k(k);
+	st = MemoryContextAllocZero(cxt, offsetof(KnnAggState, heap) + sizeof(bp_topk_entry) * ((size_t) k + 1));
+	st->k = k;
+	st->bits = bits;
+	st->query = MemoryContextAlloc(cxt, nbytes > 0 ? nbytes : 1);
+	memcpy(st->query, query, nbytes);
+	return st;
+}
+
+static void
+knn_state_check(const KnnAggState *st, int32 k, int32 bits, const uint8_t *query)
+{
+	if (k != st->k || bits != st->bits || memcmp(query, st->query, ((size_t) bits + 7) / 8) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bitpress_segments_knn needs the same query and k on every row")));
+}
+
+PG_FUNCTION_INFO_V1(segments_knn_step);
+Datum
+segments_knn_step(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	KnnAggState *st = PG_ARGISNULL(0) ? NULL : (KnnAggState *) PG_GETARG_POINTER(0);
+	int32		n;
+	bytea	   *ids,
+			   *codes;
+	VarBit	   *query;
+	int32		k;
+	size_t		nbytes;
+	int			id_width;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "bitpress_segments_knn called in a non-aggregate context");
+	for (int i = 1; i <= 5; i++)
+		if (PG_ARGISNULL(i))
+		{
+			/* a row with a NULL is ignored, as a strict aggregate would */
+			if (st == NULL)
+				PG_RETURN_NULL();
+			PG_RETURN_POINTER(st);
+		}
+	n = PG_GETARG_INT32(1);
+	ids = PG_GETARG_BYTEA_PP(2);
+	codes = PG_GETARG_BYTEA_PP(3);
+	query = PG_GETARG_VARBIT_P(4);
+	k = PG_GETARG_INT32(5);
+	nbytes = VARBITBYTES(query);
+
+	if (st == NULL)
+		st = knn_state_new(aggcxt, k, VARBITLEN(query), VARBITS(query));
+	else
+		knn_state_check(st, k, VARBITLEN(query), VARBITS(query));
+
+	if (PG_ARGISNULL(6))
+	{
+		st->skip_raw = NULL;
+		st->nskip = 0;
+	}
+	else
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(6);
+
+		if (st->skip_raw == NULL || VARSIZE(st->skip_raw) != VARSIZE(arr) ||
+			memcmp(st->skip_raw, arr, VARSIZE(arr)) != 0)
+		{
+			int			nskip;
+
+			st->skip_raw = MemoryContextAlloc(aggcxt, VARSIZE(arr));
+			memcpy(st->skip_raw, arr, VARSIZE(arr));
+			st->skip = skip_ids(st->skip_raw, &nskip);
+			st->nskip = (size_t) nskip;
+		}
+	}
+
+	id_width = segment_id_width(n, ids, codes, nbytes);
+	if (id_width == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("a code segment's sizes do not match its %d codes of %d bits", n, VARBITLEN(query))));
+	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
+							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
+							st->skip, st->nskip, st->heap, &st->size, (size_t) st->k);
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(segments_knn_combine);
+Datum
+segments_knn_combine(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	KnnAggState *a = PG_ARGISNULL(0) ? NULL : (KnnAggState *) PG_GETARG_POINTER(0);
+	KnnAggState *b = PG_ARGISNULL(1) ? NULL : (KnnAggState *) PG_GETARG_POINTER(1);
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "bitpress_segments_knn called in a non-aggregate context");
+	if (b == NULL)
+	{
+		if (a == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_POINTER(a);
+	}
+	if (a == NULL)
+		a = knn_state_new(aggcxt, b->k, b->bits, b->query);
+	else
+		knn_state_check(a, b->k, b->bits, b->query);
+	for (size_t i = 0; i < b->size; i++)
+		bp_topk_push(a->heap, &a->size, (size_t) a->k, b->heap[i].key, b->heap[i].index);
+	PG_RETURN_POINTER(a);
+}
+
+/* serialized: int32 k, int32 bits, int32 size, the query bytes, then size (key, index) pairs */
+PG_FUNCTION_INFO_V1(segments_knn_serial);
+Datum
+segments_knn_serial(PG_FUNCTION_ARGS)
+{
+	KnnAggState *st = (KnnAggState *) PG_GETARG_POINTER(0);
+	size_t		nbytes = ((size_t) st->bits + 7) / 8;
+	size_t		len = 3 * sizeof(int32) + nbytes + st->size * sizeof(bp_topk_entry);
+	bytea	   *out = palloc(VARHDRSZ + len);
+	char	   *p = VARDATA(out);
+	int32		head[3] = {st->k, st->bits, (int32) st->size};
+
+	SET_VARSIZE(out, VARHDRSZ + len);
+	memcpy(p, head, sizeof(head));
+	memcpy(p + sizeof(head), st->query, nbytes);
+	memcpy(p + sizeof(head) + nbytes, st->heap, st->size * sizeof(bp_topk_entry));
+	PG_RETURN_BYTEA_P(out);
+}
+
+PG_FUNCTION_INFO_V1(segments_knn_deserial);
+Datum
+segments_knn_deserial(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	bytea	   *in = PG_GETARG_BYTEA_PP(0);
+	const char *p = VARDATA_ANY(in);
+	size_t		len = VARSIZE_ANY_EXHDR(in);
+	int32		head[3];
+	size_t		nbytes;
+	KnnAggState *st;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "bitpress_segments_knn called in a non-aggregate context");
+	if (len < sizeof(head))
+		elog(ERROR, "bitpress_segments_knn: malformed partial state");
+	memcpy(head, p, sizeof(head));
+	nbytes = head[1] >= 0 ? ((size_t) head[1] + 7) / 8 : 0;
+	if (head[0] < 1 || head[1] < 0 || head[2] < 0 || head[2] > head[0] ||
+		len != sizeof(head) + nbytes + (size_t) head[2] * sizeof(bp_topk_entry))
+		elog(ERROR, "bitpress_segments_knn: malformed partial state");
+	st = knn_state_new(aggcxt, head[0], head[1], (const uint8_t *) p + sizeof(head));
+	st->size = (size_t) head[2];
+	memcpy(st->heap, p + sizeof(head) + nbytes, st->size * sizeof(bp_topk_entry));
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(segments_knn_final);
+Datum
+segments_knn_final(PG_FUNCTION_ARGS)
+{
+	KnnAggState *st = PG_ARGISNULL(0) ? NULL : (KnnAggState *) PG_GETARG_POINTER(0);
+	Datum	   *elems;
+	int			dims[2],
+				lbs[2] = {1, 1};
+
+	if (st == NULL || st->size == 0)
+		PG_RETURN_NULL();
+	bp_topk_finish(st->heap, st->size);		/* FINALFUNC_MODIFY = READ_WRITE */
+	elems = palloc(sizeof(Datum) * 2 * st->size);
+	for (size_t i = 0; i < st->size; i++)
+	{
+		elems[2 * i] = Int64GetDatum(bp_key_id(st->heap[i].index));
+		elems[2 * i + 1] = Int64GetDatum((int64) st->heap[i].key);
+	}
+	dims[0] = (int) st->size;
+	dims[1] = 2;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(elems, NULL, 2, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
