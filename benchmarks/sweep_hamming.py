@@ -37,6 +37,9 @@ def main(argv=None):
                 subprocess.run([sys.executable, str(HERE / "bench_hamming.py"), "--n", str(n), "--bits",
                                 str(bits), "--queries", str(queries), "--json", str(js)],
                                stdout=log, stderr=subprocess.STDOUT, check=True)
+        else:
+            print(f"[{i}/{len(SIZES)}] {n:,} codes x {bits} bits: reusing {js} from an earlier run "
+                  "(delete it to measure again)", file=sys.stderr, flush=True)
         rows += [r for r in json.loads(js.read_text()) if r["method"] in METHODS]
     print(f"{'engine':<11} {'method':<15} {'n':>11} {'bits':>5} {'ms/query':>9} {'ns/code':>8}  store size")
     print("-" * 76)
