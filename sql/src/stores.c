@@ -10,6 +10,7 @@
 #include "access/heapam.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am_d.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "parser/parse_relation.h"
@@ -307,8 +308,9 @@ store_knn(PG_FUNCTION_ARGS)
 	att.ids = segment_attnum(rel, "ids");
 	att.codes = segment_attnum(rel, "codes");
 	segcxt = AllocSetContextCreate(callcxt, "bitpress segment", ALLOCSET_DEFAULT_SIZES);
-	if (nblocks > 0 && first + nblocks > RelationGetNumberOfBlocks(rel))
-		nblocks = 0;			/* the table was truncated or rewritten since: scan it all */
+	if (nblocks > 0 && (rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+						first + nblocks > RelationGetNumberOfBlocks(rel)))
+		nblocks = 0;			/* truncated or rewritten since (or not heap): scan it all */
 	seen = scan_segments(rel, &att, store, VARBITS(query), bits, nbytes, skip, nskip,
 						 first, nblocks, heap, &size, (size_t) k, segcxt);
 	if (nblocks > 0 && seen != segments)
