@@ -69,6 +69,17 @@ aligned4(const Py_buffer *view, void **copy)
 	return *copy;
 }
 
+/* obj's bytes (a read-only buffer named what in errors) at a 4-byte boundary: get_buffer, then
+ * aligned4; NULL with an exception set. The caller releases view and frees *copy. */
+static const void *
+get_aligned(PyObject *obj, Py_buffer *view, void **copy, const char *what)
+{
+	*copy = NULL;
+	if (get_buffer(obj, view, 0, what) < 0)
+		return NULL;
+	return aligned4(view, copy);
+}
+
 /*
  * binarize_into(x: float32 buffer, n, dim, thresholds, out: uint8 buffer)
  * thresholds: None, dim floats shared by all rows, or n * dim floats (one row per vector)
@@ -318,14 +329,10 @@ core_set_error_factory(PyObject *self, PyObject *factory)
 static int
 get_codebook(PyObject *obj, Py_buffer *view, void **copy, bp_codebook *cb)
 {
-	const void *buf;
+	const void *buf = get_aligned(obj, view, copy, "codebook");
 	int			problem = 0;
 	bp_status	st;
 
-	*copy = NULL;
-	if (get_buffer(obj, view, 0, "codebook") < 0)
-		return -1;
-	buf = aligned4(view, copy);
 	if (buf == NULL)
 		return -1;
 	st = bp_codebook_parse(buf, (size_t) view->len, cb, &problem);
@@ -937,14 +944,10 @@ done:
 static int
 get_ffn(PyObject *obj, Py_buffer *view, void **copy, bp_ffn *f)
 {
-	const void *buf;
+	const void *buf = get_aligned(obj, view, copy, "layer");
 	int			problem = 0;
 	bp_status	st;
 
-	*copy = NULL;
-	if (get_buffer(obj, view, 0, "layer") < 0)
-		return -1;
-	buf = aligned4(view, copy);
 	if (buf == NULL)
 		return -1;
 	st = bp_ffn_parse(buf, (size_t) view->len, f, &problem);
