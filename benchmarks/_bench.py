@@ -11,6 +11,16 @@ class Mismatch(AssertionError):
     """An answer that differs from the reference: the benchmark stops (exit 1)."""
 
 
+def stopped(exc) -> int:
+    """The exit status for a run stopped by a wrong answer (Mismatch: 1) or Ctrl-C (130), after
+    saying so: ``except (Mismatch, KeyboardInterrupt) as e: return stopped(e)``."""
+    if isinstance(exc, Mismatch):
+        log(f"\nMISMATCH: {exc}")
+        return 1
+    log("\ninterrupted: servers stopped, temp dirs removed")
+    return 130
+
+
 def same_bits(label, got, want, reference="the C core's"):
     """Raises Mismatch unless got and want are the same float32 values, bit for bit."""
     import numpy as np

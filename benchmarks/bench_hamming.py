@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
+from _bench import (Mismatch, add_engine_arguments, stopped, fmt_ms, log, median_ms,  # noqa: E402
                     close_postgresql, parse_engines, tqdm_or_none, unwind_on_signals)
 
 K = 10
@@ -517,12 +517,8 @@ def main(argv=None):
                 bench_postgresql(codes, queries, args.queries, truth, args.bits, results, args.dsn,
                                  args.chunk, args.pg_jit)
             log(f"{eng}: done in {time.perf_counter() - t0:.1f} s")
-    except Mismatch as e:
-        log(f"\nMISMATCH: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("\ninterrupted: servers stopped, temp dirs removed")
-        return 130
+    except (Mismatch, KeyboardInterrupt) as e:
+        return stopped(e)
     finally:
         try:
             bitpress.set_simd("auto")

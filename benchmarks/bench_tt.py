@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (Mismatch, add_engine_arguments, fmt_ms, log, median_ms,  # noqa: E402
+from _bench import (Mismatch, add_engine_arguments, stopped, fmt_ms, log, median_ms,  # noqa: E402
                     close_postgresql, parse_engines, same_bits, time_interleaved, tqdm_or_none,
                     unwind_on_signals)
 
@@ -859,12 +859,8 @@ def main(argv=None):
                     raise Mismatch(f"{tensor}: PostgreSQL and DuckDB tt_reconstruct differ in their bytes")
                 checks.append(f"{tensor}: PostgreSQL and DuckDB tt_reconstruct are the same "
                               f"{len(got['duckdb']):,} bytes")
-    except Mismatch as e:
-        log(f"\nMISMATCH: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("\ninterrupted: servers stopped, temp dirs removed")
-        return 130
+    except (Mismatch, KeyboardInterrupt) as e:
+        return stopped(e)
     finally:
         try:
             bitpress.set_simd("auto")
