@@ -31,18 +31,29 @@
 #include "bitpress.h"
 
 /*
- * Width of a segment's ids: 4 bytes each (int4send) or 8 (int8send), told apart by length;
- * 0 when the ids or codes do not fit n codes of nbytes (a corrupt segment).
+ * Width of a segment's ids: 4 bytes each (int4send) or 8 (int8send), told apart by length.
+ * Raises XX001 when the ids or codes do not fit n codes of bits each (a corrupt segment);
+ * store, when known, names it in the error.
  */
 static int
-segment_id_width(int32 n, const bytea *ids, const bytea *codes, size_t nbytes)
+segment_id_width(int32 n, const bytea *ids, const bytea *codes, int bits, const char *store)
 {
+	size_t		nbytes = ((size_t) bits + 7) / 8;
 	size_t		idlen = VARSIZE_ANY_EXHDR(ids);
 	int			width = n > 0 && idlen == (size_t) n * 4 ? 4 : 8;
 
-	if (n < 0 || idlen != (size_t) n * width || VARSIZE_ANY_EXHDR(codes) != (size_t) n * nbytes)
-		return 0;
-	return width;
+	if (n >= 0 && idlen == (size_t) n * width && VARSIZE_ANY_EXHDR(codes) == (size_t) n * nbytes)
+		return width;
+	if (store != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("code store \"%s\": a segment's sizes do not match its %d codes of %d bits",
+						store, n, bits),
+				 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("a code segment's sizes do not match its %d codes of %d bits", n, bits)));
+	return 0;					/* not reached */
 }
 
 static void
@@ -164,13 +175,7 @@ scan_segments(Relation rel, const SegmentAtts *att, const char *store, const uin
 		n = DatumGetInt32(slot_getattr(slot, att->n, &isnull));
 		ids = DatumGetByteaPP(slot_getattr(slot, att->ids, &isnull));
 		codes = DatumGetByteaPP(slot_getattr(slot, att->codes, &isnull));
-		id_width = segment_id_width(n, ids, codes, nbytes);
-		if (id_width == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("code store \"%s\": a segment's sizes do not match its %d codes of %d bits",
-							store, n, bits),
-					 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
+		id_width = segment_id_width(n, ids, codes, bits, store);
 		bp_hamming_topk_segment(query, (const uint8_t *) VARDATA_ANY(codes),
 								(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
 								skip, nskip, heap, size, k);
@@ -354,22 +359,18 @@ segment_knn(PG_FUNCTION_ARGS)
 	int32		k = PG_GETARG_INT32(4);
 	ArrayType  *skip_arr = PG_GETARG_ARRAYTYPE_P(5);
 	size_t		nbytes = VARBITBYTES(query);
-	int			id_width = segment_id_width(n, ids, codes, nbytes);
+	size_t		codelen = VARSIZE_ANY_EXHDR(codes);
+	int			id_width;
 	int64	   *skip = NULL;
 	int			nskip = 0;
 	bp_topk_entry *heap;
 	size_t		size = 0;
 
 	check_k(k);
-	if (id_width == 0)
-	{
-		if (n > 0 && VARSIZE_ANY_EXHDR(codes) % (size_t) n == 0)
-			report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(query),
-				   (long long) (VARSIZE_ANY_EXHDR(codes) / (size_t) n) * 8);
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("a code segment's sizes do not match its %d codes", n)));
-	}
+	/* codes of another whole length: the query's length is what is wrong */
+	if (n > 0 && codelen != (size_t) n * nbytes && codelen % (size_t) n == 0)
+		report(BP_ERR_BIT_LENGTH_MISMATCH, VARBITLEN(query), (long long) (codelen / (size_t) n) * 8);
+	id_width = segment_id_width(n, ids, codes, VARBITLEN(query), NULL);
 	skip = skip_ids(skip_arr, &nskip);
 	InitMaterializedSRF(fcinfo, 0);
 	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
@@ -481,11 +482,7 @@ segments_knn_step(PG_FUNCTION_ARGS)
 		}
 	}
 
-	id_width = segment_id_width(n, ids, codes, nbytes);
-	if (id_width == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("a code segment's sizes do not match its %d codes of %d bits", n, VARBITLEN(query))));
+	id_width = segment_id_width(n, ids, codes, VARBITLEN(query), NULL);
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
 							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
 							st->skip, st->nskip, st->heap, &st->size, (size_t) st->k);
