@@ -13,8 +13,8 @@ from bitpress import errors, kernels, schema
 BITS = 64  # short codes: many ties, so the (distance, id) order is exercised
 
 
-def bitstrings(codes):
-    return ["".join(format(b, "08b") for b in c)[:BITS] for c in codes]
+def bitstrings(codes, bits=BITS):
+    return ["".join(format(b, "08b") for b in c)[:bits] for c in codes]
 
 
 def make_items(pg, rng, n, first_id=0):
@@ -156,8 +156,7 @@ def test_segments_are_inline_pages_read_in_place(pg):
     codes = rng.integers(0, 256, (2000, 48), dtype=np.uint8)
     pg.execute("CREATE TABLE wide (id integer PRIMARY KEY, code bit(384))")
     with pg.cursor() as cur:
-        cur.executemany("INSERT INTO wide VALUES (%s, %s::varbit)",
-                        [(i, "".join(format(b, "08b") for b in c)) for i, c in enumerate(codes)])
+        cur.executemany("INSERT INTO wide VALUES (%s, %s::varbit)", list(enumerate(bitstrings(codes, 384))))
     assert pg.execute("SELECT bitpress_store_create('wide_s', 'wide', 'id', 'code')").fetchone()[0] == 2000
     storage = pg.execute("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
                          "'bitpress.code_segments'::regclass AND attname IN ('ids', 'codes')").fetchall()
@@ -177,10 +176,9 @@ def test_segments_are_inline_pages_read_in_place(pg):
                         "FROM bitpress.code_segments WHERE store = 'wide_s'").fetchone()
     assert (first, last) == blocks
     q = rng.integers(0, 256, 48, dtype=np.uint8)
-    want = [(int(i), int(d)) for d, i in sorted(zip(kernels.hamming(q, codes).tolist(), range(2000)))[:10]]
     got = pg.execute("SELECT id, distance FROM bitpress_store_knn('wide_s', %s::varbit, 10)",
-                     ["".join(format(b, "08b") for b in q)]).fetchall()
-    assert [tuple(r) for r in got] == want
+                     bitstrings([q], 384)).fetchall()
+    assert [tuple(r) for r in got] == brute(dict(enumerate(codes)), q, 10)
 
 
 def test_store_stays_exact_when_segments_move(items):
