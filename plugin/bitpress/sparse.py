@@ -201,29 +201,31 @@ _XBIG = 27.5  # erfc(27.5) underflows to 0: clamping here only avoids inf - inf
 _CHUNK = 16384  # elements per pass: the temporaries of one chunk stay in cache
 
 
+def _ratio(x: np.ndarray, a, b, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numerator and denominator of Cody's rational function of x with coefficients a and b
+    (degree m + 1, the denominator monic), by Horner's rule in Cody's order of operations."""
+    num = a[m + 1] * x
+    den = x.copy()
+    for i in range(m):
+        num += a[i]
+        num *= x
+        den += b[i]
+        den *= x
+    num += a[m]
+    den += b[m]
+    return num, den
+
+
 def _erfc_tail(y: np.ndarray) -> np.ndarray:
     """erfc(y) for y in [0.46875, 27] (float64)."""
-    num = _C[8] * y
-    den = y.copy()
-    for i in range(7):
-        num += _C[i]
-        num *= y
-        den += _D[i]
-        den *= y
-    num += _C[7]
-    den += _D[7]
+    num, den = _ratio(y, _C, _D, 7)
     num /= den
     big = y > 4.0
     if big.any():
         yb = y[big]
         ysq = 1.0 / (yb * yb)
-        pn, pd = _P[5] * ysq, ysq.copy()
-        for i in range(4):
-            pn += _P[i]
-            pn *= ysq
-            pd += _Q[i]
-            pd *= ysq
-        num[big] = (_SQRPI - ysq * (pn + _P[4]) / (pd + _Q[4])) / yb
+        pn, pd = _ratio(ysq, _P, _Q, 4)
+        num[big] = (_SQRPI - ysq * pn / pd) / yb
     # exp(-y^2) as exp(-t^2) exp(-(y - t)(y + t)), t = y rounded down to 1/16: no cancellation
     t = np.trunc(y * 16.0) / 16.0
     e = np.exp(-t * t)
@@ -246,15 +248,7 @@ def _cody(x, complement: bool) -> np.ndarray:
             if small.any():  # erf(c) = c R(c^2) for |c| <= 0.46875
                 ysq = np.minimum(y, _THRESH)
                 ysq *= ysq
-                num = _A[4] * ysq
-                den = ysq.copy()
-                for i in range(3):
-                    num += _A[i]
-                    num *= ysq
-                    den += _B[i]
-                    den *= ysq
-                num += _A[3]
-                den += _B[3]
+                num, den = _ratio(ysq, _A, _B, 3)
                 num /= den
                 num *= c
                 res = 1.0 - num if complement else num
