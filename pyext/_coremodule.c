@@ -1049,6 +1049,25 @@ done:
 	return result;
 }
 
+/* segment_checksum(ids, codes) -> int: bp_segment_checksum of two bytes-like objects, as a
+ * signed 64-bit integer (the form PostgreSQL's bigint and DuckDB's BIGINT store) */
+static PyObject *
+core_segment_checksum(PyObject *self, PyObject *args)
+{
+	Py_buffer	ib = {0},
+				cb = {0};
+	uint64_t	h;
+
+	if (!PyArg_ParseTuple(args, "y*y*", &ib, &cb))
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	h = bp_segment_checksum(ib.buf, (size_t) ib.len, cb.buf, (size_t) cb.len);
+	Py_END_ALLOW_THREADS
+	PyBuffer_Release(&ib);
+	PyBuffer_Release(&cb);
+	return PyLong_FromLongLong((long long) (int64_t) h);
+}
+
 /* ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): checks a stored layer */
 static PyObject *
 core_ffn_shape(PyObject *self, PyObject *args)
@@ -1104,6 +1123,8 @@ done:
 static PyMethodDef core_methods[] = {
 	{"ffn_into", core_ffn_into, METH_VARARGS,
 	"ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed: dense or sparse layer"},
+	{"segment_checksum", core_segment_checksum, METH_VARARGS,
+	 "segment_checksum(ids, codes): the checksum stored beside a packed code segment (signed 64-bit)"},
 	{"ffn_shape", core_ffn_shape, METH_VARARGS,
 	"ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): check a stored layer"},
 	{"activation_into", core_activation_into, METH_VARARGS,

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.4.0"
+#define BP_VERSION "0.5.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536
@@ -230,6 +230,14 @@ void		bp_hamming_topk_segment(const uint8_t *q, const uint8_t *codes, const uint
 									int id_width, size_t n, size_t nbytes,
 									const int64_t *skip, size_t nskip,
 									bp_topk_entry *heap, size_t *size, size_t k);
+
+/* Checksum of a packed segment (its ids then its codes), stored beside it and checked on every
+ * read, so that a flipped byte is reported instead of served. Four independent Fletcher lanes
+ * over little-endian 64-bit words (the tail zero-padded), mixed with both lengths: one pass at
+ * memory speed, and any change of one word, or the swap of two, changes the result. The same
+ * value in every engine (the CPython binding is bitpress._core.segment_checksum). */
+uint64_t	bp_segment_checksum(const uint8_t *ids, size_t ids_len, const uint8_t *codes,
+								size_t codes_len);
 
 /* ---- Tensor-Train cores: a matrix W (rows x cols) kept as d small cores ----
  *

@@ -1,5 +1,6 @@
 /* Bounded top-k: a max-heap of the k best (smallest) keys seen so far, never a full sort. */
 #include <math.h>
+#include <string.h>
 
 #include "bp_core.h"
 
@@ -183,4 +184,74 @@ bp_hamming_topk_segment(const uint8_t *q, const uint8_t *codes, const uint8_t *i
 			bp_topk_push(heap, size, k, (double) dist[i], bp_id_key(id));
 		}
 	}
+}
+
+/* a little-endian 64-bit word (one load on x86 and ARM) */
+static inline uint64_t
+load_le64(const uint8_t *p)
+{
+	uint64_t	w;
+
+	memcpy(&w, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	w = __builtin_bswap64(w);
+#endif
+	return w;
+}
+
+/* Fletcher sums of one buffer into four lanes (a: sum of words, b: sum of the a's). */
+static void
+checksum_lanes(const uint8_t *p, size_t len, uint64_t a[4], uint64_t b[4])
+{
+	uint64_t	a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3],
+				b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+	size_t		i = 0;
+
+	for (; i + 32 <= len; i += 32)
+	{
+		a0 += load_le64(p + i);
+		a1 += load_le64(p + i + 8);
+		a2 += load_le64(p + i + 16);
+		a3 += load_le64(p + i + 24);
+		b0 += a0;
+		b1 += a1;
+		b2 += a2;
+		b3 += a3;
+	}
+	if (i < len)
+	{
+		uint8_t		tail[32] = {0};
+
+		memcpy(tail, p + i, len - i);
+		a0 += load_le64(tail);
+		a1 += load_le64(tail + 8);
+		a2 += load_le64(tail + 16);
+		a3 += load_le64(tail + 24);
+		b0 += a0;
+		b1 += a1;
+		b2 += a2;
+		b3 += a3;
+	}
+	a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+	b[0] = b0, b[1] = b1, b[2] = b2, b[3] = b3;
+}
+
+uint64_t
+bp_segment_checksum(const uint8_t *ids, size_t ids_len, const uint8_t *codes, size_t codes_len)
+{
+	uint64_t	a[4] = {1, 2, 3, 4},
+				b[4] = {0, 0, 0, 0},
+				h = UINT64_C(0x9E3779B97F4A7C15);
+
+	checksum_lanes(ids, ids_len, a, b);
+	/* the ids' length is mixed in: moving the boundary between ids and codes changes the sum */
+	a[0] += (uint64_t) ids_len;
+	b[0] += a[0];
+	checksum_lanes(codes, codes_len, a, b);
+	for (int j = 0; j < 4; j++)
+	{
+		h ^= a[j] + UINT64_C(0x9E3779B97F4A7C15) + (h << 6) + (h >> 2);
+		h ^= b[j] + UINT64_C(0x9E3779B97F4A7C15) + (h << 6) + (h >> 2);
+	}
+	return h ^ (uint64_t) codes_len;
 }

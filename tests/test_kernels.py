@@ -118,3 +118,25 @@ def test_hamming_bad_input():
         bitpress.hamming(np.zeros((3, 2), np.uint8), np.zeros((2, 2), np.uint8))
     with pytest.raises(errors.BitpressError, match="must be uint8"):
         bitpress.hamming(np.zeros(2, np.int64), np.zeros(2, np.int64))
+
+
+def test_segment_checksum_sees_every_flipped_byte_and_swapped_word():
+    from bitpress import _core
+
+    rng = np.random.default_rng(7)
+    ids, codes = rng.bytes(620), rng.bytes(7380)
+    base = _core.segment_checksum(ids, codes)
+    # the stored format: this value is written beside segments in PostgreSQL and DuckDB alike
+    assert base == _core.segment_checksum(bytes(ids), bytearray(codes))
+    assert _core.segment_checksum(b"", b"") == 43806768328911886
+    for buf, which in ((ids, 0), (codes, 1)):
+        for pos in rng.choice(len(buf), 40, replace=False):
+            b = bytearray(buf)
+            b[pos] ^= 1 << int(rng.integers(8))
+            parts = [ids, codes]
+            parts[which] = bytes(b)
+            assert _core.segment_checksum(*parts) != base
+    swapped = codes[8:16] + codes[:8] + codes[16:]
+    assert _core.segment_checksum(ids, swapped) != base
+    # the boundary between ids and codes counts too
+    assert _core.segment_checksum(ids + codes[:4], codes[4:]) != base
