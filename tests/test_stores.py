@@ -284,7 +284,7 @@ def test_schema_0006_needs_extension_0_4_and_rebuilds_stores_inline(pg):
         schema.upgrade(pg)
     assert schema.current(pg) == "0005_code_columns"
     pg.execute("ALTER EXTENSION bitpress UPDATE")
-    assert schema.upgrade(pg) == "0006_inline_segments"
+    assert schema.upgrade(pg) == "0007_store_integrity"
     per = (8100 - 1) // (BITS // 8 + 4)
     assert pg.execute("SELECT count(*), max(n), sum(n) FROM bitpress.code_segments").fetchone() == (
         -(-3000 // per), per, 3000)

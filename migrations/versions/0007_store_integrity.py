@@ -1,0 +1,27 @@
+"""A checksum beside every code store segment.
+
+Revision ID: 0007_store_integrity
+Revises: 0006_inline_segments
+Create Date: 2026-12-07
+
+bitpress.code_segments  ``checksum``: bp_segment_checksum of the segment's ids and codes
+                        (pyext/bp_topk.c, the same value in every engine), written by each
+                        rebuild and checked by every read, so that a flipped byte is reported
+                        (XX001) instead of served. NULL in a segment written before this
+                        revision: such a store answers only after a rebuild.
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007_store_integrity"
+down_revision = "0006_inline_segments"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("code_segments", sa.Column("checksum", sa.BigInteger, nullable=True), schema="bitpress")
+
+
+def downgrade():
+    op.drop_column("code_segments", "checksum", schema="bitpress")
