@@ -254,13 +254,18 @@ def test_segments_knn_aggregate_bad_input(items):
     ]:
         with pytest.raises(err):
             pg.execute(sql, args)
-    # an empty input gives NULL, a NULL row is ignored
+    # an empty input gives NULL; a segment row with a NULL is corrupt data, never left out
     assert pg.execute("SELECT bitpress_segments_knn(n, ids, codes, %s::varbit, 3, '{}') "
                       "FROM bitpress.code_segments WHERE false", [q]).fetchone()[0] is None
     got = pg.execute("SELECT bitpress_segments_knn(n, '\\x0000000500000002'::bytea, c, %s::varbit, 3, '{5}') "
-                     "FROM (VALUES (2, '\\xffffffffffffffff0000000000000000'::bytea), (NULL, NULL)) v(n, c)",
+                     "FROM (VALUES (2, '\\xffffffffffffffff0000000000000000'::bytea)) v(n, c)",
                      [q]).fetchone()[0]
     assert got == [[2, 64]]
+    with pytest.raises(psycopg.errors.DataCorrupted, match="a code segment has a NULL n"):
+        pg.execute("SELECT bitpress_segments_knn(n, '\\x0000000500000002'::bytea, c, %s::varbit, 3, '{5}') "
+                   "FROM (VALUES (2, '\\xffffffffffffffff0000000000000000'::bytea), (NULL, NULL)) v(n, c)", [q])
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="query must not be NULL"):
+        pg.execute("SELECT bitpress_segments_knn(1, '\\x00000001'::bytea, '\\x0000000000000000'::bytea, NULL, 1, '{}')")
 
 
 def test_schema_0006_needs_extension_0_4_and_rebuilds_stores_inline(pg):
@@ -315,7 +320,7 @@ def test_store_bad_input(items):
         with pytest.raises(psycopg.Error) as e:
             pg.execute(sql)
         assert e.value.sqlstate == state and message in str(e.value), (sql, e.value)
-    pg.execute("CREATE TABLE mixed (id int, code varbit)")
+    pg.execute("CREATE TABLE mixed (id int PRIMARY KEY, code varbit)")
     pg.execute("INSERT INTO mixed VALUES (1, B'101'), (2, B'1010')")
     with pytest.raises(psycopg.errors.DataException, match="codes of 2 different lengths"):
         pg.execute("SELECT bitpress_store_create('m', 'mixed', 'id', 'code')")
@@ -432,3 +437,83 @@ def test_same_store_answers_in_both_engines(items, duck_books):
     stores.create(duck, "s", "items", "id", "code", 256)
     for q in rng.integers(0, 256, (5, BITS // 8), dtype=np.uint8):
         assert stores.knn(pg, "s", q, 40) == stores.knn(duck, "s", q, 40) == brute(rows, q, 40)
+
+
+def test_store_refuses_ids_and_codes_it_cannot_keep(items):
+    """Class 3 of the hardening issue: ids that are not unique NOT NULL integers, and codes of
+    another length, are refused at create time and by the triggers on every write."""
+    pg = items
+    pg.execute("CREATE TABLE nums (id numeric PRIMARY KEY, code varbit)")
+    pg.execute("INSERT INTO nums VALUES (1.4, B'101'), (1.2, B'110')")  # both become bigint 1
+    pg.execute("CREATE TABLE nokey (id int NOT NULL, code varbit)")
+    pg.execute("CREATE TABLE nullable (id int UNIQUE, code varbit)")
+    pg.execute("CREATE TABLE partial (id int NOT NULL, code varbit)")
+    pg.execute("CREATE UNIQUE INDEX ON partial (id) WHERE id > 0")
+    pg.execute("CREATE TABLE texts (id int PRIMARY KEY, code text)")
+    for table, state, message in [
+        ("nums", "42804", "needs smallint, integer or bigint ids"),
+        ("nokey", "42P16", "needs a PRIMARY KEY or UNIQUE constraint"),
+        ("nullable", "23502", "must be NOT NULL for a code store"),
+        ("partial", "42P16", "needs a PRIMARY KEY or UNIQUE constraint"),
+        ("texts", "42804", "is not a bit(n) or bit varying column"),
+    ]:
+        with pytest.raises(psycopg.Error) as e:
+            pg.execute("SELECT bitpress_store_create('x', %s, 'id', 'code')", (table,))
+        assert (e.value.sqlstate, message in str(e.value)) == (state, True), (table, e.value)
+    assert pg.execute("SELECT count(*) FROM bitpress.code_stores").fetchone()[0] == 0
+    assert pg.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'bitpress_store_%'").fetchone()[0] == 0
+
+    pg.execute("CREATE TABLE v (id int PRIMARY KEY, code varbit)")
+    pg.execute("INSERT INTO v VALUES (1, B'1010'), (2, B'0110')")
+    pg.execute("SELECT bitpress_store_create('v', 'v', 'id', 'code')")
+    for sql in ("INSERT INTO v VALUES (3, B'101')", "UPDATE v SET code = B'10101' WHERE id = 1"):
+        with pytest.raises(psycopg.errors.DataException, match='code store "v" holds codes of 4 bits, got one of'):
+            pg.execute(sql)
+    # the refused statements changed nothing: the store answers as before
+    assert [tuple(r) for r in pg.execute("SELECT * FROM bitpress_store_knn('v', B'1010', 5)")] == [(1, 0), (2, 2)]
+    pg.execute("INSERT INTO v VALUES (3, NULL)")  # a row without a code is simply not in the store
+    assert [tuple(r) for r in pg.execute("SELECT * FROM bitpress_store_knn('v', B'1010', 5)")] == [(1, 0), (2, 2)]
+
+
+def test_store_huge_k_and_bad_block_range(items):
+    """Class 8: a huge k returns every row (its allocation is bounded by the data), and a block
+    range recorded by hand never makes a query read (or extend) blocks the relation lacks."""
+    pg, rng = items, np.random.default_rng(8)
+    rows = make_items(pg, rng, 500)
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code', 100)")
+    q = rng.integers(0, 256, BITS // 8, dtype=np.uint8)
+    assert store_knn(pg, q, 2**31 - 1) == brute(rows, q, 500)
+    rel_blocks = "SELECT pg_relation_size('bitpress.code_segments') / 8192"
+    before = pg.execute(rel_blocks).fetchone()[0]
+    for lo, hi in ((4294967295, 4294967296), (-5, 3), (3, 1), (0, 2**40), (before, before + 1)):
+        pg.execute("UPDATE bitpress.code_stores SET first_block = %s, last_block = %s", (lo, hi))
+        assert store_knn(pg, q, 10) == brute(rows, q, 10), (lo, hi)
+    assert pg.execute(rel_blocks).fetchone()[0] == before
+
+
+def test_store_null_in_its_tables_is_corrupt_data(items):
+    """Class 1: a NULL in bitpress's own store tables (a NOT NULL dropped by hand) is reported
+    as XX001 naming the table and the column; the backend survives."""
+    pg, rng = items, np.random.default_rng(9)
+    make_items(pg, rng, 300)
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code', 100)")
+    q = bitstrings([rng.integers(0, 256, BITS // 8, dtype=np.uint8)])[0]
+    for table, column, where in (("code_segments", "n", "segment = 1"), ("code_segments", "ids", "segment = 1"),
+                                 ("code_segments", "codes", "segment = 0"), ("code_stores", "bits", "true")):
+        pg.execute(f"ALTER TABLE bitpress.{table} ALTER COLUMN {column} DROP NOT NULL")
+        with pg.transaction():
+            pg.execute(f"UPDATE bitpress.{table} SET {column} = NULL WHERE {where}")
+            with pytest.raises(psycopg.errors.DataCorrupted,
+                               match=f'code store "s": bitpress.{table} has a NULL {column}'):
+                with pg.transaction():
+                    pg.execute("SELECT * FROM bitpress_store_knn('s', %s::varbit, 5)", (q,))
+            if table == "code_segments":  # the parallel path: the same error, not a row left out
+                with pytest.raises(psycopg.errors.DataCorrupted, match=f"a code segment has a NULL {column}"):
+                    with pg.transaction():
+                        pg.execute("SELECT * FROM bitpress_store_knn_parallel('s', %s::varbit, 5)", (q,))
+            raise psycopg.Rollback
+    pg.execute("ALTER TABLE bitpress.code_delta ALTER COLUMN id DROP NOT NULL")
+    pg.execute("INSERT INTO bitpress.code_delta (store, id, code) VALUES ('s', NULL, NULL)")
+    with pytest.raises(psycopg.errors.DataCorrupted, match='bitpress.code_delta has a NULL id'):
+        pg.execute("SELECT * FROM bitpress_store_knn('s', %s::varbit, 5)", (q,))
+    assert pg.execute("SELECT 1").fetchone() == (1,)

@@ -56,6 +56,17 @@ segment_id_width(int32 n, const bytea *ids, const bytea *codes, int bits, const 
 	return 0;					/* not reached */
 }
 
+/* A NULL where bitpress's own table must hold a value: corrupt data, named precisely. */
+static void
+null_in_table(const char *table, const char *store, const char *key, const char *column)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("code store \"%s\": bitpress.%s has a NULL %s%s%s",
+					store, table, column, key ? " in row " : "", key ? key : ""),
+			 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
+}
+
 static void
 check_k(int32 k)
 {
@@ -172,9 +183,20 @@ scan_segments(Relation rel, const SegmentAtts *att, const char *store, const uin
 			continue;
 
 		old = MemoryContextSwitchTo(segcxt);
-		n = DatumGetInt32(slot_getattr(slot, att->n, &isnull));
-		ids = DatumGetByteaPP(slot_getattr(slot, att->ids, &isnull));
-		codes = DatumGetByteaPP(slot_getattr(slot, att->codes, &isnull));
+		{
+			bool		nn,
+						ni,
+						nc;
+			Datum		dn = slot_getattr(slot, att->n, &nn);
+			Datum		di = slot_getattr(slot, att->ids, &ni);
+			Datum		dc = slot_getattr(slot, att->codes, &nc);
+
+			if (nn || ni || nc)
+				null_in_table("code_segments", store, NULL, nn ? "n" : ni ? "ids" : "codes");
+			n = DatumGetInt32(dn);
+			ids = DatumGetByteaPP(di);
+			codes = DatumGetByteaPP(dc);
+		}
 		id_width = segment_id_width(n, ids, codes, bits, store);
 		bp_hamming_topk_segment(query, (const uint8_t *) VARDATA_ANY(codes),
 								(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
@@ -219,7 +241,6 @@ store_knn(PG_FUNCTION_ARGS)
 
 	check_k(k);
 	InitMaterializedSRF(fcinfo, 0);
-	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
 	args[0] = CStringGetTextDatum(store);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -250,9 +271,14 @@ store_knn(PG_FUNCTION_ARGS)
 		Datum		l = SPI_getbinval(tup, desc, 4, &nl);
 
 		bits = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		if (isnull)
+			null_in_table("code_stores", store, NULL, "bits");
 		if (!ns)
 			segments = DatumGetInt64(s);
-		if (!nf && !nl && DatumGetInt64(f) >= 0 && DatumGetInt64(l) >= DatumGetInt64(f))
+		/* the recorded range, checked in 64 bits before any cast: a range that is negative,
+		 * reversed or past what a relation can hold means "scan it all", never extend it */
+		if (!nf && !nl && DatumGetInt64(f) >= 0 && DatumGetInt64(l) >= DatumGetInt64(f) &&
+			DatumGetInt64(l) < (int64) MaxBlockNumber)
 		{
 			first = (BlockNumber) DatumGetInt64(f);
 			nblocks = (BlockNumber) (DatumGetInt64(l) - DatumGetInt64(f) + 1);
@@ -274,7 +300,11 @@ store_knn(PG_FUNCTION_ARGS)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
 			int64		id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-			Datum		code = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+			Datum		code;
+
+			if (isnull)
+				null_in_table("code_delta", store, NULL, "id");
+			code = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
 
 			skip[nskip] = id;
 			changed[nskip] = NULL;
@@ -313,8 +343,30 @@ store_knn(PG_FUNCTION_ARGS)
 	att.ids = segment_attnum(rel, "ids");
 	att.codes = segment_attnum(rel, "codes");
 	segcxt = AllocSetContextCreate(callcxt, "bitpress segment", ALLOCSET_DEFAULT_SIZES);
+	{
+		/*
+		 * The heap holds at most as many entries as the store can return: no more codes than
+		 * the segments' relation (and its TOAST table) has bytes for, plus the changed rows. A
+		 * huge k then returns every row instead of failing to allocate.
+		 */
+		int64		blocks = RelationGetNumberOfBlocks(rel);
+		int64		cap;
+
+		if (OidIsValid(rel->rd_rel->reltoastrelid))
+		{
+			Relation	toast = table_open(rel->rd_rel->reltoastrelid, AccessShareLock);
+
+			blocks += RelationGetNumberOfBlocks(toast);
+			table_close(toast, AccessShareLock);
+		}
+		cap = blocks * BLCKSZ / (int64) (nbytes > 0 ? nbytes : 1) + (int64) nskip + 1;
+		if ((int64) k < cap)
+			cap = k;
+		heap = MemoryContextAlloc(callcxt, sizeof(bp_topk_entry) * ((size_t) cap + 1));
+		k = (int32) cap;
+	}
 	if (nblocks > 0 && (rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
-						first + nblocks > RelationGetNumberOfBlocks(rel)))
+						(int64) first + (int64) nblocks > (int64) RelationGetNumberOfBlocks(rel)))
 		nblocks = 0;			/* truncated or rewritten since (or not heap): scan it all */
 	seen = scan_segments(rel, &att, store, VARBITS(query), bits, nbytes, skip, nskip,
 						 first, nblocks, heap, &size, (size_t) k, segcxt);
@@ -373,6 +425,8 @@ segment_knn(PG_FUNCTION_ARGS)
 	id_width = segment_id_width(n, ids, codes, VARBITLEN(query), NULL);
 	skip = skip_ids(skip_arr, &nskip);
 	InitMaterializedSRF(fcinfo, 0);
+	if (k > n)
+		k = n > 0 ? n : 1;		/* no more entries than the segment has codes */
 	heap = palloc(sizeof(bp_topk_entry) * ((size_t) k + 1));
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
 							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
@@ -398,8 +452,30 @@ typedef struct KnnAggState
 	int64	   *skip;
 	size_t		nskip;
 	ArrayType  *skip_raw;		/* the skip array it was parsed from, to tell a change */
-	bp_topk_entry heap[FLEXIBLE_ARRAY_MEMBER];	/* k + 1 */
+	size_t		cap;			/* entries heap has room for (grows up to k, as codes come) */
+	bp_topk_entry *heap;
 } KnnAggState;
+
+/*
+ * Room in the heap for min(k, want) entries. It grows with the codes actually seen, so a huge
+ * k costs memory for the rows there are, not for k.
+ */
+static size_t
+knn_state_reserve(KnnAggState *st, size_t want)
+{
+	if (want > (size_t) st->k)
+		want = (size_t) st->k;
+	if (want > st->cap)
+	{
+		size_t		cap = st->cap * 2 > want ? st->cap * 2 : want;
+
+		if (cap > (size_t) st->k)
+			cap = (size_t) st->k;
+		st->heap = repalloc_huge(st->heap, sizeof(bp_topk_entry) * (cap + 1));
+		st->cap = cap;
+	}
+	return want;
+}
 
 static KnnAggState *
 knn_state_new(MemoryContext cxt, int32 k, int32 bits, const uint8_t *query)
@@ -408,7 +484,9 @@ knn_state_new(MemoryContext cxt, int32 k, int32 bits, const uint8_t *query)
 	KnnAggState *st;
 
 	check_k(k);
-	st = MemoryContextAllocZero(cxt, offsetof(KnnAggState, heap) + sizeof(bp_topk_entry) * ((size_t) k + 1));
+	st = MemoryContextAllocZero(cxt, sizeof(KnnAggState));
+	st->cap = k < 64 ? (size_t) k : 64;
+	st->heap = MemoryContextAlloc(cxt, sizeof(bp_topk_entry) * (st->cap + 1));
 	st->k = k;
 	st->bits = bits;
 	st->query = MemoryContextAlloc(cxt, nbytes > 0 ? nbytes : 1);
@@ -441,14 +519,18 @@ segments_knn_step(PG_FUNCTION_ARGS)
 
 	if (!AggCheckCallContext(fcinfo, &aggcxt))
 		elog(ERROR, "bitpress_segments_knn called in a non-aggregate context");
-	for (int i = 1; i <= 5; i++)
+	/* a segment row with a NULL is corrupt, not a row to leave out of the answer */
+	for (int i = 1; i <= 3; i++)
 		if (PG_ARGISNULL(i))
-		{
-			/* a row with a NULL is ignored, as a strict aggregate would */
-			if (st == NULL)
-				PG_RETURN_NULL();
-			PG_RETURN_POINTER(st);
-		}
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("a code segment has a NULL %s", i == 1 ? "n" : i == 2 ? "ids" : "codes"),
+					 errhint("Rebuild the store with bitpress_store_rebuild().")));
+	for (int i = 4; i <= 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", i == 4 ? "query" : "k")));
 	n = PG_GETARG_INT32(1);
 	ids = PG_GETARG_BYTEA_PP(2);
 	codes = PG_GETARG_BYTEA_PP(3);
@@ -485,7 +567,8 @@ segments_knn_step(PG_FUNCTION_ARGS)
 	id_width = segment_id_width(n, ids, codes, VARBITLEN(query), NULL);
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
 							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
-							st->skip, st->nskip, st->heap, &st->size, (size_t) st->k);
+							st->skip, st->nskip, st->heap, &st->size,
+							knn_state_reserve(st, st->size + (size_t) n));
 	PG_RETURN_POINTER(st);
 }
 
@@ -509,8 +592,12 @@ segments_knn_combine(PG_FUNCTION_ARGS)
 		a = knn_state_new(aggcxt, b->k, b->bits, b->query);
 	else
 		knn_state_check(a, b->k, b->bits, b->query);
-	for (size_t i = 0; i < b->size; i++)
-		bp_topk_push(a->heap, &a->size, (size_t) a->k, b->heap[i].key, b->heap[i].index);
+	{
+		size_t		k = knn_state_reserve(a, a->size + b->size);
+
+		for (size_t i = 0; i < b->size; i++)
+			bp_topk_push(a->heap, &a->size, k, b->heap[i].key, b->heap[i].index);
+	}
 	PG_RETURN_POINTER(a);
 }
 
@@ -555,6 +642,7 @@ segments_knn_deserial(PG_FUNCTION_ARGS)
 		len != sizeof(head) + nbytes + (size_t) head[2] * sizeof(bp_topk_entry))
 		elog(ERROR, "bitpress_segments_knn: malformed partial state");
 	st = knn_state_new(aggcxt, head[0], head[1], (const uint8_t *) p + sizeof(head));
+	knn_state_reserve(st, (size_t) head[2]);
 	st->size = (size_t) head[2];
 	memcpy(st->heap, p + sizeof(head) + nbytes, st->size * sizeof(bp_topk_entry));
 	PG_RETURN_POINTER(st);
