@@ -127,3 +127,191 @@ BEGIN
 				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_d', source, store);
 	RETURN bitpress_store_rebuild(store);
 END $$;
+
+-- Every segment carries a checksum (schema revision 0007), written by the rebuild and checked
+-- by every read, serial or parallel; the parallel read also checks it met every segment.
+
+CREATE FUNCTION bitpress_segment_checksum(ids bytea, codes bytea) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'segment_checksum'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION bitpress_segment_checksum(bytea, bytea) IS
+	'internal: the checksum stored beside a packed code segment (bp_segment_checksum of its ids and codes)';
+
+CREATE FUNCTION bitpress_segments_knn_step(internal, n integer, ids bytea, codes bytea, query varbit,
+										   k integer, skip bigint[], checksum bigint) RETURNS internal
+	AS 'MODULE_PATHNAME', 'segments_knn_step'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE COST 1000;
+
+COMMENT ON FUNCTION bitpress_segments_knn_step(internal, integer, bytea, bytea, varbit, integer, bigint[], bigint) IS
+	'internal: transition function of bitpress_segments_knn (checks a segment''s checksum, scores it into the top-k state)';
+
+CREATE AGGREGATE bitpress_segments_knn(n integer, ids bytea, codes bytea, query varbit, k integer,
+									   skip bigint[], checksum bigint) (
+	SFUNC = bitpress_segments_knn_step,
+	STYPE = internal,
+	COMBINEFUNC = bitpress_segments_knn_combine,
+	SERIALFUNC = bitpress_segments_knn_serial,
+	DESERIALFUNC = bitpress_segments_knn_deserial,
+	FINALFUNC = bitpress_segments_knn_final,
+	FINALFUNC_MODIFY = READ_WRITE,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE bitpress_segments_knn(integer, bytea, bytea, varbit, integer, bigint[], bigint) IS
+	'bitpress_segments_knn over checksummed segments: a segment whose bytes do not match its checksum raises XX001';
+
+CREATE FUNCTION bitpress_store_check_segments(store text, seen bigint, expected bigint) RETURNS boolean
+	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+	IF expected IS NOT NULL AND seen IS DISTINCT FROM expected THEN
+		RAISE EXCEPTION 'code store "%": found % segments, its last rebuild wrote %', store, seen, expected
+			USING ERRCODE = 'data_corrupted', HINT = format('Rebuild it with bitpress_store_rebuild(%L).', store);
+	END IF;
+	RETURN true;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_check_segments(text, bigint, bigint) IS
+	'internal: raises XX001 when a parallel store scan met another number of segments than the last rebuild wrote';
+
+CREATE OR REPLACE FUNCTION bitpress_store_knn_parallel(store text, query varbit, k integer)
+	RETURNS TABLE (id bigint, distance integer)
+	LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE ROWS 10
+	SET jit = off  -- the per-segment COST must not trigger JIT compilation of this plan
+	AS $$
+DECLARE
+	s bitpress.code_stores;
+	meta jsonb;
+	sums boolean;
+BEGIN
+	-- the same answer and the same checks as bitpress_store_knn, as a parallel aggregate: each
+	-- worker checks and scores its share of the segments, the leader merges them and checks
+	-- that every segment the last rebuild wrote was met
+	IF k < 1 THEN
+		RAISE EXCEPTION 'k must be at least 1, got %', k USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = store;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	IF s.bits IS NULL THEN
+		RAISE EXCEPTION 'code store "%": bitpress.code_stores has a NULL bits', store
+			USING ERRCODE = 'data_corrupted';
+	END IF;
+	IF s.bits <> length(query) THEN
+		RAISE EXCEPTION 'different bit lengths % and %', length(query), s.bits USING ERRCODE = 'data_exception';
+	END IF;
+	IF EXISTS (SELECT 1 FROM bitpress.code_delta e WHERE e.store = $1 AND e.id IS NULL) THEN
+		RAISE EXCEPTION 'code store "%": bitpress.code_delta has a NULL id', store USING ERRCODE = 'data_corrupted';
+	END IF;
+	meta := to_jsonb(s);
+	-- one statement (RETURN QUERY), so that workers are launched, with the segment count
+	-- checked in it; segments are checked against their checksums once revision 0007 has them
+	sums := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = 'bitpress.code_segments'::regclass
+					AND a.attname = 'checksum' AND NOT a.attisdropped);
+	RETURN QUERY EXECUTE format(
+		'SELECT u.i, u.d FROM ('
+		'  SELECT x.a[j][1] AS i, x.a[j][2]::integer AS d'
+		'  FROM (SELECT bitpress_segments_knn(g.n, g.ids, g.codes, $2, $3,'
+		'              (SELECT coalesce(array_agg(y.id ORDER BY y.id), ''{}'')'
+		'               FROM (SELECT DISTINCT e.id FROM bitpress.code_delta e WHERE e.store = $1) y)%s) AS a,'
+		'               count(*) AS seen'
+		'        FROM bitpress.code_segments g WHERE g.store = $1) x,'
+		'       generate_subscripts(x.a, 1) j'
+		'  WHERE bitpress_store_check_segments($1, x.seen, $4)'
+		'  UNION ALL'
+		'  SELECT e.id, hamming(code_from_bytes(e.code, length($2)), $2)'
+		'  FROM (SELECT DISTINCT ON (f.id) f.id, f.code FROM bitpress.code_delta f'
+		'        WHERE f.store = $1 ORDER BY f.id, f.seq DESC) e'
+		'  WHERE e.code IS NOT NULL'
+		') u ORDER BY u.d, u.i LIMIT $3', CASE WHEN sums THEN ', g.checksum' ELSE '' END)
+		USING store, query, k, (meta->>'segments')::bigint;
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_knn_parallel(text, varbit, integer) IS
+	'bitpress_store_knn as a parallel aggregate (segments split among workers, partial top-k merged, every segment checked); worth it on large stores';
+
+
+CREATE OR REPLACE FUNCTION bitpress_store_rebuild(store text) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+	s bitpress.code_stores;
+	n bigint;
+	nbytes integer;
+	room integer;
+	per4 integer;
+	per8 integer;
+	sums boolean;
+	lens bigint;
+BEGIN
+	-- one rebuild at a time per store; writers of the source table are never blocked
+	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = store FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	-- what the store holds must still be what it can hold (ids, one code length)
+	PERFORM bitpress_store_check_source(s.source::regclass, s.id_column, s.code_column);
+	EXECUTE format('SELECT count(*) FROM %s t WHERE length(t.%I) <> $1', s.source, s.code_column)
+		INTO lens USING s.bits;
+	IF lens > 0 THEN
+		RAISE EXCEPTION 'code store "%" holds codes of % bits, column %.% has % codes of another length',
+			s.name, s.bits, s.source, s.code_column, lens USING ERRCODE = 'data_exception';
+	END IF;
+	sums := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = 'bitpress.code_segments'::regclass
+					AND a.attname = 'checksum' AND NOT a.attisdropped);
+	-- codes per segment: with inline segments (STORAGE PLAIN, schema revision 0006) as many as
+	-- fit one heap page with their ids (8160 bytes a tuple, less the row's other columns), so a
+	-- query scores them where they lie in shared buffers; segment_codes is an upper bound
+	nbytes := (s.bits + 7) / 8;
+	per4 := s.segment_codes;
+	per8 := s.segment_codes;
+	IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = 'bitpress.code_segments'::regclass
+			   AND a.attname = 'codes' AND a.attstorage = 'p') THEN
+		room := 8100 - octet_length(s.name) - CASE WHEN sums THEN 16 ELSE 0 END;
+		per4 := least(per4, room / (nbytes + 4));
+		per8 := least(per8, room / (nbytes + 8));
+		IF per8 < 1 THEN
+			RAISE EXCEPTION 'codes of % bits do not fit a code store segment (one heap page)', s.bits
+				USING ERRCODE = 'program_limit_exceeded';
+		END IF;
+	END IF;
+	-- Order matters under READ COMMITTED (each statement its own snapshot): the delta is cleared
+	-- first, so a change committed before the segments are read is either in the segments or
+	-- still in the delta (which overrides them); never lost.
+	DELETE FROM bitpress.code_delta d WHERE d.store = s.name;
+	DELETE FROM bitpress.code_segments g WHERE g.store = s.name;
+	-- ids: 4 bytes each (int4send) when every id of a segment fits in int4, else 8 (int8send);
+	-- the C scan tells them apart by length. Segments hold per4 codes when all ids fit, else
+	-- per8. One statement, so sizes and rows come from one snapshot.
+	-- with schema revision 0007 each segment also gets its checksum, computed from the bytes
+	-- written in the same statement
+	EXECUTE format(
+		'INSERT INTO bitpress.code_segments (store, segment, n, ids, codes%4$s) '
+		'SELECT $1, seg, cnt, ids, codes%5$s FROM ('
+		'SELECT seg, count(*) AS cnt, '
+		'       CASE WHEN bool_and(fits) '
+		'            THEN string_agg(CASE WHEN fits THEN int4send(i::integer) END, ''''::bytea ORDER BY r) '
+		'            ELSE string_agg(int8send(i), ''''::bytea ORDER BY r) END AS ids, '
+		'       string_agg(c, ''''::bytea ORDER BY r) AS codes '
+		'FROM (SELECT i, c, r, fits, (r - 1) / CASE WHEN all_fit THEN $2 ELSE $3 END AS seg '
+		'      FROM (SELECT i, c, fits, row_number() OVER (ORDER BY i) AS r, '
+		'                   bool_and(fits) OVER () AS all_fit '
+		'            FROM (SELECT t.%1$I::bigint AS i, code_bytes(t.%2$I) AS c, '
+		'                         t.%1$I::bigint BETWEEN -2147483648 AND 2147483647 AS fits '
+		'                  FROM %3$s t WHERE t.%2$I IS NOT NULL) x) y) z '
+		'GROUP BY seg) w', s.id_column, s.code_column, s.source,
+		CASE WHEN sums THEN ', checksum' ELSE '' END,
+		CASE WHEN sums THEN ', bitpress_segment_checksum(ids, codes)' ELSE '' END)
+		USING s.name, per4, per8;
+	SELECT coalesce(sum(g.n), 0) INTO n FROM bitpress.code_segments g WHERE g.store = s.name;
+	IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = 'bitpress.code_stores'::regclass
+			   AND a.attname = 'segments' AND NOT a.attisdropped) THEN
+		-- what bitpress_store_knn checks its scan against, and the blocks it reads
+		EXECUTE 'UPDATE bitpress.code_stores c SET segments = g.cnt, first_block = g.lo, last_block = g.hi '
+				'FROM (SELECT count(*) AS cnt, min((ctid::text::point)[0])::bigint AS lo, '
+				'             max((ctid::text::point)[0])::bigint AS hi '
+				'      FROM bitpress.code_segments WHERE store = $1) g '
+				'WHERE c.name = $1' USING s.name;
+	END IF;
+	RETURN n;
+END $$;

@@ -1,6 +1,7 @@
 """Packed code stores in PostgreSQL: exact k-NN against brute force through inserts, updates,
 deletes, rebuilds, concurrent writers and a backend killed in the middle of a rebuild."""
 import os
+import re
 import signal
 import time
 
@@ -290,7 +291,7 @@ def test_schema_0006_needs_extension_0_4_and_rebuilds_stores_inline(pg):
     assert schema.current(pg) == "0005_code_columns"
     pg.execute("ALTER EXTENSION bitpress UPDATE")
     assert schema.upgrade(pg) == "0007_store_integrity"
-    per = (8100 - 1) // (BITS // 8 + 4)
+    per = (8100 - 1 - 16) // (BITS // 8 + 4)  # a page, less the row's checksum (revision 0007)
     assert pg.execute("SELECT count(*), max(n), sum(n) FROM bitpress.code_segments").fetchone() == (
         -(-3000 // per), per, 3000)
     assert pg.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] == 0
@@ -517,3 +518,39 @@ def test_store_null_in_its_tables_is_corrupt_data(items):
     with pytest.raises(psycopg.errors.DataCorrupted, match='bitpress.code_delta has a NULL id'):
         pg.execute("SELECT * FROM bitpress_store_knn('s', %s::varbit, 5)", (q,))
     assert pg.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_store_reads_check_checksums_and_counts_in_both_paths(items):
+    """Classes 4 and 8: a flipped byte inside a segment, a segment lost or a missing checksum are
+    XX001 from the serial and the parallel path alike, never wrong distances or a partial top-k."""
+    pg, rng = items, np.random.default_rng(11)
+    rows = make_items(pg, rng, 400)
+    pg.execute("SELECT bitpress_store_create('s', 'items', 'id', 'code', 100)")
+    q = rng.integers(0, 256, BITS // 8, dtype=np.uint8)
+    assert store_knn(pg, q, 10) == brute(rows, q, 10)
+    ids, codes, sum_ = pg.execute("SELECT ids, codes, checksum FROM bitpress.code_segments "
+                                  "WHERE segment = 2").fetchone()
+    from bitpress import _core
+    assert sum_ == _core.segment_checksum(ids, codes)  # the same value the DuckDB stores write
+    qs = bitstrings([q])[0]
+    cases = [
+        ("UPDATE bitpress.code_segments SET codes = set_byte(codes, 17, get_byte(codes, 17) # 16) "
+         "WHERE segment = 2", "a segment's checksum does not match its bytes"),
+        ("UPDATE bitpress.code_segments SET ids = set_byte(ids, 3, get_byte(ids, 3) # 1) "
+         "WHERE segment = 1", "a segment's checksum does not match its bytes"),
+        ("UPDATE bitpress.code_segments SET checksum = NULL WHERE segment = 0",
+         "a segment has no checksum (written before schema revision 0007)"),
+        ("DELETE FROM bitpress.code_segments WHERE segment = 3", "found 3 segments, its last rebuild wrote 4"),
+    ]
+    for change, message in cases:
+        for fn in ("bitpress_store_knn", "bitpress_store_knn_parallel"):
+            with pg.transaction():
+                pg.execute(change)
+                with pytest.raises(psycopg.errors.DataCorrupted, match=re.escape(message)):
+                    with pg.transaction():
+                        pg.execute(f"SELECT * FROM {fn}('s', %s::varbit, 10)", (qs,))
+                raise psycopg.Rollback
+    assert store_knn(pg, q, 10) == brute(rows, q, 10)  # all rolled back: exact again
+    pg.execute("UPDATE bitpress.code_segments SET checksum = checksum + 1 WHERE segment = 0")
+    assert pg.execute("SELECT bitpress_store_rebuild('s')").fetchone()[0] == 400  # a rebuild repairs it
+    assert store_knn(pg, q, 10) == brute(rows, q, 10)

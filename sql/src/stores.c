@@ -67,6 +67,41 @@ null_in_table(const char *table, const char *store, const char *key, const char 
 			 errhint("Rebuild it with bitpress_store_rebuild('%s').", store)));
 }
 
+/* bitpress_segment_checksum(ids, codes): what a rebuild stores beside a segment */
+PG_FUNCTION_INFO_V1(segment_checksum);
+Datum
+segment_checksum(PG_FUNCTION_ARGS)
+{
+	bytea	   *ids = PG_GETARG_BYTEA_PP(0);
+	bytea	   *codes = PG_GETARG_BYTEA_PP(1);
+
+	PG_RETURN_INT64((int64) bp_segment_checksum((const uint8_t *) VARDATA_ANY(ids), VARSIZE_ANY_EXHDR(ids),
+												(const uint8_t *) VARDATA_ANY(codes),
+												VARSIZE_ANY_EXHDR(codes)));
+}
+
+/*
+ * A segment whose bytes are not the ones its rebuild wrote: XX001 rather than wrong distances.
+ * has_sum false: a segment written before checksums (schema revision 0007).
+ */
+static void
+check_segment_sum(const bytea *ids, const bytea *codes, bool has_sum, int64 sum, const char *store)
+{
+	bool		old = !has_sum;
+
+	if (!old && (int64) bp_segment_checksum((const uint8_t *) VARDATA_ANY(ids), VARSIZE_ANY_EXHDR(ids),
+											(const uint8_t *) VARDATA_ANY(codes),
+											VARSIZE_ANY_EXHDR(codes)) == sum)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("%s%s", store ? psprintf("code store \"%s\": ", store) : "",
+					old ? "a segment has no checksum (written before schema revision 0007)"
+					: "a segment's checksum does not match its bytes"),
+			 store ? errhint("Rebuild it with bitpress_store_rebuild('%s').", store)
+			 : errhint("Rebuild the store with bitpress_store_rebuild().")));
+}
+
 static void
 check_k(int32 k)
 {
@@ -123,6 +158,7 @@ typedef struct SegmentAtts
 	AttrNumber	n;
 	AttrNumber	ids;
 	AttrNumber	codes;
+	AttrNumber	checksum;		/* InvalidAttrNumber before schema revision 0007 */
 } SegmentAtts;
 
 static AttrNumber
@@ -196,6 +232,12 @@ scan_segments(Relation rel, const SegmentAtts *att, const char *store, const uin
 			n = DatumGetInt32(dn);
 			ids = DatumGetByteaPP(di);
 			codes = DatumGetByteaPP(dc);
+			if (att->checksum != InvalidAttrNumber)
+			{
+				Datum		ds = slot_getattr(slot, att->checksum, &nn);
+
+				check_segment_sum(ids, codes, !nn, nn ? 0 : DatumGetInt64(ds), store);
+			}
 		}
 		id_width = segment_id_width(n, ids, codes, bits, store);
 		bp_hamming_topk_segment(query, (const uint8_t *) VARDATA_ANY(codes),
@@ -342,6 +384,7 @@ store_knn(PG_FUNCTION_ARGS)
 	att.n = segment_attnum(rel, "n");
 	att.ids = segment_attnum(rel, "ids");
 	att.codes = segment_attnum(rel, "codes");
+	att.checksum = attnameAttNum(rel, "checksum", false);
 	segcxt = AllocSetContextCreate(callcxt, "bitpress segment", ALLOCSET_DEFAULT_SIZES);
 	{
 		/*
@@ -565,6 +608,8 @@ segments_knn_step(PG_FUNCTION_ARGS)
 	}
 
 	id_width = segment_id_width(n, ids, codes, VARBITLEN(query), NULL);
+	if (PG_NARGS() > 7)			/* the form with the segment's checksum (0.5.0) */
+		check_segment_sum(ids, codes, !PG_ARGISNULL(7), PG_ARGISNULL(7) ? 0 : PG_GETARG_INT64(7), NULL);
 	bp_hamming_topk_segment(VARBITS(query), (const uint8_t *) VARDATA_ANY(codes),
 							(const uint8_t *) VARDATA_ANY(ids), id_width, (size_t) n, nbytes,
 							st->skip, st->nskip, st->heap, &st->size,
