@@ -114,3 +114,13 @@ def test_two_connections_to_one_file_each_read_through_their_own(tmp_path):
                     "ORDER BY id LIMIT 3").fetchall()
     assert [bytes(g[0]) for g in got] == [w.tobytes() for w in want] and [g[1] for g in got] == [0, 0, 0]
     b.close()
+
+
+def test_knn_with_a_null_query_raises(duck):
+    """Class 6 of the hardening issue: a NULL query is an error, never arbitrary rows."""
+    duck.execute("CREATE TABLE t (id INT, v FLOAT[2], code BLOB)")
+    duck.execute("INSERT INTO t VALUES (1, [1, 2], binarize([1, 2]::FLOAT[])), (2, [2, 1], binarize([-1, 2]::FLOAT[]))")
+    for sql in ("SELECT * FROM bitpress_knn('t', 'code', 'v', NULL, 1)",
+                "SELECT * FROM bitpress_knn_codes('t', 'code', NULL, 1)"):
+        with pytest.raises(Exception, match="query must not be NULL"):
+            duck.execute(sql).fetchall()

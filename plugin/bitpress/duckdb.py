@@ -62,11 +62,15 @@ CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
          THEN error('oversample must be at least 1, got ' || coalesce(oversample::VARCHAR, 'NULL'))
          ELSE CAST(k AS BIGINT) * oversample END
 """, """
+CREATE OR REPLACE TEMP MACRO bitpress_query(query) AS
+    -- the k-NN helpers raise on a NULL query, as in PostgreSQL, instead of ordering by NULL
+    CASE WHEN query IS NULL THEN error('query must not be NULL') ELSE query END
+""", """
 CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample) AS
     -- the query's code, computed once per query (a scalar subquery), after checking k and
     -- oversample there: a LIMIT that can raise an error would cost DuckDB its top-N operator
-    CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(query)
-         ELSE binarize(query, CAST(codebook AS VARCHAR)) END
+    CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(bitpress_query(query))
+         ELSE binarize(bitpress_query(query), CAST(codebook AS VARCHAR)) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_scoring(scoring) AS
     CASE WHEN scoring IN ('hamming', 'asymmetric') THEN scoring
@@ -77,7 +81,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_rank(code, query, codebook, k, oversample,
     -- (stamp '': the codebook is looked up per batch, so that this macro binds without the
     -- bitpress.codebooks table when only Hamming ranking is used)
     CASE WHEN bitpress_scoring(scoring) = 'asymmetric'
-         THEN -bitpress_score_udf(code, CAST(query AS FLOAT[]),
+         THEN -bitpress_score_udf(code, (SELECT CAST(bitpress_query(query) AS FLOAT[])),
                                   coalesce((SELECT CAST(codebook AS VARCHAR) WHERE bitpress_pool(k, oversample) > 0),
                                            error('asymmetric scoring needs a codebook with reconstruction levels')),
                                   '')
@@ -127,7 +131,8 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_co
     LIMIT greatest(k, 1)
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_store_knn(store, query, k) AS TABLE
-    SELECT unnest(bitpress_store_knn_udf(store, CAST(query AS BLOB), CAST(k AS INTEGER)), recursive := true)
+    SELECT unnest(bitpress_store_knn_udf(store, CAST(bitpress_query(query) AS BLOB), CAST(k AS INTEGER)),
+                  recursive := true)
 """]
 
 
