@@ -211,6 +211,11 @@ CATALOG = {
     # the parallel top-k aggregate: non-strict transition/combine (they start the state)
     "bitpress_segments_knn(integer,bytea,bytea,bit varying,integer,bigint[])": ("i", False, "s"),
     "bitpress_segments_knn_step(internal,integer,bytea,bytea,bit varying,integer,bigint[])": ("i", False, "s"),
+    "bitpress_segments_knn_step(internal,integer,bytea,bytea,bit varying,integer,bigint[],bigint)": ("i", False, "s"),
+    "bitpress_segment_checksum(bytea,bytea)": ("i", True, "s"),
+    "bitpress_segments_knn(integer,bytea,bytea,bit varying,integer,bigint[],bigint)": ("i", False, "s"),
+    "bitpress_store_check_source(regclass,text,text)": ("s", False, "s"),
+    "bitpress_store_check_segments(text,bigint,bigint)": ("i", False, "s"),
     "bitpress_segments_knn_combine(internal,internal)": ("i", False, "s"),
     "bitpress_segments_knn_serial(internal)": ("i", True, "s"),
     "bitpress_segments_knn_deserial(bytea,internal)": ("i", True, "s"),
