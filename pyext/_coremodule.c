@@ -841,7 +841,7 @@ core_tt_into(PyObject *self, PyObject *args)
 		switch (what)
 		{
 			case 0:
-				bp_tt_reconstruct(&t.tt, (float *) ob.buf, work);
+				st = bp_tt_reconstruct(&t.tt, (float *) ob.buf, work, &bad_index);
 				break;
 			case 1:
 				st = bp_tt_row(&t.tt, i, (float *) ob.buf, work);

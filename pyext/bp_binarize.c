@@ -17,6 +17,19 @@ bp_isfinite(float f)
 }
 
 bp_status
+bp_check_result(const float *y, size_t n, size_t *bad_index)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!bp_isfinite(y[i]))
+		{
+			if (bad_index)
+				*bad_index = i;
+			return BP_ERR_OVERFLOW;
+		}
+	return BP_OK;
+}
+
+bp_status
 bp_check_thresholds(const float *thresholds, size_t dim, size_t *bad_index)
 {
 	if (thresholds == NULL)

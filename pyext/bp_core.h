@@ -33,7 +33,8 @@ typedef enum bp_status
 	BP_ERR_MALFORMED_FFN,		/* a = bp_ffn_problem */
 	BP_ERR_FFN_INPUT_DIM,		/* a = vector dims, b = the layer's input dims */
 	BP_ERR_FFN_K,				/* a = k asked, b = the layer's neurons */
-	BP_ERR_FFN_NO_PREDICTOR		/* sparse asked of a layer without predictor (or thresholds) */
+	BP_ERR_FFN_NO_PREDICTOR,	/* sparse asked of a layer without predictor (or thresholds) */
+	BP_ERR_OVERFLOW				/* a result is NaN or +-Inf (overflow): a = element index */
 } bp_status;
 
 /* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
@@ -78,6 +79,11 @@ bp_status	bp_binarize_batch(const float *x, size_t n, size_t dim, size_t row_str
 
 /* Checks a threshold vector once (finite values only). */
 bp_status	bp_check_thresholds(const float *thresholds, size_t dim, size_t *bad_index);
+
+/* Checks n results: BP_ERR_OVERFLOW with *bad_index (if not NULL) at the first NaN or +-Inf.
+ * Every computing function of the core calls it on its output, so no engine returns a value
+ * that is not one (pgvector refuses them, and pg_restore of a dump holding them fails). */
+bp_status	bp_check_result(const float *y, size_t n, size_t *bad_index);
 
 /* ---- hamming: number of differing bits over nbytes bytes (padding bits must be 0) ---- */
 
@@ -291,18 +297,21 @@ size_t		bp_tt_row_work(const bp_tt *tt);
 size_t		bp_tt_element_work(const bp_tt *tt);
 size_t		bp_tt_matvec_work(const bp_tt *tt);
 
-/* The whole tensor, row-major, into out (rows * cols floats). */
-void		bp_tt_reconstruct(const bp_tt *tt, float *out, float *work);
+/* The whole tensor, row-major, into out (rows * cols floats). BP_ERR_OVERFLOW with *bad_index
+ * (if not NULL, flat index) when an element overflows. */
+bp_status	bp_tt_reconstruct(const bp_tt *tt, float *out, float *work, size_t *bad_index);
 
-/* Row i (cols floats) without forming the tensor. BP_ERR_TT_INDEX when i >= rows. */
+/* Row i (cols floats) without forming the tensor. BP_ERR_TT_INDEX when i >= rows,
+ * BP_ERR_OVERFLOW when an element overflows. */
 bp_status	bp_tt_row(const bp_tt *tt, uint64_t i, float *out, float *work);
 
-/* Element (i, j). BP_ERR_TT_INDEX when out of range. */
+/* Element (i, j). BP_ERR_TT_INDEX when out of range, BP_ERR_OVERFLOW when it overflows. */
 bp_status	bp_tt_element(const bp_tt *tt, uint64_t i, uint64_t j, float *out, float *work);
 
 /* y = x @ W for nvec vectors x of rows floats (x_stride apart) into y (cols floats, y_stride
  * apart), contracting one core at a time, never forming W. Values must be finite:
- * BP_ERR_NONFINITE_VALUE with *bad_row / *bad_index otherwise. */
+ * BP_ERR_NONFINITE_VALUE with *bad_row / *bad_index otherwise; BP_ERR_OVERFLOW with them
+ * naming the output element when a result overflows. */
 bp_status	bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_stride,
 						 float *y, size_t y_stride, float *work, size_t *bad_row,
 						 size_t *bad_index);
@@ -381,7 +390,8 @@ float		bp_activation(int activation, float z);
 /* Floats of scratch space for bp_ffn_dense / bp_ffn_sparse. */
 size_t		bp_ffn_scratch_floats(const bp_ffn *f);
 
-/* y (d floats) for one input x (dim floats). */
+/* y (d floats) for one input x (dim floats). BP_ERR_OVERFLOW (*bad_index: output element)
+ * when a result overflows; bp_ffn_sparse likewise. */
 bp_status	bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, float *scratch,
 						 size_t *bad_index);
 

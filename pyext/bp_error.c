@@ -145,6 +145,14 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 			snprintf(buf, bufsize, "layer has no predictor (or no thresholds) for sparse_ffn; "
 					 "fit one with \"bitpress sparse fit\"");
 			break;
+		case BP_ERR_OVERFLOW:
+			if (a >= 0)
+				snprintf(buf, bufsize, "value out of range: element %lld of the result is not a "
+						 "finite real (the computation overflows)", a);
+			else
+				snprintf(buf, bufsize, "value out of range: the result is not a finite real "
+						 "(the computation overflows)");
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -178,6 +186,8 @@ bp_error_sqlstate(bp_status status)
 		case BP_ERR_FFN_K:
 		case BP_ERR_FFN_NO_PREDICTOR:
 			return "22023";		/* invalid_parameter_value */
+		case BP_ERR_OVERFLOW:
+			return "22003";		/* numeric_value_out_of_range */
 		case BP_ERR_MALFORMED_CODEBOOK:
 		case BP_ERR_MALFORMED_TT:
 		case BP_ERR_MALFORMED_FFN:

@@ -433,7 +433,7 @@ bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, float *scrat
 	for (j = 0; j < f->h; j++)
 		neuron_output(f, &k, j, bp_activation(f->activation, neuron_input(f, &k, j, x)), acc);
 	finish(f, acc, y);
-	return BP_OK;
+	return bp_check_result(y, f->d, bad_index);
 }
 
 /*
@@ -607,5 +607,5 @@ bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, int
 		finish(f, acc, y);
 	if (n_active)
 		*n_active = n;
-	return BP_OK;
+	return bp_check_result(y, f->d, bad_index);
 }

@@ -238,11 +238,11 @@ bp_tt_row(const bp_tt *tt, uint64_t i, float *out, float *work)
 	row_digits(tt, i, digit);
 	row_states(tt, out, work, state);
 	row_from(tt, digit, 0, state);
-	return BP_OK;
+	return bp_check_result(out, tt->cols, NULL);
 }
 
-void
-bp_tt_reconstruct(const bp_tt *tt, float *out, float *work)
+bp_status
+bp_tt_reconstruct(const bp_tt *tt, float *out, float *work, size_t *bad_index)
 {
 	uint32_t	digit[BP_TT_MAX_CORES];
 	float	   *state[BP_TT_MAX_CORES];
@@ -258,7 +258,7 @@ bp_tt_reconstruct(const bp_tt *tt, float *out, float *work)
 	{
 		(void) bp_dense_matvec(tt->core[1], tt->r[1], tt->cols, tt->core[0], tt->rows, tt->r[1],
 							   out, tt->cols, NULL, NULL);
-		return;
+		return bp_check_result(out, tt->rows * tt->cols, bad_index);
 	}
 	/* rows in order, like an odometer: only the cores whose digit moved are recomputed */
 	memset(digit, 0, sizeof(digit));
@@ -276,6 +276,7 @@ bp_tt_reconstruct(const bp_tt *tt, float *out, float *work)
 		state[tt->d - 1] = out + i * tt->cols;
 		row_from(tt, digit, k, state);
 	}
+	return bp_check_result(out, tt->rows * tt->cols, bad_index);
 }
 
 bp_status
@@ -317,7 +318,7 @@ bp_tt_element(const bp_tt *tt, uint64_t i, uint64_t j, float *out, float *work)
 		w = t;
 	}
 	*out = v[0];
-	return BP_OK;
+	return bp_check_result(out, 1, NULL);
 }
 
 uint64_t
@@ -356,6 +357,23 @@ check_vectors(const float *x, size_t nvec, size_t x_stride, uint64_t dim, size_t
 					*bad_index = t;
 				return BP_ERR_NONFINITE_VALUE;
 			}
+	return BP_OK;
+}
+
+/* BP_ERR_OVERFLOW naming the first output element of nvec results that is not finite */
+static bp_status
+check_outputs(const float *y, size_t nvec, size_t y_stride, uint64_t cols, size_t *bad_row,
+			  size_t *bad_index)
+{
+	size_t		v;
+
+	for (v = 0; v < nvec; v++)
+		if (bp_check_result(y + v * y_stride, cols, bad_index) != BP_OK)
+		{
+			if (bad_row)
+				*bad_row = v;
+			return BP_ERR_OVERFLOW;
+		}
 	return BP_OK;
 }
 
@@ -410,7 +428,7 @@ bp_dense_matvec(const float *w, uint64_t rows, uint64_t cols, const float *x, si
 			}
 		}
 	}
-	return BP_OK;
+	return check_outputs(y, nvec, y_stride, cols, bad_row, bad_index);
 }
 
 bp_status
@@ -449,5 +467,5 @@ bp_tt_matvec(const bp_tt *tt, const float *x, size_t nvec, size_t x_stride,
 			in = dst;
 		}
 	}
-	return BP_OK;
+	return check_outputs(y, nvec, y_stride, tt->cols, bad_row, bad_index);
 }

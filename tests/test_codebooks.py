@@ -206,6 +206,28 @@ def test_duckdb_bad_input(duck_books, minilm):
         kernels.encode(b"BPCB" + bytes(30), minilm[:2])
 
 
+@pytest.mark.parametrize("column", ["params", "version"])
+@pytest.mark.parametrize("eng", ["pg", "duckdb"])
+def test_a_null_in_the_codebook_table_is_corrupt_data(request, eng, column):
+    """A NULL where bitpress's migration says NOT NULL (dropped by hand) is XX001 naming the
+    table, the codebook and the column, in SQL and in Python (before: a segfault in PostgreSQL)."""
+    from conftest import error_of
+
+    conn = request.getfixturevalue("pg_books" if eng == "pg" else "duck_books")
+    codebooks.save(conn, "two", Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0]))
+    if column == "version":  # part of the primary key: a copy of the table without it
+        conn.execute("ALTER TABLE bitpress.codebooks RENAME TO codebooks_old")
+        conn.execute("CREATE TABLE bitpress.codebooks AS SELECT * FROM bitpress.codebooks_old")
+    conn.execute(f"ALTER TABLE bitpress.codebooks ALTER COLUMN {column} DROP NOT NULL")
+    conn.execute(f"UPDATE bitpress.codebooks SET {column} = NULL")
+    got, msg = error_of(conn, "SELECT binarize(" + ("'[1,2]'::vector" if eng == "pg" else "[1.0, 2.0]")
+                        + ", 'two')")
+    row = 'codebook "two"' + (" version 1" if column == "params" else "")
+    assert got == "XX001" and f'bitpress.codebooks ({row}): column "{column}" is NULL' in msg, msg
+    with pytest.raises(errors.CorruptDataError, match=f'column "{column}" is NULL'):
+        codebooks.load(conn, "two")
+
+
 def run_cli(*args):
     import subprocess
     import sys

@@ -185,6 +185,31 @@ def test_nan_input_and_broken_params(engine, layer):
     assert got == "22P03" and "malformed layer: NaN or infinity in its parameters" in msg
 
 
+def _x384(conn):
+    return ("list_transform(range(384), lambda i: 0.5)::FLOAT[]" if kind(conn) == "duckdb"
+            else "array_fill(0.5::real, ARRAY[384])")
+
+
+@pytest.mark.parametrize("q", ["SELECT ffn(X, 'big')", "SELECT sparse_ffn(X, 'big', 8)",
+                               "SELECT sparse_ffn(X, 'big')", "SELECT sparse_ffn(X, 'big', 8, 'exact')"])
+def test_a_result_that_overflows_is_out_of_range(engine, layer, q):
+    """Finite weights of 1e20 make outputs past float4: 22003 in both engines, not Infinity."""
+    big = ffn.Layer(layer.w1 * np.float32(1e20), layer.b1, layer.w2 * np.float32(1e20), layer.b2,
+                    "gelu_erf", layer.p, layer.q, np.zeros_like(layer.thresholds))
+    ffn.save(engine, "big", big)
+    got, msg = error_of(engine, q.replace("X", _x384(engine)))
+    assert got == "22003" and "is not a finite real (the computation overflows)" in msg, msg
+    with pytest.raises(errors.ResultOutOfRangeError):
+        ffn.run(ffn.load(engine, "big"), np.full(384, 0.5, np.float32))
+
+
+def test_a_null_in_the_layer_table_is_corrupt_data(engine):
+    engine.execute("ALTER TABLE bitpress.ffn_layers ALTER COLUMN params DROP NOT NULL")
+    engine.execute("UPDATE bitpress.ffn_layers SET params = NULL WHERE name = 'l0'")
+    got, msg = error_of(engine, f"SELECT ffn({_x384(engine)}, 'l0')")
+    assert got == "XX001" and 'bitpress.ffn_layers (layer "l0"): column "params" is NULL' in msg, msg
+
+
 def test_a_layer_without_predictor_refuses_sparse(layer, inputs):
     plain = ffn.Layer(layer.w1, layer.b1, layer.w2, layer.b2, "gelu_erf")
     with pytest.raises(errors.InvalidParameterError, match="no predictor"):

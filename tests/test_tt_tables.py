@@ -187,6 +187,65 @@ def test_a_nan_in_a_core_is_refused(engine):
     assert got == "22P03" and "malformed TT core 1: NaN or infinity" in msg
 
 
+def _scale_core(conn, tensor, idx, factor):
+    """Rewrites core idx of a tensor with its values times factor (checksum kept right)."""
+    data = (np.frombuffer(bytes(_sql(conn, "SELECT data FROM bitpress.tt_cores WHERE tensor = %s AND idx = %s",
+                                     (tensor, idx))[0]), "<f4") * np.float32(factor)).astype("<f4").tobytes()
+    _break(conn, "UPDATE bitpress.tt_cores SET data = %s, checksum = %s WHERE tensor = %s AND idx = %s",
+           [data, hashlib.sha256(data).hexdigest(), tensor, idx])
+
+
+def _ones(conn, n, value=1.0):
+    return (f"list_transform(range({n}), lambda i: {value})::FLOAT[]" if _is_duck(conn)
+            else f"array_fill({value}::real, ARRAY[{n}])")
+
+
+@pytest.mark.parametrize("q", [
+    "SELECT tt_reconstruct('m', 'ffn')", "SELECT tt_reconstruct_row('m', 'ffn', 2)",
+    "SELECT tt_element('m', 'ffn', 2, 3)", "SELECT tt_matvec('m', 'ffn', X)",
+])
+def test_a_result_that_overflows_is_out_of_range(engine, q):
+    """Finite cores of 1e30 multiply past float4: 22003, never an Infinity or NaN returned."""
+    for k in (0, 1):
+        _scale_core(engine, "ffn", k, 1e30)
+    got, msg = error_of(engine, q.replace("X", _ones(engine, 384)))
+    assert got == "22003" and "is not a finite real (the computation overflows)" in msg, msg
+
+
+def test_large_values_are_returned_and_only_overflow_is_refused(engine, weights):
+    w = weights["conv"][0]
+    _scale_core(engine, "conv", 0, 1e30)
+    got = _flat(_sql(engine, "SELECT tt_reconstruct('m', 'conv')")[0])
+    assert np.array_equal(got, (w.reshape(-1) * np.float32(1e30)).astype(np.float32))
+    err, msg = error_of(engine, f"SELECT tt_matvec('m', 'conv', {_ones(engine, 4, 1e10)})")
+    assert err == "22003", msg
+
+
+@pytest.mark.parametrize("shape", [[4, -6, -8], [0, 6, 8], [-4, 48]])
+def test_a_shape_that_is_not_one_is_refused(engine, shape):
+    """A stored shape whose product is right but whose entries are not sizes (before: arrays
+    with negative bounds that pg_dump cannot write back)."""
+    _break(engine, f"UPDATE bitpress.tt_tensors SET shape = {'' if _is_duck(engine) else 'ARRAY'}{shape} "
+                   "WHERE tensor = 'conv'")
+    got, msg = error_of(engine, "SELECT tt_reconstruct('m', 'conv')")
+    bad = next(d for d in shape if d < 1)
+    assert got == "22P03" and f"its shape has {bad} in dimension {shape.index(bad) + 1}" in msg, msg
+
+
+@pytest.mark.parametrize("table, column, where", [
+    ("tt_cores", "data", "tensor = 'ffn' AND idx = 1"),
+    ("tt_cores", "shape", "tensor = 'ffn' AND idx = 1"),
+    ("tt_cores", "checksum", "tensor = 'ffn' AND idx = 1"),
+    ("tt_tensors", "shape", "tensor = 'ffn'"),
+])
+def test_a_null_in_the_tables_is_corrupt_data(engine, table, column, where):
+    _break(engine, f"ALTER TABLE bitpress.{table} ALTER COLUMN {column} DROP NOT NULL")
+    _break(engine, f"UPDATE bitpress.{table} SET {column} = NULL WHERE {where}")
+    got, msg = error_of(engine, "SELECT tt_element('m', 'ffn', 1, 1)")
+    row = 'tensor "ffn" of model "m"' + (", core 1" if table == "tt_cores" else "")
+    assert got == "XX001" and f'bitpress.{table} ({row}): column "{column}" is NULL' in msg, msg
+
+
 @pytest.mark.parametrize("q, sqlstate, words", [
     ("SELECT tt_element('m', 'nope', 1, 1)", "42704", 'tensor "nope" of model "m" does not exist'),
     ("SELECT tt_element('m', 'ffn', 0, 1)", "2202E", "index 0 is out of range for a dimension of 384"),

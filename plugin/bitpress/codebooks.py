@@ -60,6 +60,8 @@ def load(conn, name: str, version: int | None = None) -> Codebook:
         what = f"codebook {name!r}" + (f" version {version}" if version is not None else "")
         raise errors.UnknownCodebookError(f"{what} does not exist")
     v, method, params, options = rows[0]
+    errors.stored(v, TABLE, f'codebook "{name}"', "version")
+    errors.stored(params, TABLE, f'codebook "{name}" version {v}', "params")
     options = dict(json.loads(options or "{}"), name=name, version=v)
     return Codebook.from_bytes(bytes(params), method=method, options=options)
 

@@ -281,6 +281,7 @@ class _Codebooks:
         if row is None:
             what = f'codebook "{name}"' + (f" version {version}" if version else "")
             raise errors.UnknownCodebookError(f"{what} does not exist")
+        errors.stored(row[0], "bitpress.codebooks", f'codebook "{name}"', "version")
         key = (name, version)
         hit = self.cache.get(key)
         if hit is not None and hit[0] == row:
@@ -291,6 +292,7 @@ class _Codebooks:
                                  [name, row[0]]).fetchone()[0]
         finally:
             cur.close()
+        errors.stored(params, "bitpress.codebooks", f'codebook "{name}" version {row[0]}', "params")
         blob = np.frombuffer(bytes(params), dtype=np.uint8).copy()  # aligned for the core
         _core.codebook_shape(blob)  # malformed parameters fail here, with the core's message
         self.cache[key] = (row, blob)

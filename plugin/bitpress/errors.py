@@ -106,6 +106,26 @@ class UnknownLayerError(BitpressError):
     sqlstate = "42704"
 
 
+class ResultOutOfRangeError(BitpressError):
+    """A result that is not a finite real: the computation overflows (NaN or infinity)."""
+
+    sqlstate = "22003"
+
+
+class CorruptDataError(BitpressError):
+    """bitpress's own tables hold what bitpress never writes (a NULL, a bad size, a checksum
+    that does not match): the message names the table, the row and the column."""
+
+    sqlstate = "XX001"
+
+
+def stored(value, table: str, key: str, column: str):
+    """value, read from bitpress's own table, unless it is NULL (CorruptDataError)."""
+    if value is None:
+        raise CorruptDataError(f'{table} ({key}): column "{column}" is NULL')
+    return value
+
+
 # bp_status values of pyext/bp_core.h, in order
 _BY_STATUS = {
     1: EmptyVectorError,
@@ -125,6 +145,7 @@ _BY_STATUS = {
     15: DimensionMismatchError,
     16: InvalidParameterError,
     17: InvalidParameterError,
+    18: ResultOutOfRangeError,
 }
 
 

@@ -171,7 +171,7 @@ def load(conn, name: str) -> bytes:
     rows = fetchall(conn, f"SELECT params FROM {TABLE} WHERE name = %s", (name,))
     if not rows:
         raise errors.UnknownLayerError(f'layer "{name}" does not exist')
-    return bytes(rows[0][0])
+    return bytes(errors.stored(rows[0][0], TABLE, f'layer "{name}"', "params"))
 
 
 def list_layers(conn) -> list[dict]:

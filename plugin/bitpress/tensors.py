@@ -146,11 +146,19 @@ def load(conn, model: str, tensor: str) -> StoredTensor:
                  (model, tensor))
     if not rows:
         raise errors.UnknownTensorError(f'tensor "{tensor}" of model "{model}" does not exist')
-    shape, onnx_name, fmt = rows[0]
+    key = f'tensor "{tensor}" of model "{model}"'
+    shape, onnx_name, fmt = errors.stored(rows[0][0], TENSORS, key, "shape"), rows[0][1], rows[0][2]
+    shape = tuple(int(s) for s in shape)
+    for d, s in enumerate(shape):
+        if s < 1:
+            raise errors.MalformedTensorError(
+                f"{key}: its shape has {s} in dimension {d + 1}, every dimension must be at least 1")
     cores = []
-    for k, (idx, cshape, data, checksum) in enumerate(_rows(
+    for k, row in enumerate(_rows(
             conn, f"SELECT idx, shape, data, checksum FROM {CORES} WHERE model = %s AND tensor = %s "
                   "ORDER BY idx", (model, tensor))):
+        idx, cshape, data, checksum = (errors.stored(v, CORES, f"{key}, core {k}", c)
+                                       for v, c in zip(row, ("idx", "shape", "data", "checksum")))
         if idx != k:
             raise _malformed(model, tensor, _core.TT_MISSING, k)
         data = bytes(data)
@@ -165,7 +173,7 @@ def load(conn, model: str, tensor: str) -> StoredTensor:
         cores.append(core.reshape(cshape))
     if not cores:
         raise _malformed(model, tensor, _core.TT_NO_CORES, 0)
-    return StoredTensor(model, tensor, tuple(int(s) for s in shape), cores, onnx_name, fmt)
+    return StoredTensor(model, tensor, shape, cores, onnx_name, fmt)
 
 
 def core_rows(model: str, name: str, cores) -> list[tuple]:

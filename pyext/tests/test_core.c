@@ -391,7 +391,7 @@ test_tt(void)
 			float	   *yd = malloc(2 * cols * sizeof(float));
 			int			ok = 1;
 
-			bp_tt_reconstruct(&tt, whole, work);
+			bp_tt_reconstruct(&tt, whole, work, NULL);
 			for (size_t i = 0; i < rows; i++)
 			{
 				CHECK(bp_tt_row(&tt, i, row, work) == BP_OK, "row");

@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -24,7 +25,7 @@ void		_PG_init(void);
 /* ---- errors: messages and SQLSTATEs come from the core (bp_error.c) ---- */
 
 void
-report(bp_status st, long long a, long long b)
+report_in(const char *prefix, bp_status st, long long a, long long b)
 {
 	char		msg[256];
 	const char *s = bp_error_sqlstate(st);
@@ -32,8 +33,29 @@ report(bp_status st, long long a, long long b)
 	bp_error_message(msg, sizeof(msg), st, a, b);
 	ereport(ERROR,
 			(errcode(MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4])),
-			 errmsg("%s", msg)));
+			 prefix ? errmsg("%s: %s", prefix, msg) : errmsg("%s", msg)));
 	pg_unreachable();
+}
+
+void
+report(bp_status st, long long a, long long b)
+{
+	report_in(NULL, st, a, b);
+}
+
+Datum
+stored_value(HeapTuple tup, TupleDesc desc, int col, const char *table, const char *key)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s (%s): column \"%s\" is NULL", table, key, SPI_fname(desc, col)),
+				 errhint("The column is declared NOT NULL by bitpress's migrations; rewrite the row "
+						 "with bitpress, not by hand.")));
+	return d;
 }
 
 void

@@ -4,6 +4,8 @@
 
 #include "postgres.h"
 #include "fmgr.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "utils/array.h"
 
 #include "bp_core.h"
@@ -21,6 +23,16 @@ typedef struct PgVector
 
 /* ereport(ERROR) with the core's message and SQLSTATE for a status */
 extern void report(bp_status st, long long a, long long b) pg_attribute_noreturn();
+
+/* the same, the message after "prefix: " (the layer or tensor it concerns) */
+extern void report_in(const char *prefix, bp_status st, long long a, long long b) pg_attribute_noreturn();
+
+/*
+ * Column col of row tup of an SPI result read from bitpress's own table: a NULL there is
+ * corrupt data (XX001) naming the table, the row (key, e.g. 'layer "x"') and the column.
+ */
+extern Datum stored_value(HeapTuple tup, TupleDesc desc, int col, const char *table,
+						  const char *key);
 
 /* errors unless 1 <= dim <= BP_MAX_DIM */
 extern void check_dim(int dim);

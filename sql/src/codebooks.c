@@ -96,16 +96,18 @@ lookup_row(const char *name, int32 version, int32 *found_version, TransactionId 
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *key = psprintf("codebook \"%s\"", name);
 
 		found = true;
-		*found_version = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		*found_version = DatumGetInt32(stored_value(tup, desc, 1, CODEBOOK_TABLE, key));
 		*xmin = (TransactionId) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		if (params)
 		{
-			Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+			Datum		d = stored_value(tup, desc, 3, CODEBOOK_TABLE,
+										 psprintf("codebook \"%s\" version %d", name, *found_version));
 			MemoryContext old = MemoryContextSwitchTo(params_cxt);
 
-			*params = isnull ? NULL : DatumGetByteaPCopy(d);
+			*params = DatumGetByteaPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
 	}

@@ -66,7 +66,8 @@ lookup_layer(const char *name, TransactionId *xmin, bytea **params)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-			*params = DatumGetByteaPCopy(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			*params = DatumGetByteaPCopy(stored_value(tup, SPI_tuptable->tupdesc, 2, LAYER_TABLE,
+													  psprintf("layer \"%s\"", name)));
 			MemoryContextSwitchTo(old);
 		}
 	}

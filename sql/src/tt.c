@@ -143,6 +143,7 @@ load_tensor(CachedTensor *e, const char *model, const char *tensor)
 				problem = 0,
 				bad_core = 0;
 	bool		isnull;
+	char	   *key;
 	char	   *data;
 	uint64		rows,
 				cols;
@@ -154,11 +155,18 @@ load_tensor(CachedTensor *e, const char *model, const char *tensor)
 		elog(ERROR, "reading tensor \"%s\" failed", tensor);
 	if (SPI_processed != 1)
 		unknown_tensor(model, tensor);
-	ndim = int4_array(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+	key = psprintf("tensor \"%s\" of model \"%s\"", tensor, model);
+	ndim = int4_array(stored_value(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, TENSOR_TABLE, key),
 					  shape, MAXDIM, model, tensor, "its shape");
+	for (k = 0; k < ndim; k++)
+		if (shape[k] < 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("tensor \"%s\" of model \"%s\": its shape has %d in dimension %d, "
+							"every dimension must be at least 1", tensor, model, shape[k], k + 1)));
 
 	if (SPI_execute_with_args(
-							  "SELECT idx, shape, data, encode(sha256(data), 'hex') = checksum FROM "
+							  "SELECT idx, shape, data, encode(sha256(data), 'hex') = checksum, checksum FROM "
 							  CORE_TABLE " WHERE model = $1 AND tensor = $2 ORDER BY idx",
 							  2, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the cores of tensor \"%s\" failed", tensor);
@@ -171,17 +179,22 @@ load_tensor(CachedTensor *e, const char *model, const char *tensor)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[k];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *ckey = psprintf("%s, core %d", key, k);
 		int			s[4];
 		bytea	   *b;
 
-		if (DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)) != k)
+		if (DatumGetInt32(stored_value(tup, desc, 1, CORE_TABLE, ckey)) != k)
 			malformed_core(model, tensor, BP_TT_MISSING, k);
-		if (int4_array(SPI_getbinval(tup, desc, 2, &isnull), s, 4, model, tensor,
+		if (int4_array(stored_value(tup, desc, 2, CORE_TABLE, ckey), s, 4, model, tensor,
 					   "a core's shape") != 4)
 			malformed_core(model, tensor, BP_TT_SHAPE, k);
+		b = DatumGetByteaPP(stored_value(tup, desc, 3, CORE_TABLE, ckey));
+		/* NULL when the checksum column is: the data cannot be verified */
+		(void) SPI_getbinval(tup, desc, 4, &isnull);
+		if (isnull)
+			stored_value(tup, desc, 5, CORE_TABLE, ckey);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)))
 			malformed_core(model, tensor, BP_TT_CHECKSUM, k);
-		b = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
 		shapes[4 * k] = s[0];
 		shapes[4 * k + 1] = s[1];
 		shapes[4 * k + 2] = s[2];
@@ -209,8 +222,8 @@ load_tensor(CachedTensor *e, const char *model, const char *tensor)
 		/* the tensor's 2-D view: (shape[0], rest), a 1-D tensor as (1, n) */
 		rows = ndim >= 2 ? (uint64) shape[0] : 1;
 		cols = 1;
-		for (k = ndim >= 2 ? 1 : 0; k < ndim; k++)
-			cols *= (uint64) shape[k];
+		for (k = ndim >= 2 ? 1 : 0; k < ndim && cols <= tt.cols; k++)
+			cols *= (uint64) shape[k];	/* stops once past tt.cols: no wrap-around */
 		if (tt.rows != rows || tt.cols != cols)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
@@ -338,6 +351,8 @@ tt_reconstruct(PG_FUNCTION_ARGS)
 	float	   *work;
 	int			dims[MAXDIM];
 	int			ndim = e->ndim;
+	size_t		bad = 0;
+	bp_status	st;
 
 	if (ndim == 0)
 	{
@@ -348,7 +363,9 @@ tt_reconstruct(PG_FUNCTION_ARGS)
 		memcpy(dims, e->shape, sizeof(int) * ndim);
 	a = float4_result(NULL, ndim, dims);
 	work = palloc(bp_tt_row_work(&e->tt) * sizeof(float));
-	bp_tt_reconstruct(&e->tt, (float *) ARR_DATA_PTR(a), work);
+	st = bp_tt_reconstruct(&e->tt, (float *) ARR_DATA_PTR(a), work, &bad);
+	if (st != BP_OK)
+		report(st, (long long) bad, 0);
 	pfree(work);
 	PG_RETURN_ARRAYTYPE_P(a);
 }
@@ -377,7 +394,8 @@ tt_reconstruct_row(PG_FUNCTION_ARGS)
 	}
 	a = float4_result(NULL, ndim, dims);
 	work = palloc(bp_tt_row_work(&e->tt) * sizeof(float));
-	bp_tt_row(&e->tt, i, (float *) ARR_DATA_PTR(a), work);
+	if (bp_tt_row(&e->tt, i, (float *) ARR_DATA_PTR(a), work) != BP_OK)
+		report(BP_ERR_OVERFLOW, -1, 0);
 	pfree(work);
 	PG_RETURN_ARRAYTYPE_P(a);
 }
@@ -392,7 +410,8 @@ tt_element(PG_FUNCTION_ARGS)
 	float	   *work = palloc(bp_tt_element_work(&e->tt) * sizeof(float));
 	float		value;
 
-	bp_tt_element(&e->tt, i, j, &value, work);
+	if (bp_tt_element(&e->tt, i, j, &value, work) != BP_OK)
+		report(BP_ERR_OVERFLOW, 0, 0);
 	pfree(work);
 	PG_RETURN_FLOAT4(value);
 }
@@ -416,7 +435,13 @@ matvec(CachedTensor *e, const float *x, int dim, float *y)
 			float	   *dense = MemoryContextAllocHuge(TopMemoryContext,
 													   e->tt.rows * e->tt.cols * sizeof(float));
 
-			bp_tt_reconstruct(&e->tt, dense, work);
+			size_t		bad = 0;
+
+			if (bp_tt_reconstruct(&e->tt, dense, work, &bad) != BP_OK)
+			{
+				pfree(dense);
+				report(BP_ERR_OVERFLOW, (long long) bad, 0);
+			}
 			pfree(work);
 			e->dense = dense;
 		}
