@@ -56,8 +56,12 @@ END $$;
 COMMENT ON FUNCTION bitpress_store_check_source(regclass, text, text) IS
 	'internal: checks that a table can back a code store (unique NOT NULL integer ids, a bit column)';
 
+-- The triggers write the delta as the extension's owner (SECURITY DEFINER, search_path pinned
+-- to pg_catalog), so a role that may write the table never needs rights on schema bitpress;
+-- only the table a store follows may write its delta (a trigger someone else made on another
+-- table, naming the store, is refused).
 CREATE OR REPLACE FUNCTION bitpress_store_track() RETURNS trigger
-	LANGUAGE plpgsql AS $$
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	s bitpress.code_stores;
 	bad bigint;
@@ -65,6 +69,12 @@ BEGIN
 	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = TG_ARGV[0];
 	IF NOT FOUND THEN
 		RETURN NULL;
+	END IF;
+	-- (a store written before revision 0008 names its table as text: not checked)
+	IF (CASE WHEN pg_typeof(s.source) = 'regclass'::regtype THEN s.source::text::regclass::oid <> TG_RELID
+			 ELSE false END) THEN
+		RAISE EXCEPTION 'code store "%" follows table %, not %', s.name, s.source, TG_RELID::regclass
+			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
 		-- what the store could not hold is refused with the statement that wrote it
@@ -87,8 +97,10 @@ BEGIN
 					   'SELECT $1, o.%I::bigint, NULL FROM old_rows o', s.id_column) USING s.name;
 	END IF;
 	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		-- the code's bytes as code_bytes() gives them, from pg_catalog alone (varbit_send: a
+		-- 4-byte length, then the bytes)
 		EXECUTE format('INSERT INTO bitpress.code_delta (store, id, code) '
-					   'SELECT $1, n.%1$I::bigint, code_bytes(n.%2$I) FROM new_rows n '
+					   'SELECT $1, n.%1$I::bigint, substring(varbit_send(n.%2$I::varbit) FROM 5) FROM new_rows n '
 					   'WHERE n.%2$I IS NOT NULL', s.id_column, s.code_column) USING s.name;
 	END IF;
 	RETURN NULL;
@@ -118,7 +130,7 @@ BEGIN
 			USING ERRCODE = 'data_exception';
 	END IF;
 	INSERT INTO bitpress.code_stores (name, source, id_column, code_column, bits, segment_codes)
-		VALUES (store, source::text, id_column, code_column, bits, segment_codes);
+		VALUES (store, source, id_column, code_column, bits, segment_codes);
 	EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
 				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_i', source, store);
 	EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
@@ -127,6 +139,46 @@ BEGIN
 				   'FOR EACH STATEMENT EXECUTE FUNCTION bitpress_store_track(%L)', trig || '_d', source, store);
 	RETURN bitpress_store_rebuild(store);
 END $$;
+
+-- A store follows its table by OID (schema revision 0008 makes bitpress.code_stores.source a
+-- regclass: renames are followed, a table of the same name elsewhere is never read) and serves
+-- exactly the roles that may read the table (store_access.c): SELECT on its id and code columns,
+-- no row-level security policy acting on them, and only while its three triggers are in place.
+
+CREATE FUNCTION bitpress_store_readable(store text, source regclass, id_column text, code_column text,
+										raise boolean DEFAULT false) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'store_readable_sql'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION bitpress_store_readable(text, regclass, text, text, boolean) IS
+	'whether code store "store" may serve the current role: it may read the table''s id and code columns, no row-level security acts on it, the store''s triggers are in place (raise => the reason as an error)';
+
+-- SECURITY DEFINER, so that any role can learn which stores exist (as pg_trigger tells anyway)
+-- and be told precisely why one does not serve it; every name in it is schema-qualified, and
+-- the unqualified source of a store written before revision 0008 resolves as it did then,
+-- under the caller's search_path.
+CREATE FUNCTION bitpress_store_catalog()
+	RETURNS TABLE (name text, source regclass, id_column text, code_column text, bits integer,
+				   segments bigint, first_block bigint, last_block bigint)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL SAFE ROWS 10 AS $$
+BEGIN
+	IF pg_catalog.to_regclass('bitpress.code_stores') IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY EXECUTE
+		'SELECT c.name, CASE WHEN pg_catalog.pg_typeof(c.source) OPERATOR(pg_catalog.=) '
+		'                         ''pg_catalog.regclass''::pg_catalog.regtype '
+		'                    THEN c.source::pg_catalog.oid::pg_catalog.regclass '
+		'                    ELSE pg_catalog.to_regclass(c.source::pg_catalog.text) END, '
+		'       c.id_column, c.code_column, c.bits, '
+		'       (j OPERATOR(pg_catalog.->>) ''segments'')::pg_catalog.int8, '
+		'       (j OPERATOR(pg_catalog.->>) ''first_block'')::pg_catalog.int8, '
+		'       (j OPERATOR(pg_catalog.->>) ''last_block'')::pg_catalog.int8 '
+		'FROM bitpress.code_stores c, pg_catalog.to_jsonb(c) j';
+END $$;
+
+COMMENT ON FUNCTION bitpress_store_catalog() IS
+	'internal: every code store''s table (by OID), columns, code length and recorded segments, for any role';
 
 -- Every segment carries a checksum (schema revision 0007), written by the rebuild and checked
 -- by every read, serial or parallel; the parallel read also checks it met every segment.
@@ -180,8 +232,7 @@ CREATE OR REPLACE FUNCTION bitpress_store_knn_parallel(store text, query varbit,
 	SET jit = off  -- the per-segment COST must not trigger JIT compilation of this plan
 	AS $$
 DECLARE
-	s bitpress.code_stores;
-	meta jsonb;
+	s record;
 	sums boolean;
 BEGIN
 	-- the same answer and the same checks as bitpress_store_knn, as a parallel aggregate: each
@@ -190,10 +241,11 @@ BEGIN
 	IF k < 1 THEN
 		RAISE EXCEPTION 'k must be at least 1, got %', k USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO s FROM bitpress.code_stores c WHERE c.name = store;
+	SELECT * INTO s FROM bitpress_store_catalog() c WHERE c.name = store;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM bitpress_store_readable(s.name, s.source, s.id_column, s.code_column, true);
 	IF s.bits IS NULL THEN
 		RAISE EXCEPTION 'code store "%": bitpress.code_stores has a NULL bits', store
 			USING ERRCODE = 'data_corrupted';
@@ -204,7 +256,6 @@ BEGIN
 	IF EXISTS (SELECT 1 FROM bitpress.code_delta e WHERE e.store = $1 AND e.id IS NULL) THEN
 		RAISE EXCEPTION 'code store "%": bitpress.code_delta has a NULL id', store USING ERRCODE = 'data_corrupted';
 	END IF;
-	meta := to_jsonb(s);
 	-- one statement (RETURN QUERY), so that workers are launched, with the segment count
 	-- checked in it; segments are checked against their checksums once revision 0007 has them
 	sums := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = 'bitpress.code_segments'::regclass
@@ -225,7 +276,7 @@ BEGIN
 		'        WHERE f.store = $1 ORDER BY f.id, f.seq DESC) e'
 		'  WHERE e.code IS NOT NULL'
 		') u ORDER BY u.d, u.i LIMIT $3', CASE WHEN sums THEN ', g.checksum' ELSE '' END)
-		USING store, query, k, (meta->>'segments')::bigint;
+		USING store, query, k, s.segments;
 END $$;
 
 COMMENT ON FUNCTION bitpress_store_knn_parallel(text, varbit, integer) IS
@@ -249,7 +300,9 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
 	END IF;
-	-- what the store holds must still be what it can hold (ids, one code length)
+	-- the store must still follow its table, be readable whole by this role (no row-level
+	-- security would hide rows from it), and hold what it can hold (ids, one code length)
+	PERFORM bitpress_store_readable(s.name, s.source::regclass, s.id_column, s.code_column, true);
 	PERFORM bitpress_store_check_source(s.source::regclass, s.id_column, s.code_column);
 	EXECUTE format('SELECT count(*) FROM %s t WHERE length(t.%I) <> $1', s.source, s.code_column)
 		INTO lens USING s.bits;
@@ -314,4 +367,37 @@ BEGIN
 				'WHERE c.name = $1' USING s.name;
 	END IF;
 	RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION bitpress_store_for(rel regclass, code_column text, OUT name text, OUT id_column text)
+	LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+	-- the packed code store following rel.code_column that may serve this role, if any (else
+	-- bitpress_knn scans the table itself, through its privileges and policies)
+	SELECT c.name, c.id_column INTO name, id_column FROM bitpress_store_catalog() c
+		WHERE c.source = rel AND c.code_column = bitpress_store_for.code_column
+		  AND bitpress_store_readable(c.name, c.source, c.id_column, c.code_column)
+		ORDER BY c.name LIMIT 1;
+END $$;
+
+CREATE OR REPLACE FUNCTION bitpress_store_drop(store text) RETURNS void
+	LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+	rel regclass;
+	trig text := 'bitpress_store_' || md5(store);
+BEGIN
+	-- the triggers are dropped on the table the store follows, renamed or not (DROP TRIGGER
+	-- locks it ACCESS EXCLUSIVE until commit, as any DROP TRIGGER does)
+	SELECT c.source INTO rel FROM bitpress_store_catalog() c WHERE c.name = store;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'code store "%" does not exist', store USING ERRCODE = 'undefined_object';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = rel) THEN
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_i', rel);
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_u', rel);
+		EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trig || '_d', rel);
+	END IF;
+	DELETE FROM bitpress.code_delta d WHERE d.store = bitpress_store_drop.store;
+	DELETE FROM bitpress.code_segments g WHERE g.store = bitpress_store_drop.store;
+	DELETE FROM bitpress.code_stores c WHERE c.name = bitpress_store_drop.store;
 END $$;

@@ -215,6 +215,8 @@ CATALOG = {
     "bitpress_segment_checksum(bytea,bytea)": ("i", True, "s"),
     "bitpress_segments_knn(integer,bytea,bytea,bit varying,integer,bigint[],bigint)": ("i", False, "s"),
     "bitpress_store_check_source(regclass,text,text)": ("s", False, "s"),
+    "bitpress_store_readable(text,regclass,text,text,boolean)": ("s", True, "s"),
+    "bitpress_store_catalog()": ("s", False, "s"),
     "bitpress_store_check_segments(text,bigint,bigint)": ("i", False, "s"),
     "bitpress_segments_knn_combine(internal,internal)": ("i", False, "s"),
     "bitpress_segments_knn_serial(internal)": ("i", True, "s"),

@@ -25,22 +25,13 @@ MIN_EXTENSION = (0, 5, 0)
 
 
 def upgrade():
+    from bitpress.schema import extension_schema
+
     bind = op.get_bind()
-    ext = None
-    if bind.dialect.name == "postgresql":
-        row = bind.execute(sa.text("SELECT e.extversion, n.nspname FROM pg_extension e "
-                                   "JOIN pg_namespace n ON n.oid = e.extnamespace "
-                                   "WHERE e.extname = 'bitpress'")).first()
-        if row is not None:
-            ext = tuple(int(p) for p in row[0].split(".")), row[1]
-            if ext[0] < MIN_EXTENSION:
-                raise RuntimeError(
-                    f"the bitpress extension is at {row[0]}; this schema revision needs "
-                    f"{'.'.join(map(str, MIN_EXTENSION))} or later: run ALTER EXTENSION bitpress UPDATE first")
+    schema = extension_schema(bind, MIN_EXTENSION)
     op.add_column("code_segments", sa.Column("checksum", sa.BigInteger, nullable=True), schema="bitpress")
-    if ext is not None:
+    if schema is not None:
         # every segment gets its checksum: rewrite the existing stores
-        schema = bind.dialect.identifier_preparer.quote_identifier(ext[1])
         rebuild = sa.text(f"SELECT {schema}.bitpress_store_rebuild(:name)")
         for name in bind.execute(sa.text("SELECT name FROM bitpress.code_stores ORDER BY name")).scalars():
             bind.execute(rebuild, {"name": name})

@@ -131,6 +131,25 @@ def require(conn, revision: str, table: str, error) -> None:
         raise missing_table(table, error)
 
 
+def extension_schema(bind, minimum: tuple) -> str | None:
+    """For a migration on PostgreSQL: the quoted schema of the bitpress extension (None when it
+    is not installed, or in DuckDB); RuntimeError when its version is below ``minimum``."""
+    import sqlalchemy as sa
+
+    if bind.dialect.name != "postgresql":
+        return None
+    row = bind.execute(sa.text("SELECT e.extversion, n.nspname FROM pg_extension e "
+                               "JOIN pg_namespace n ON n.oid = e.extnamespace "
+                               "WHERE e.extname = 'bitpress'")).first()
+    if row is None:
+        return None
+    if tuple(int(p) for p in row[0].split(".")) < minimum:
+        raise RuntimeError(
+            f"the bitpress extension is at {row[0]}; this schema revision needs "
+            f"{'.'.join(map(str, minimum))} or later: run ALTER EXTENSION bitpress UPDATE first")
+    return bind.dialect.identifier_preparer.quote_identifier(row[1])
+
+
 def head() -> str:
     from alembic.script import ScriptDirectory
 

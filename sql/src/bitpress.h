@@ -34,6 +34,13 @@ extern void report_in(const char *prefix, bp_status st, long long a, long long b
 extern Datum stored_value(HeapTuple tup, TupleDesc desc, int col, const char *table,
 						  const char *key);
 
+/*
+ * Whether code store `store` (following table relid's id_column and code_column) may serve the
+ * current role; with raise, the reason as an error instead of false (store_access.c).
+ */
+extern bool store_readable(const char *store, Oid relid, const char *id_column,
+						   const char *code_column, bool raise);
+
 /* errors unless 1 <= dim <= BP_MAX_DIM */
 extern void check_dim(int dim);
 

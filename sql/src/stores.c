@@ -13,6 +13,8 @@
 #include "catalog/pg_am_d.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "parser/parse_relation.h"
 #include "storage/bufmgr.h"
 #include "executor/spi.h"
@@ -280,6 +282,8 @@ store_knn(PG_FUNCTION_ARGS)
 	SegmentAtts att;
 	MemoryContext callcxt = CurrentMemoryContext;
 	MemoryContext segcxt;
+	char	   *nsp;
+	bool		catalog;
 
 	check_k(k);
 	InitMaterializedSRF(fcinfo, 0);
@@ -288,10 +292,19 @@ store_knn(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/*
-	 * The store's code length, and the segment count and blocks its last rebuild recorded
-	 * (columns added by schema revision 0006: read through jsonb, NULL before it).
+	 * The store's table and columns, code length, and the segment count and blocks its last
+	 * rebuild recorded, from bitpress_store_catalog() (beside this function: any role may ask
+	 * it); then whether the store may serve this role, which raises the reason if not.
 	 */
-	if (SPI_execute_with_args("SELECT (j->>'bits')::integer, (j->>'segments')::bigint, "
+	nsp = get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid));
+	catalog = OidIsValid(LookupFuncName(list_make2(makeString(nsp), makeString("bitpress_store_catalog")),
+										0, NULL, true));
+	/* (an extension script older than 0.5.0 has no catalog: bitpress's table as then) */
+	if (SPI_execute_with_args(catalog ?
+							  psprintf("SELECT bits, segments, first_block, last_block, source, "
+									   "id_column, code_column FROM %s.bitpress_store_catalog() "
+									   "WHERE name = $1", quote_identifier(nsp)) :
+							  "SELECT (j->>'bits')::integer, (j->>'segments')::bigint, "
 							  "(j->>'first_block')::bigint, (j->>'last_block')::bigint "
 							  "FROM (SELECT to_jsonb(c) AS j FROM bitpress.code_stores c "
 							  "WHERE c.name = $1) x",
@@ -302,6 +315,23 @@ store_knn(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("code store \"%s\" does not exist", store),
 				 errhint("Create one with bitpress_store_create().")));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *key = psprintf("code store \"%s\"", store);
+		Datum		source = catalog ? SPI_getbinval(tup, desc, 5, &isnull) : (Datum) 0;
+
+		if (catalog && isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("code store \"%s\" follows a table that does not exist", store),
+					 errhint("Drop the store with bitpress_store_drop('%s').", store)));
+		if (catalog)
+			store_readable(store, DatumGetObjectId(source),
+						   TextDatumGetCString(stored_value(tup, desc, 6, "bitpress.code_stores", key)),
+						   TextDatumGetCString(stored_value(tup, desc, 7, "bitpress.code_stores", key)),
+						   true);
+	}
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
