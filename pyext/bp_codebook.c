@@ -1,4 +1,6 @@
 /* Codebooks: parse the stored form, encode vectors, and score float queries against codes. */
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "bp_core.h"
@@ -218,7 +220,8 @@ bp_codebook_query_weights(const bp_codebook *cb, const float *q, size_t dim,
 						  float *scratch, float *w, double *constant, size_t *bad_index)
 {
 	float	   *pq = scratch + cb->dims;
-	double		c = 0;
+	double		c = 0,
+				total = 0;
 	bp_codebook plain = *cb;
 	bp_status	st;
 
@@ -244,8 +247,19 @@ bp_codebook_query_weights(const bp_codebook *cb, const float *q, size_t dim,
 	for (size_t j = 0; j < cb->components; j++)
 		c += (double) pq[j] * cb->base[j];
 	for (size_t b = 0; b < cb->bits; b++)
+	{
 		w[b] = pq[cb->src_a[b]] * cb->delta[b];
+		total += fabs((double) w[b]);
+	}
 	*constant = c;
+	/* the scores are sums of w in float: refused (not served as Infinity) when the sum of
+	 * their magnitudes leaves float, or the constant leaves double */
+	if (!(total <= FLT_MAX) || !(fabs(c) <= DBL_MAX))
+	{
+		if (bad_index)
+			*bad_index = (size_t) -1;
+		return BP_ERR_OVERFLOW;
+	}
 	return BP_OK;
 }
 

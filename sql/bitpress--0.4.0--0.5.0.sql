@@ -4,6 +4,90 @@
 
 -- values: pgvector's other types, NULL queries, results checked ----------------------------------
 
+-- The k-NN functions raise on a NULL query (22004) instead of answering arbitrary rows, and a
+-- row without a code is never a candidate, with a store or without one.
+
+CREATE OR REPLACE FUNCTION bitpress_knn(rows anyelement, code_column text, vector_column text, query vector,
+							 k integer, oversample integer DEFAULT 4, codebook text DEFAULT NULL,
+							 metric text DEFAULT 'cosine', scoring text DEFAULT 'hamming')
+	RETURNS SETOF anyelement
+	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+	pool bigint := bitpress_check_knn(k, oversample);
+	rel regclass := bitpress_relation(rows);
+	op text := CASE metric WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' WHEN 'l2' THEN '<->' END;
+	qcode varbit;
+	store record;
+BEGIN
+	IF query IS NULL THEN
+		RAISE EXCEPTION 'query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF op IS NULL THEN
+		RAISE EXCEPTION 'metric must be cosine, ip or l2, got %', coalesce(metric, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- stage 1: the `pool` best codes by a bounded top-N heap sort that carries only each row's
+	-- ctid (not the wide row), by Hamming distance to the query's code or, with asymmetric,
+	-- by the float query's score against each code; stage 2: those rows by TID, exact distance
+	IF bitpress_check_scoring(scoring, codebook) THEN
+		RETURN QUERY EXECUTE format(
+			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+			'SELECT t.ctid FROM %1$s t WHERE t.%2$I IS NOT NULL ORDER BY bitpress_score(t.%2$I, $1, $2) DESC LIMIT $3)) '
+			'ORDER BY c.%3$I %4$s $1 LIMIT $4', rel, code_column, vector_column, op)
+			USING query, codebook, pool, k;
+	ELSE
+		qcode := CASE WHEN codebook IS NULL THEN binarize(query) ELSE binarize(query, codebook) END;
+		store := bitpress_store_for(rel, code_column);
+		IF store.name IS NOT NULL THEN
+			-- a packed code store follows this column: stage 1 is one C scan of its segments
+			RETURN QUERY EXECUTE format(
+				'SELECT c.* FROM %1$s c WHERE c.%2$I = ANY (ARRAY('
+				'SELECT s.id FROM bitpress_store_knn($5, $1, $2::integer) s)) '
+				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, store.id_column, vector_column, op)
+				USING qcode, pool, query, k, store.name;
+		ELSE
+			RETURN QUERY EXECUTE format(
+				'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+				'SELECT t.ctid FROM %1$s t WHERE t.%2$I IS NOT NULL ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+				'ORDER BY c.%3$I %4$s $3 LIMIT $4', rel, code_column, vector_column, op)
+				USING qcode, pool, query, k;
+		END IF;
+	END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION bitpress_knn_codes(rows anyelement, code_column text, query vector, k integer,
+								   oversample integer DEFAULT 4, codebook text DEFAULT NULL,
+								   scoring text DEFAULT 'hamming')
+	RETURNS SETOF anyelement
+	LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+	pool bigint := bitpress_check_knn(k, oversample);
+	rel regclass := bitpress_relation(rows);
+BEGIN
+	IF query IS NULL THEN
+		RAISE EXCEPTION 'query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF codebook IS NULL THEN
+		PERFORM bitpress_check_scoring(scoring, codebook);  -- raises for asymmetric without a codebook
+		RETURN QUERY EXECUTE format(
+			'SELECT t.* FROM %1$s t WHERE t.%2$I IS NOT NULL ORDER BY hamming(t.%2$I, $1) LIMIT $2', rel, code_column)
+			USING binarize(query), k;
+	ELSIF bitpress_check_scoring(scoring, codebook) THEN
+		-- every code scored against the float query
+		RETURN QUERY EXECUTE format(
+			'SELECT t.* FROM %1$s t WHERE t.%2$I IS NOT NULL ORDER BY bitpress_score(t.%2$I, $1, $2) DESC LIMIT $3', rel, code_column)
+			USING query, codebook, k;
+	ELSE
+		-- Hamming candidates, reranked by the asymmetric score
+		RETURN QUERY EXECUTE format(
+			'SELECT c.* FROM %1$s c WHERE c.ctid = ANY (ARRAY('
+			'SELECT t.ctid FROM %1$s t WHERE t.%2$I IS NOT NULL ORDER BY hamming(t.%2$I, $1) LIMIT $2)) '
+			'ORDER BY bitpress_score(c.%2$I, $3, $4) DESC LIMIT $5', rel, code_column)
+			USING binarize(query, codebook), pool, query, codebook, k;
+	END IF;
+END $$;
+
+
 -- code stores: tracked by OID, invariants, integrity, privileges ---------------------------------
 
 -- A store's ids must be unique integers and never NULL, its codes one length: checked when it is

@@ -501,9 +501,9 @@ def readers(world, rng, books):
     v = np.float32(x)
     cos = sorted((1 - float(np.dot(r, v) / np.linalg.norm(r) / np.linalg.norm(v)), i)
                  for i, (r, c) in world.items.items() if c is not None)
-    every = sorted((1 - float(np.dot(r, v) / np.linalg.norm(r) / np.linalg.norm(v)), i) for i, (r, _) in world.items.items())
+    # rows without a code are never candidates, with the store or (damaged) without it
     out.append(("bitpress_knn", f"SELECT id FROM bitpress_knn(NULL::fz_items, 'code', 'v', {xs}::vector, 3, 100)",
-                ("oneof", [[(i,) for _, i in cos[:3]], [(i,) for _, i in every[:3]]], None)))  # see KNOWN
+                value([(i,) for _, i in cos[:3]], strict=False)))
     for t, (a, _) in world.tensors.items():
         out.append(("tt_reconstruct", f"SELECT tt_reconstruct('fz_model', '{t}')::text", value(a.reshape(-1), 1e-5, False)))
     m = world.matrix("w")

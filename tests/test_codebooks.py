@@ -228,6 +228,27 @@ def test_a_null_in_the_codebook_table_is_corrupt_data(request, eng, column):
         codebooks.load(conn, "two")
 
 
+@pytest.mark.parametrize("eng", ["pg", "duckdb"])
+def test_a_score_past_float4_is_out_of_range(request, eng):
+    """Scores are float sums of q * delta: one that leaves float4 is 22003, never Infinity."""
+    from conftest import error_of
+
+    conn = request.getfixturevalue("pg_books" if eng == "pg" else "duck_books")
+    codebooks.save(conn, "two", Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0], base=[0, 0], delta=[1, 1]))
+    q = "'[3e38,3e38]'::vector" if eng == "pg" else "[3e38, 3e38]::FLOAT[]"
+    code = "B'11'" if eng == "pg" else "binarize([1.0, 1.0]::FLOAT[], 'two')"
+    got, msg = error_of(conn, f"SELECT bitpress_score({code}, {q}, 'two')")
+    assert got == "22003" and "the computation overflows" in msg, msg
+    half = "'[1e38,1e38]'::vector" if eng == "pg" else "[1e38, 1e38]::FLOAT[]"
+    assert fetchall_one(conn, f"SELECT bitpress_score({code}, {half}, 'two')") == pytest.approx(2e38, rel=1e-6)
+
+
+def fetchall_one(conn, q):
+    from bitpress.tables import fetchall
+
+    return fetchall(conn, q)[0][0]
+
+
 def run_cli(*args):
     import subprocess
     import sys

@@ -155,8 +155,10 @@ BAD_INPUT = [
      "padding bits after bit 3 are not zero"),
     ("SELECT code_from_bytes('\\x0102'::bytea, 3)", psycopg.errors.DataException,
      "2 bytes cannot hold a code of 3 bits"),
-    ("SELECT code_from_bytes('\\x01'::bytea, 0)", psycopg.errors.InvalidParameterValue,
-     "bit length must be at least 1, got 0"),
+    ("SELECT code_from_bytes('\\x01'::bytea, -1)", psycopg.errors.InvalidParameterValue,
+     "bit length must not be negative, got -1"),
+    ("SELECT code_from_bytes('\\x01'::bytea, 0)", psycopg.errors.DataException,
+     "1 bytes cannot hold a code of 0 bits"),
 ]
 
 

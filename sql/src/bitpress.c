@@ -190,10 +190,10 @@ code_from_bytes(PG_FUNCTION_ARGS)
 	VarBit	   *result;
 	int			len;
 
-	if (nbits < 1)
+	if (nbits < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("bit length must be at least 1, got %d", nbits)));
+				 errmsg("bit length must not be negative, got %d", nbits)));
 	if ((int64) n != ((int64) nbits + 7) / 8)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),

@@ -389,6 +389,12 @@ store_knn(PG_FUNCTION_ARGS)
 							(errcode(ERRCODE_DATA_CORRUPTED),
 							 errmsg("code store \"%s\": changed row %lld has a code of %zu bytes, expected %zu",
 									store, (long long) id, (size_t) VARSIZE_ANY_EXHDR(b), nbytes)));
+				if (bits % 8 != 0 &&
+					(((const uint8 *) VARDATA_ANY(b))[nbytes - 1] & (0xFF >> (bits % 8))) != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_CORRUPTED),
+							 errmsg("code store \"%s\": changed row %lld has a code whose padding bits after bit %d are not zero",
+									store, (long long) id, bits)));
 				changed[nskip] = (bytea *) MemoryContextAlloc(callcxt, VARSIZE_ANY(b));
 				memcpy(changed[nskip], b, VARSIZE_ANY(b));
 			}
