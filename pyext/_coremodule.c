@@ -1068,6 +1068,36 @@ core_segment_checksum(PyObject *self, PyObject *args)
 	return PyLong_FromLongLong((long long) (int64_t) h);
 }
 
+/* half_to_float_into(halves, out): IEEE binary16 to float32 (pgvector's halfvec in the core) */
+static PyObject *
+core_half_to_float_into(PyObject *self, PyObject *args)
+{
+	PyObject   *ho,
+			   *oo;
+	Py_buffer	hb = {0},
+				ob = {0};
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OO", &ho, &oo))
+		return NULL;
+	if (get_buffer(ho, &hb, 0, "halves") < 0 || get_buffer(oo, &ob, 1, "out") < 0)
+		goto done;
+	if (hb.len % 2 != 0 || (size_t) ob.len != (size_t) hb.len * 2 || ((uintptr_t) hb.buf & 1) != 0 ||
+		((uintptr_t) ob.buf & 3) != 0)
+	{
+		PyErr_Format(PyExc_ValueError, "out must hold one aligned float32 per aligned half");
+		goto done;
+	}
+	bp_half_to_float((const uint16_t *) hb.buf, (size_t) hb.len / 2, (float *) ob.buf);
+	result = Py_NewRef(Py_None);
+done:
+	if (hb.obj)
+		PyBuffer_Release(&hb);
+	if (ob.obj)
+		PyBuffer_Release(&ob);
+	return result;
+}
+
 /* ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): checks a stored layer */
 static PyObject *
 core_ffn_shape(PyObject *self, PyObject *args)
@@ -1125,6 +1155,8 @@ static PyMethodDef core_methods[] = {
 	"ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed: dense or sparse layer"},
 	{"segment_checksum", core_segment_checksum, METH_VARARGS,
 	 "segment_checksum(ids, codes): the checksum stored beside a packed code segment (signed 64-bit)"},
+	{"half_to_float_into", core_half_to_float_into, METH_VARARGS,
+	 "half_to_float_into(halves, out): IEEE binary16 to float32, as the extension reads halfvec"},
 	{"ffn_shape", core_ffn_shape, METH_VARARGS,
 	"ffn_shape(blob) -> (d, h, r, activation, int8, thresholds, offsets): check a stored layer"},
 	{"activation_into", core_activation_into, METH_VARARGS,

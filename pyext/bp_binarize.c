@@ -16,6 +16,36 @@ bp_isfinite(float f)
 	return (u & 0x7f800000u) != 0x7f800000u;
 }
 
+void
+bp_half_to_float(const uint16_t *h, size_t n, float *out)
+{
+	for (size_t i = 0; i < n; i++)
+	{
+		uint32_t	sign = (uint32_t) (h[i] & 0x8000u) << 16;
+		uint32_t	exp = (h[i] >> 10) & 0x1fu;
+		uint32_t	man = h[i] & 0x3ffu;
+		uint32_t	u;
+
+		if (exp == 0x1fu)		/* infinity or NaN: the same, in float */
+			u = sign | 0x7f800000u | (man << 13);
+		else if (exp != 0)		/* normal: rebias the exponent (15 -> 127) */
+			u = sign | ((exp + 112u) << 23) | (man << 13);
+		else if (man == 0)		/* zero */
+			u = sign;
+		else
+		{						/* subnormal: normalize */
+			exp = 113;
+			while ((man & 0x400u) == 0)
+			{
+				man <<= 1;
+				exp--;
+			}
+			u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+		}
+		memcpy(&out[i], &u, sizeof(float));
+	}
+}
+
 bp_status
 bp_check_result(const float *y, size_t n, size_t *bad_index)
 {

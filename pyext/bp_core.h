@@ -80,6 +80,9 @@ bp_status	bp_binarize_batch(const float *x, size_t n, size_t dim, size_t row_str
 /* Checks a threshold vector once (finite values only). */
 bp_status	bp_check_thresholds(const float *thresholds, size_t dim, size_t *bad_index);
 
+/* IEEE binary16 (pgvector's halfvec) to float, exactly (every half is a float). */
+void		bp_half_to_float(const uint16_t *h, size_t n, float *out);
+
 /* Checks n results: BP_ERR_OVERFLOW with *bad_index (if not NULL) at the first NaN or +-Inf.
  * Every computing function of the core calls it on its output, so no engine returns a value
  * that is not one (pgvector refuses them, and pg_restore of a dump holding them fails). */

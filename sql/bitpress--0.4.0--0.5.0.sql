@@ -4,6 +4,33 @@
 
 -- values: pgvector's other types, NULL queries, results checked ----------------------------------
 
+-- binarize() of pgvector's halfvec and sparsevec (pgvector 0.7 and later), as of vector: the
+-- same bits as binary_quantize() without a codebook; a sparsevec's absent entries are 0.
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['halfvec', 'sparsevec'] LOOP
+		CONTINUE WHEN to_regtype(t) IS NULL;
+		EXECUTE format('CREATE FUNCTION binarize(%1$s) RETURNS varbit AS %2$L, %3$L '
+					   'LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t);
+		EXECUTE format('CREATE FUNCTION binarize(%1$s, real[]) RETURNS varbit AS %2$L, %3$L '
+					   'LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t || '_thresholds');
+		EXECUTE format('CREATE FUNCTION binarize(%1$s, codebook text) RETURNS varbit AS %2$L, %3$L '
+					   'LANGUAGE C STABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t || '_codebook');
+		EXECUTE format('CREATE FUNCTION binarize(%1$s, codebook text, version integer) RETURNS varbit AS %2$L, %3$L '
+					   'LANGUAGE C STABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t || '_codebook');
+		EXECUTE format('COMMENT ON FUNCTION binarize(%1$s) IS %2$L', t,
+					   'one bit per dimension of a ' || t || ', 1 where the value is > 0; equals pgvector binary_quantize()');
+		EXECUTE format('COMMENT ON FUNCTION binarize(%1$s, real[]) IS %2$L', t,
+					   'one bit per dimension of a ' || t || ', 1 where v[i] > thresholds[i]');
+		EXECUTE format('COMMENT ON FUNCTION binarize(%1$s, text) IS %2$L', t,
+					   'code of a ' || t || ' under the latest version of a codebook stored in bitpress.codebooks');
+		EXECUTE format('COMMENT ON FUNCTION binarize(%1$s, text, integer) IS %2$L', t,
+					   'code of a ' || t || ' under one version of a codebook stored in bitpress.codebooks');
+	END LOOP;
+END $$;
+
 -- The k-NN functions raise on a NULL query (22004) instead of answering arbitrary rows, and a
 -- row without a code is never a candidate, with a store or without one.
 

@@ -125,6 +125,11 @@ def rand_arg(rng: random.Random, typ: str, pname: str = "", duck: bool = False) 
     if typ == "vector" and not duck:
         xs = rand_floats(rng)
         return Arg("NULL::vector" if null else vector_sql(xs), None if null else xs)
+    if typ in ("halfvec", "sparsevec"):  # pgvector's casts from vector (a halfvec rounds: no oracle)
+        xs = rand_floats(rng)
+        if null:
+            return Arg(f"NULL::{typ}", None)
+        return Arg(f"{vector_sql(xs)}::{typ}", ("halfvec", xs) if typ == "halfvec" else xs)
     if typ in ("vector", "real[]", "FLOAT[]", "double precision[]"):
         if null:
             return Arg("NULL::FLOAT[]" if duck else "NULL::real[]", None)
@@ -325,7 +330,7 @@ def oracle(world, name, types, a, duck=False):
         return ERROR if vals[3 if name == "bitpress_knn" else 2] is None else ANY
     if any(v is None for v in vals) or any(isinstance(v, tuple) for v in vals):
         return ANY  # STRICT NULL, 2-D arrays
-    floats = [v for v, t in zip(vals, types) if t in ("vector", "real[]") and isinstance(v, list)]
+    floats = [v for v, t in zip(vals, types) if t in ("vector", "sparsevec", "real[]") and isinstance(v, list)]
     has_null_elem = any(None in f for f in floats)
     strict = ordinary(sum(floats, [])) and not has_null_elem
     if name == "hamming":

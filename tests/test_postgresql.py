@@ -6,6 +6,7 @@ import pytest
 from pgvector import Vector
 
 import bitpress
+from bitpress import schema
 from conftest import copy_vectors
 
 
@@ -50,6 +51,37 @@ def test_sign_at_zero_matches_pgvector_on_edge_values(pg):
     ours, theirs = pg.execute("SELECT binarize(%s::vector)::text, binary_quantize(%s::vector)::text",
                               [v, v]).fetchone()
     assert ours == theirs == "001010100"
+
+
+def test_binarize_halfvec_and_sparsevec_equal_pgvector_and_the_dense_vector(pg, minilm):
+    """halfvec: the bits of pgvector's binary_quantize(halfvec) and of the vector it rounds to;
+    sparsevec: those of the dense vector (absent entries are 0), with thresholds and codebooks."""
+    from bitpress import codebooks
+    from bitpress.codebook import Codebook
+
+    x = minilm[:200].copy()
+    x[:, ::3] = 0  # a third of the entries absent from the sparsevecs
+    pg.execute("CREATE TABLE h (id int, v vector(384))")
+    with pg.cursor().copy("COPY h (id, v) FROM STDIN") as copy:
+        for i, v in enumerate(x):
+            copy.write_row([i, "[" + ",".join(map(repr, v.tolist())) + "]"])
+    same = pg.execute("SELECT bool_and(binarize(v::halfvec) = binary_quantize(v::halfvec)::varbit AND "
+                      "binarize(v::halfvec) = binarize(v::halfvec::vector) AND "
+                      "binarize(v::sparsevec) = binarize(v)) FROM h").fetchone()[0]
+    assert same is True
+    t = np.median(x, axis=0).tolist()
+    got = codes_from_pg(pg, "SELECT code_bytes(binarize(v::sparsevec, %s::real[])) FROM h ORDER BY id", [t])
+    assert np.array_equal(got, np.packbits(x > np.float32(t), axis=1))
+    schema.upgrade(pg)
+    codebooks.save(pg, "m", Codebook("median", 384, src_a=list(range(384)), thr_a=t))
+    same = pg.execute("SELECT bool_and(binarize(v::sparsevec, 'm') = binarize(v, 'm') AND "
+                      "binarize(v::sparsevec, 'm', 1) = binarize(v, 'm') AND "
+                      "binarize(v::halfvec, 'm') = binarize(v::halfvec::vector, 'm')) FROM h").fetchone()[0]
+    assert same is True
+    for bad, state in [("'{1:1}/70000'::sparsevec", "54000")]:  # more than bitpress's MAX_DIM
+        with pytest.raises(psycopg.Error) as ei:
+            pg.execute(f"SELECT binarize({bad})").fetchall()
+        assert ei.value.sqlstate == state
 
 
 def test_hamming_equals_pgvector_and_numpy(pg, openai_large):
@@ -218,6 +250,8 @@ CATALOG = {
     "bitpress_segments_knn(integer,bytea,bytea,bit varying,integer,bigint[],bigint)": ("i", False, "s"),
     "bitpress_store_check_source(regclass,text,text)": ("s", False, "s"),
     "bitpress_store_readable(text,regclass,text,text,boolean)": ("s", True, "s"),
+    **{f"binarize({t}{args}": (vol, True, "s") for t in ("halfvec", "sparsevec")
+       for args, vol in ((")", "i"), (",real[])", "i"), (",text)", "s"), (",text,integer)", "s"))},
     "bitpress_store_catalog()": ("s", False, "s"),
     "bitpress_store_check_segments(text,bigint,bigint)": ("i", False, "s"),
     "bitpress_segments_knn_combine(internal,internal)": ("i", False, "s"),

@@ -87,6 +87,77 @@ float4_array(ArrayType *a, int *dim, const char *what)
 	return (float4 *) ARR_DATA_PTR(a);
 }
 
+static void
+malformed_datum(const char *type)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+			 errmsg("malformed %s value: its size does not match its header", type)));
+}
+
+float4 *
+halfvec_floats(Datum d, int *dim)
+{
+	struct varlena *v = PG_DETOAST_DATUM(d);
+	const char *p = VARDATA_ANY(v);
+	size_t		len = VARSIZE_ANY_EXHDR(v);
+	int16		n;
+	float4	   *x;
+
+	if (len < 4)
+		malformed_datum("halfvec");
+	memcpy(&n, p, sizeof(n));
+	if (n < 0 || len != 4 + 2 * (size_t) n)
+		malformed_datum("halfvec");
+	check_dim(n);
+	x = palloc(sizeof(float4) * n);
+	if (((uintptr_t) (p + 4) & 1) == 0)
+		bp_half_to_float((const uint16_t *) (p + 4), (size_t) n, x);
+	else
+	{
+		uint16	   *h = palloc(2 * (size_t) n);
+
+		memcpy(h, p + 4, 2 * (size_t) n);
+		bp_half_to_float(h, (size_t) n, x);
+		pfree(h);
+	}
+	*dim = n;
+	return x;
+}
+
+float4 *
+sparsevec_floats(Datum d, int *dim)
+{
+	struct varlena *v = PG_DETOAST_DATUM(d);
+	const char *p = VARDATA_ANY(v);
+	size_t		len = VARSIZE_ANY_EXHDR(v);
+	int32		hdr[3];
+	float4	   *x;
+	int32		prev = -1;
+
+	if (len < sizeof(hdr))
+		malformed_datum("sparsevec");
+	memcpy(hdr, p, sizeof(hdr));
+	if (hdr[0] < 0 || hdr[1] < 0 || hdr[1] > hdr[0] || len != sizeof(hdr) + 8 * (size_t) hdr[1])
+		malformed_datum("sparsevec");
+	check_dim(hdr[0]);
+	x = palloc0(sizeof(float4) * hdr[0]);
+	for (int32 i = 0; i < hdr[1]; i++)
+	{
+		int32		idx;
+		float4		val;
+
+		memcpy(&idx, p + sizeof(hdr) + 4 * (size_t) i, sizeof(idx));
+		memcpy(&val, p + sizeof(hdr) + 4 * (size_t) hdr[1] + 4 * (size_t) i, sizeof(val));
+		if (idx <= prev || idx >= hdr[0])
+			malformed_datum("sparsevec");
+		x[idx] = val;
+		prev = idx;
+	}
+	*dim = hdr[0];
+	return x;
+}
+
 static VarBit *
 binarize_common(const float4 *x, int dim, const float4 *t, int tdim)
 {
@@ -128,6 +199,50 @@ binarize_vector_thresholds(PG_FUNCTION_ARGS)
 	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
 
 	PG_RETURN_VARBIT_P(binarize_common(v->x, v->dim, t, tdim));
+}
+
+PG_FUNCTION_INFO_V1(binarize_halfvec);
+Datum
+binarize_halfvec(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = halfvec_floats(PG_GETARG_DATUM(0), &dim);
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, NULL, 0));
+}
+
+PG_FUNCTION_INFO_V1(binarize_halfvec_thresholds);
+Datum
+binarize_halfvec_thresholds(PG_FUNCTION_ARGS)
+{
+	int			dim,
+				tdim;
+	float4	   *x = halfvec_floats(PG_GETARG_DATUM(0), &dim);
+	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, t, tdim));
+}
+
+PG_FUNCTION_INFO_V1(binarize_sparsevec);
+Datum
+binarize_sparsevec(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = sparsevec_floats(PG_GETARG_DATUM(0), &dim);
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, NULL, 0));
+}
+
+PG_FUNCTION_INFO_V1(binarize_sparsevec_thresholds);
+Datum
+binarize_sparsevec_thresholds(PG_FUNCTION_ARGS)
+{
+	int			dim,
+				tdim;
+	float4	   *x = sparsevec_floats(PG_GETARG_DATUM(0), &dim);
+	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
+
+	PG_RETURN_VARBIT_P(binarize_common(x, dim, t, tdim));
 }
 
 PG_FUNCTION_INFO_V1(binarize_float4);

@@ -21,6 +21,14 @@ typedef struct PgVector
 
 #define DatumGetPgVector(d) ((PgVector *) PG_DETOAST_DATUM(d))
 
+/*
+ * The floats of pgvector's halfvec (0.7+: int16 dim, int16 unused, binary16 x[dim]) and
+ * sparsevec (int32 dim, int32 nnz, int32 unused, int32 indices[nnz], float4 values[nnz]), as a
+ * palloc'd dense array of *dim floats; the layout is checked against the datum's size.
+ */
+extern float4 *halfvec_floats(Datum d, int *dim);
+extern float4 *sparsevec_floats(Datum d, int *dim);
+
 /* ereport(ERROR) with the core's message and SQLSTATE for a status */
 extern void report(bp_status st, long long a, long long b) pg_attribute_noreturn();
 

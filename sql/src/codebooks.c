@@ -273,6 +273,26 @@ binarize_vector_codebook(PG_FUNCTION_ARGS)
 	return binarize_codebook_common(fcinfo, v->x, v->dim);
 }
 
+PG_FUNCTION_INFO_V1(binarize_halfvec_codebook);
+Datum
+binarize_halfvec_codebook(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = halfvec_floats(PG_GETARG_DATUM(0), &dim);
+
+	return binarize_codebook_common(fcinfo, x, dim);
+}
+
+PG_FUNCTION_INFO_V1(binarize_sparsevec_codebook);
+Datum
+binarize_sparsevec_codebook(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float4	   *x = sparsevec_floats(PG_GETARG_DATUM(0), &dim);
+
+	return binarize_codebook_common(fcinfo, x, dim);
+}
+
 PG_FUNCTION_INFO_V1(binarize_float4_codebook);
 Datum
 binarize_float4_codebook(PG_FUNCTION_ARGS)
