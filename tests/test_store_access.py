@@ -243,3 +243,39 @@ def test_a_policy_is_honoured_and_a_role_without_access_sees_nothing(roles):
             assert state == "42501" and "permission denied for table" in msg, msg
         for t in ("code_stores", "code_segments", "code_delta"):
             assert pg.execute(f"SELECT count(*) FROM bitpress.{t}").fetchone()[0] == 0, t
+
+
+def test_the_guarantees_page_example_runs_as_written(books):
+    """docs/GUARANTEES.md's two SQL blocks, run as written on a table with a store."""
+    import re
+
+    from conftest import ROOT
+
+    grants, policy = re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / "GUARANTEES.md").read_text(), re.S)
+    pg, rng = books, np.random.default_rng(8)
+    for r in ("reader", "writer", "limited"):
+        pg.execute(f"DROP ROLE IF EXISTS {r}")
+        pg.execute(f"CREATE ROLE {r}")
+    rows = make_docs(pg, "docs", rng, range(1, 41))
+    pg.execute("SELECT bitpress_store_create('s', 'docs', 'id', 'code')")
+    pg.execute(grants)
+    pg.execute("GRANT SELECT ON docs TO limited")
+    q = rng.standard_normal(DIM).astype(np.float32)
+    with role(pg, "reader"):
+        assert store_knn(pg, "s", q) == hamming_top(rows, q)
+    with role(pg, "writer"):
+        insert_docs(pg, "docs", {99: q})
+    rows[99] = q
+    assert store_knn(pg, "s", q)[0] == (99, 0)
+    pg.execute(policy)
+    with role(pg, "limited"):
+        assert knn(pg, "docs", q) == cosine_top({i: v for i, v in rows.items() if i <= 10}, q)
+        assert sqlstate(pg, "SELECT * FROM bitpress_store_knn('s', %s::varbit, 3)", (sign_code(q),))[0] == "42501"
+    with role(pg, "reader"):
+        assert knn(pg, "docs", q) == []
+        assert sqlstate(pg, "SELECT * FROM bitpress_store_knn('s', %s::varbit, 3)", (sign_code(q),))[0] == "42501"
+    assert store_knn(pg, "s", q)[0] == (99, 0)  # the owner still is served
+    pg.execute("DROP TABLE docs")
+    for r in ("reader", "writer", "limited"):
+        pg.execute(f"DROP OWNED BY {r}")
+        pg.execute(f"DROP ROLE {r}")
