@@ -279,3 +279,11 @@ def test_the_guarantees_page_example_runs_as_written(books):
     for r in ("reader", "writer", "limited"):
         pg.execute(f"DROP OWNED BY {r}")
         pg.execute(f"DROP ROLE {r}")
+
+
+def test_bitpress_knn_needs_no_bitpress_tables(pg):
+    """Without `bitpress migrate` (no bitpress schema), bitpress_knn scans the table."""
+    rng = np.random.default_rng(9)
+    rows = make_docs(pg, "docs", rng, range(30))
+    q = rng.standard_normal(DIM).astype(np.float32)
+    assert knn(pg, "docs", q) == cosine_top(rows, q)
