@@ -53,23 +53,25 @@ def rebuild(conn, name: str) -> int:
     """Rewrites the segments from the table (and, in PostgreSQL, folds the delta in)."""
     if kind(conn) == "pg":
         return conn.execute("SELECT bitpress_store_rebuild(%s)", (name,)).fetchone()[0]
-    from .duckdb import _binary_rows
+    from .duckdb import _binary_rows, _bit_rows
 
     source, id_column, code_column, _, segment_codes = _store(conn, name)
     t, c = quoted(conn, source, code_column)
     _, i = quoted(conn, source, id_column)
     rel = conn.sql(f"SELECT CAST({i} AS BIGINT), {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {i}")
+    bit = rel.types[1] == "BIT"  # a BIT column carries its bit length, a BLOB is 8 bits a byte
     arrow = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     ids = arrow.column(0).to_numpy()
     n = len(ids)
     if n == 0:
         raise errors.InvalidParameterError(f"column {source}.{code_column} holds no codes")
-    data, offsets, lengths = _binary_rows(arrow.column(1))
-    lengths = np.unique(lengths)
-    if len(lengths) != 1:
+    data, offsets, lengths, *nbits = (_bit_rows if bit else _binary_rows)(arrow.column(1))
+    sizes = np.unique(nbits[0] if bit else lengths)
+    if len(sizes) != 1:
         raise errors.CodeLengthMismatchError(
-            f"column {source}.{code_column} holds codes of {len(lengths)} different lengths")
+            f"column {source}.{code_column} holds codes of {len(sizes)} different lengths")
     nbytes = int(lengths[0])
+    bits = int(sizes[0]) if bit else nbytes * 8
     if len(np.unique(ids)) != n:
         raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
     data = data[offsets[0]:offsets[0] + n * nbytes]
@@ -82,7 +84,7 @@ def rebuild(conn, name: str) -> int:
                          [name, seg, len(part), part.astype(f">i{width}").tobytes(),
                           data[start * nbytes:(start + len(part)) * nbytes].tobytes()]).fetchall()
         conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ? "
-                     "WHERE name = ?", [nbytes * 8, _fingerprint(conn, source, id_column, code_column),
+                     "WHERE name = ?", [bits, _fingerprint(conn, source, id_column, code_column),
                                         name]).fetchall()
     _CACHE.pop((id(conn), name), None)
     return n
@@ -179,10 +181,16 @@ def knn(conn, name: str, query_code, k: int, *, refresh: bool = False) -> list[t
     return _duckdb_knn(conn, name, q, k)
 
 
-def _duckdb_knn(conn, name, q, k, cursor=None):
+def _duckdb_knn(conn, name, q, k, cursor=None, query_bits=None):
+    """``query_bits``: the bit length of a BIT query; None for a BLOB, read at the store's bits."""
+    from .duckdb import check_code_bytes
+
     p = _packed(conn, name, cursor)
+    if query_bits is not None and query_bits != p.bits:
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
     if q.shape[0] * 8 < p.bits or q.shape[0] != (p.bits + 7) // 8:
         _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, p.bits)
+    check_code_bytes(q, np.array([q.shape[0]]), np.array([q.shape[0]]), p.bits)
     n = p.codes.shape[0]
     if n == 0:
         return []
