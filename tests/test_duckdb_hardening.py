@@ -86,7 +86,7 @@ def test_bit_codes_give_postgresqls_answers(both):
                                        "FROM unnest(ARRAY['101', '011', '101']) WITH ORDINALITY u(c, o) ORDER BY o",
                                        [q]).fetchall()]
     got = duck.execute("SELECT bitpress_score(c::BIT, ?::FLOAT[], 'three'), bitpress_score(code_bytes(c::BIT), "
-                       "?::FLOAT[], 'three', version := 1) FROM unnest(['101', '011', '101']) WITH ORDINALITY t(c, o) ORDER BY o",
+                       "?::FLOAT[], 'three', 1) FROM unnest(['101', '011', '101']) WITH ORDINALITY t(c, o) ORDER BY o",
                        [q, q]).fetchall()
     assert got_pg == want and [g[0] for g in got] == want and [g[1] for g in got] == want
 
@@ -132,3 +132,25 @@ def test_store_over_bit_codes_keeps_their_length(duck_books):
                            ("'\\xd0'::BLOB", "padding bits after bit 3 are not zero")):
         state, msg = error_of(duck, f"SELECT * FROM bitpress_store_knn('s3', {query}, 3)")
         assert state == "22000" and message in msg, msg
+
+
+# --- lesser: bitpress_score's version given positionally -------------------------------------
+
+def test_score_takes_its_version_positionally_as_in_postgresql(both):
+    pg, duck = both
+    codebooks.save(pg, "three", Codebook("median", 3, src_a=[0, 1, 2], thr_a=[0, 0, 0], base=[0, 0, 0],
+                                         delta=[2, 2, 2]))  # version 2: levels doubled
+    codebooks.save(duck, "three", Codebook("median", 3, src_a=[0, 1, 2], thr_a=[0, 0, 0], base=[0, 0, 0],
+                                           delta=[2, 2, 2]))
+    q = [0.5, -1.0, 2.0]
+    want = [(2.5, 5.0, 5.0, 2.5)]
+    assert pg.execute("SELECT bitpress_score(B'101', %(q)s::real[]::vector, 'three', 1), "
+                      "bitpress_score(B'101', %(q)s::real[]::vector, 'three', 2), "
+                      "bitpress_score(B'101', %(q)s::real[]::vector, 'three'), "
+                      "bitpress_score(B'101', %(q)s::real[]::vector, 'three', 1)", {"q": q}).fetchall() == want
+    assert duck.execute("SELECT bitpress_score('101'::BIT, $q::FLOAT[], 'three', 1), "
+                        "bitpress_score('\\xa0'::BLOB, $q::FLOAT[], 'three', 2), "
+                        "bitpress_score('101'::BIT, $q::FLOAT[], 'three'), "
+                        "bitpress_score('101'::BIT, $q::FLOAT[], 'three', version := 1)", {"q": q}).fetchall() == want
+    state, msg = error_of(duck, "SELECT bitpress_score('101'::BIT, [1, 2, 3], 'three', 3)", {"does not exist": "42704"})
+    assert state == "42704" and 'codebook "three" version 3 does not exist' in msg, msg

@@ -73,13 +73,11 @@ CREATE OR REPLACE TEMP MACRO bitpress_stamp(codebook, version, books := 'bitpres
              error('codebook "' || codebook || '"' ||
                    CASE WHEN version = 0 THEN '' ELSE ' version ' || version END || ' does not exist'))
 """, """
-CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook, books := 'bitpress.codebooks') AS
-        bitpress_score_udf(code_bytes(code), CAST(query AS FLOAT[]), codebook,
-                           bitpress_stamp(codebook, 0, books := books), bitpress_code_bits(code)),
-    (code, query, codebook, version, books := 'bitpress.codebooks') AS
-        bitpress_score_udf(code_bytes(code), CAST(query AS FLOAT[]), codebook,
-                           bitpress_stamp(codebook, CAST(version AS INTEGER), books := books),
-                           bitpress_code_bits(code))
+CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook, version := 0, books := 'bitpress.codebooks') AS
+    -- one macro, version 0 the latest (as in PostgreSQL): DuckDB passes defaults positionally
+    -- too, so a second overload made bitpress_score(c, q, 'cb', 1) ambiguous
+    bitpress_score_udf(code_bytes(code), CAST(query AS FLOAT[]), codebook,
+                       bitpress_stamp(codebook, CAST(version AS INTEGER), books := books), bitpress_code_bits(code))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
     CASE WHEN k IS NULL OR k < 1 THEN error('k must be at least 1, got ' || coalesce(k::VARCHAR, 'NULL'))
