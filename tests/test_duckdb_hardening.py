@@ -154,3 +154,56 @@ def test_score_takes_its_version_positionally_as_in_postgresql(both):
                         "bitpress_score('101'::BIT, $q::FLOAT[], 'three', version := 1)", {"q": q}).fetchall() == want
     state, msg = error_of(duck, "SELECT bitpress_score('101'::BIT, [1, 2, 3], 'three', 3)", {"does not exist": "42704"})
     assert state == "42704" and 'codebook "three" version 3 does not exist' in msg, msg
+
+
+# --- class 6: a NULL query raises in every k-NN entry point ----------------------------------
+
+NULL_QUERIES = [
+    "SELECT * FROM bitpress_knn('t', 'code', 'v', {q}, 3)",
+    "SELECT * FROM bitpress_knn('t', 'code', 'v', {q}, 3, oversample := 2, metric := 'l2')",
+    "SELECT * FROM bitpress_knn('t', 'cb_code', 'v', {q}, 3, codebook := 'cb')",
+    "SELECT * FROM bitpress_knn('t', 'cb_code', 'v', {q}, 3, codebook := 'cb', scoring := 'asymmetric')",
+    "SELECT * FROM bitpress_knn_codes('t', 'code', {q}, 3)",
+    "SELECT * FROM bitpress_knn_codes('t', 'cb_code', {q}, 3, codebook := 'cb')",
+    "SELECT * FROM bitpress_knn_codes('t', 'cb_code', {q}, 3, codebook := 'cb', scoring := 'asymmetric')",
+    "SELECT * FROM bitpress_knn_store('t', 's', 'id', 'v', {q}, 3)",
+    "SELECT * FROM bitpress_store_knn('s', {q}, 3)",
+]
+
+
+@pytest.mark.parametrize("null", ["NULL", "NULL::FLOAT[]", "CAST(NULL AS BLOB)"])
+@pytest.mark.parametrize("sql", NULL_QUERIES)
+def test_a_null_query_raises_in_every_knn_entry_point(duck_books, sql, null):
+    from bitpress import stores
+
+    duck = duck_books
+    codebooks.save(duck, "cb", Codebook("median", 3, src_a=[0, 1, 2], thr_a=[0, 0, 0], base=[0, 0, 0], delta=[1, 1, 1]))
+    rng = np.random.default_rng(1)
+    duck.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v FLOAT[3], code BLOB, cb_code BLOB)")
+    duck.executemany("INSERT INTO t VALUES (?, ?::FLOAT[], binarize(?::FLOAT[]), binarize(?::FLOAT[], 'cb'))",
+                     [(i, v, v, v) for i, v in enumerate(rng.standard_normal((20, 3)).tolist())])
+    stores.create(duck, "s", "t", "id", "code")
+    if "BLOB" in null and "store_knn" not in sql:
+        null = "NULL::FLOAT[]"  # a vector query
+    with pytest.raises(Exception, match="query must not be NULL"):
+        duck.execute(sql.format(q=null)).fetchall()
+    # the same with a query is answered
+    q = "'\\xa0'::BLOB" if "store_knn(" in sql else "[1.0, -2.0, 0.5]"
+    assert len(duck.execute(sql.format(q=q)).fetchall()) == 3
+
+
+def test_store_over_blob_codes_reads_them_at_the_querys_length(duck_books):
+    """A store over a BLOB column is 8 bits a byte; a 3-bit query reads its codes at 3 bits, as
+    hamming(BIT, BLOB) does: codes with padding bits set are refused, not counted."""
+    from bitpress import stores
+
+    duck = duck_books
+    duck.execute("CREATE TABLE b3 (id BIGINT PRIMARY KEY, code BLOB)")
+    duck.executemany("INSERT INTO b3 VALUES (?, ?)", [(0, bits_of("101")), (1, bits_of("011"))])
+    stores.create(duck, "b3", "b3", "id", "code")
+    assert duck.execute("SELECT id, distance FROM bitpress_store_knn('b3', '111'::BIT, 2)").fetchall() == [(0, 1), (1, 1)]
+    duck.execute("INSERT INTO b3 VALUES (2, ?)", [bits_of("0111")])
+    stores.rebuild(duck, "b3")
+    assert duck.execute("SELECT id, distance FROM bitpress_store_knn('b3', ?, 1)", [bits_of("0111")]).fetchall() == [(2, 0)]
+    state, msg = error_of(duck, "SELECT * FROM bitpress_store_knn('b3', '111'::BIT, 2)")
+    assert state == "22000" and "padding bits after bit 3 are not zero" in msg, msg

@@ -127,18 +127,23 @@ _LOCK = threading.Lock()
 
 
 class _Packed:
-    def __init__(self, stamp, bits, ids, codes):
-        self.stamp, self.bits, self.ids, self.codes = stamp, bits, ids, codes
+    """A store's ids and codes; ``exact``: built from a BIT column (``bits`` is the codes' own
+    length) rather than a BLOB one (8 bits a byte); ``last_or``: the OR of the codes' last bytes,
+    to check their padding when a query says it has fewer bits."""
+
+    def __init__(self, stamp, bits, ids, codes, exact):
+        self.stamp, self.bits, self.ids, self.codes, self.exact = stamp, bits, ids, codes, exact
+        self.last_or = int(np.bitwise_or.reduce(codes[:, -1])) if codes.size else 0
 
 
 def _packed(conn, name, cursor=None) -> _Packed:
     cur = cursor or conn
-    rows = cur.execute("SELECT bits, CAST(created_at AS VARCHAR) FROM bitpress.code_stores WHERE name = ?",
-                       [name]).fetchall()
+    rows = cur.execute("SELECT bits, CAST(created_at AS VARCHAR), source, code_column FROM bitpress.code_stores "
+                       "WHERE name = ?", [name]).fetchall()
     row = rows[0] if rows else None
     if row is None:
         raise errors.UnknownCodebookError(f'code store "{name}" does not exist')
-    bits, stamp = row
+    bits, stamp, source, code_column = row
     key = (id(conn), name)
     with _LOCK:
         hit = _CACHE.get(key)
@@ -154,8 +159,10 @@ def _packed(conn, name, cursor=None) -> _Packed:
                                        "XX001")
         ids.append(np.frombuffer(idb, dtype=f">i{width}").astype(np.int64))
         codes.append(np.frombuffer(cb, dtype=np.uint8).reshape(n, nbytes))
+    t, c = quoted(conn, source, code_column)
     packed = _Packed(stamp, bits, np.concatenate(ids) if ids else np.empty(0, np.int64),
-                     np.concatenate(codes) if codes else np.empty((0, nbytes), np.uint8))
+                     np.concatenate(codes) if codes else np.empty((0, nbytes), np.uint8),
+                     cur.sql(f"SELECT {c} FROM {t} LIMIT 0").types[0] == "BIT")
     with _LOCK:
         _CACHE[key] = packed
     return packed
@@ -182,15 +189,23 @@ def knn(conn, name: str, query_code, k: int, *, refresh: bool = False) -> list[t
 
 
 def _duckdb_knn(conn, name, q, k, cursor=None, query_bits=None):
-    """``query_bits``: the bit length of a BIT query; None for a BLOB, read at the store's bits."""
+    """``query_bits``: the bit length of a BIT query (or of a vector's code); None for a BLOB.
+    As hamming(): two lengths must agree, and a BLOB (query, or store of a BLOB column) is read
+    at the other's length with code_from_bytes' checks."""
     from .duckdb import check_code_bytes
 
     p = _packed(conn, name, cursor)
-    if query_bits is not None and query_bits != p.bits:
+    nbytes = p.codes.shape[1]
+    if p.exact and query_bits is not None and query_bits != p.bits:
         _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
-    if q.shape[0] * 8 < p.bits or q.shape[0] != (p.bits + 7) // 8:
+    if not p.exact and query_bits is not None:  # the store's codes read at the query's length
+        if (query_bits + 7) // 8 != nbytes:
+            _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
+        if p.last_or & (0xFF >> (query_bits % 8)) and query_bits % 8:
+            raise errors.CodeLengthMismatchError(f"padding bits after bit {query_bits} are not zero")
+    if q.shape[0] != nbytes:
         _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, p.bits)
-    check_code_bytes(q, np.array([q.shape[0]]), np.array([q.shape[0]]), p.bits)
+    check_code_bytes(q, np.array([nbytes]), np.array([nbytes]), query_bits or p.bits)
     n = p.codes.shape[0]
     if n == 0:
         return []
