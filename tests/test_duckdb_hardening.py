@@ -207,3 +207,163 @@ def test_store_over_blob_codes_reads_them_at_the_querys_length(duck_books):
     assert duck.execute("SELECT id, distance FROM bitpress_store_knn('b3', ?, 1)", [bits_of("0111")]).fetchall() == [(2, 0)]
     state, msg = error_of(duck, "SELECT * FROM bitpress_store_knn('b3', '111'::BIT, 2)")
     assert state == "22000" and "padding bits after bit 3 are not zero" in msg, msg
+
+
+# --- stores: class 2 (the source is a qualified name), 3 (ids), 8 (what is read is checked) ----
+
+def store_rows(duck, table, rows):
+    duck.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(i, bits_of(c)) for i, c in rows])
+
+
+def brute(rows, q, k):
+    return sorted((sum(a != b for a, b in zip(c, q)), i) for i, c in rows)[:k]
+
+
+def store_knn(duck, store, q, k):
+    return [(d, i) for i, d in duck.execute("SELECT id, distance FROM bitpress_store_knn(?, ?, ?)",
+                                            [store, bits_of(q), k]).fetchall()]
+
+
+def test_store_follows_its_schema_qualified_table(duck_books):
+    """Class 2: a store records its table's schema, so a table of the same name in another
+    schema (another search_path) is never read; a store whose table is gone is not served."""
+    from bitpress import stores
+
+    duck = duck_books
+    duck.execute("CREATE SCHEMA a; CREATE SCHEMA b")
+    duck.execute("CREATE TABLE a.t (id BIGINT PRIMARY KEY, code BLOB); CREATE TABLE b.t (id BIGINT PRIMARY KEY, code BLOB)")
+    rows_a = [(i, f"{i:08b}") for i in range(1, 6)]
+    rows_b = [(i, f"{255 - i:08b}") for i in range(100, 103)]
+    store_rows(duck, "a.t", rows_a)
+    store_rows(duck, "b.t", rows_b)
+    duck.execute("SET search_path = 'a'")
+    assert stores.create(duck, "sa", "t", "id", "code") == 5
+    assert stores.create(duck, "sb", "b.t", "id", "code") == 3
+    assert duck.execute("SELECT name, source FROM bitpress.code_stores ORDER BY name").fetchall() == \
+        [("sa", "a.t"), ("sb", "b.t")]
+    duck.execute("SET search_path = 'b'")  # "t" is now b.t: the stores keep their own tables
+    assert stores.rebuild(duck, "sa") == 5 and stores.check(duck, "sa")
+    assert store_knn(duck, "sa", "00000011", 5) == brute(rows_a, "00000011", 5)
+    assert stores.knn(duck, "sb", np.frombuffer(bits_of("11111111"), np.uint8), 3) == \
+        [(i, d) for d, i in brute(rows_b, "11111111", 3)]
+    duck.execute("RESET search_path")
+    duck.execute("ALTER TABLE a.t RENAME TO gone")
+    for run in (lambda: stores.rebuild(duck, "sa"), lambda: store_knn(duck, "sa", "00000011", 5),
+                lambda: stores.knn(duck, "sa", np.zeros(1, np.uint8), 1)):
+        with pytest.raises(Exception, match='code store "sa": its table a.t does not exist'):
+            run()
+    with pytest.raises(Exception, match='relation "nope" does not exist') as ei:
+        stores.create(duck, "sn", "nope", "id", "code")
+    assert getattr(ei.value, "sqlstate", None) == "42P01"
+
+
+def test_store_refuses_ids_it_cannot_keep_as_postgresql(both):
+    """Class 3: ids that are not integers (1.4 and 1.2 both become 1), NULL ids and non-code
+    columns are refused at create (and rebuild), with PostgreSQL's SQLSTATE."""
+    from bitpress import errors, stores
+
+    pg, duck = both
+    pg.execute("CREATE TABLE nums (id numeric PRIMARY KEY, code varbit)")
+    pg.execute("INSERT INTO nums VALUES (1.4, B'101'), (1.2, B'110')")
+    pg_state, pg_msg = error_of(pg, "SELECT bitpress_store_create('x', 'nums', 'id', 'code')")
+    for idtype in ("DOUBLE", "DECIMAL(4, 1)", "VARCHAR"):
+        duck.execute(f"CREATE OR REPLACE TABLE nums (id {idtype}, code BLOB)")
+        duck.execute("INSERT INTO nums VALUES ('1.4', '\\xa0'::BLOB), ('1.2', '\\xc0'::BLOB)")
+        with pytest.raises(errors.BitpressError) as ei:
+            stores.create(duck, "x", "nums", "id", "code")
+        assert (ei.value.sqlstate, "needs smallint, integer or bigint ids" in str(ei.value)) == (pg_state, True)
+        assert "needs smallint, integer or bigint ids" in pg_msg
+    duck.execute("CREATE TABLE nulls (id INTEGER, code BLOB)")
+    duck.execute("INSERT INTO nulls VALUES (1, '\\xa0'::BLOB), (NULL, '\\xc0'::BLOB), (NULL, NULL)")
+    with pytest.raises(errors.BitpressError, match=r'code store "x": 1 rows have a code and a NULL id \(id\)') as ei:
+        stores.create(duck, "x", "nulls", "id", "code")
+    assert ei.value.sqlstate == "23502"
+    duck.execute("CREATE TABLE texts (id INTEGER, code VARCHAR)")
+    duck.execute("INSERT INTO texts VALUES (1, 'a')")
+    with pytest.raises(errors.BitpressError, match="is not a BLOB or BIT column") as ei:
+        stores.create(duck, "x", "texts", "id", "code")
+    assert ei.value.sqlstate == "42804"
+    assert duck.execute("SELECT count(*) FROM bitpress.code_stores").fetchall() == [(0,)]
+    # a store whose table later gets a NULL id is refused at its rebuild, and keeps its segments
+    duck.execute("DELETE FROM nulls WHERE id IS NULL")
+    stores.create(duck, "x", "nulls", "id", "code")
+    duck.execute("INSERT INTO nulls VALUES (NULL, '\\xe0'::BLOB)")
+    with pytest.raises(errors.BitpressError, match="NULL id"):
+        stores.rebuild(duck, "x")
+    assert duck.execute("SELECT id, distance FROM bitpress_store_knn('x', '\\xa0'::BLOB, 5)").fetchall() == [(1, 0)]
+
+
+@pytest.fixture
+def store8(duck_books):
+    """A DuckDB store of 40 codes in 4 segments, its segment columns made nullable as a
+    hand-edited database could have them."""
+    from bitpress import stores
+
+    duck = duck_books
+    rng = np.random.default_rng(8)
+    rows = [(int(i), "".join(rng.choice(["0", "1"], 16))) for i in rng.permutation(1000)[:40]]
+    duck.execute("CREATE TABLE s8 (id BIGINT, code BLOB)")
+    store_rows(duck, "s8", rows)
+    assert stores.create(duck, "s8", "s8", "id", "code", segment_codes=10) == 40
+    for col in ("n", "ids", "codes"):
+        duck.execute(f"ALTER TABLE bitpress.code_segments ALTER COLUMN {col} DROP NOT NULL")
+    return duck, rows
+
+
+CORRUPTIONS = [
+    ("UPDATE bitpress.code_segments SET codes = ('\\xff'::BLOB || codes[2:]) WHERE segment = 2",
+     "a segment's checksum does not match its bytes (bitpress.code_segments row segment = 2)"),
+    ("UPDATE bitpress.code_segments SET ids = (ids[1:3] || '\\x7f'::BLOB || ids[5:]) WHERE segment = 1",
+     "a segment's checksum does not match its bytes (bitpress.code_segments row segment = 1)"),
+    ("UPDATE bitpress.code_segments SET checksum = NULL WHERE segment = 3",
+     "a segment has no checksum (written before schema revision 0007) (bitpress.code_segments row segment = 3)"),
+    ("UPDATE bitpress.code_segments SET n = NULL WHERE segment = 1",
+     "bitpress.code_segments has a NULL n in row segment = 1"),
+    ("UPDATE bitpress.code_segments SET ids = NULL WHERE segment = 0",
+     "bitpress.code_segments has a NULL ids in row segment = 0"),
+    ("UPDATE bitpress.code_segments SET codes = NULL WHERE segment = 2",
+     "bitpress.code_segments has a NULL codes in row segment = 2"),
+    ("UPDATE bitpress.code_segments SET n = 11 WHERE segment = 0",
+     "a segment's sizes do not match its 11 codes of 16 bits"),
+    ("DELETE FROM bitpress.code_segments WHERE segment = 3", "found 3 segments, its last rebuild wrote 4"),
+    ("DELETE FROM bitpress.code_segments WHERE segment = 1", "segment 1 is missing (found segment 2)"),
+    ("UPDATE bitpress.code_stores SET bits = NULL", "bitpress.code_stores has a NULL bits"),
+    ("UPDATE bitpress.code_stores SET bits = 24", "a segment's sizes do not match its 10 codes of 24 bits"),
+]
+
+
+@pytest.mark.parametrize("sql,message", CORRUPTIONS)
+def test_corrupt_store_tables_are_xx001_naming_what_is_wrong(store8, sql, message):
+    """Class 8 (and 1): what a DuckDB store reads from its tables is checked; a flipped byte, a
+    NULL, a missing segment or a bad size is XX001 naming the store, table, column and
+    segment, never a wrong distance."""
+    from bitpress import errors, stores
+
+    duck, rows = store8
+    if "bits = NULL" in sql:
+        duck.execute("ALTER TABLE bitpress.code_stores ALTER COLUMN bits DROP NOT NULL")
+    duck.execute(sql)
+    stores._CACHE.clear()  # as a new process would read it
+    _, msg = error_of(duck, "SELECT * FROM bitpress_store_knn('s8', '\\x0000'::BLOB, 5)")
+    assert f'CorruptDataError: code store "s8": {message}' in msg, msg
+    with pytest.raises(errors.BitpressError) as ei:
+        stores.knn(duck, "s8", np.zeros(2, np.uint8), 5)
+    assert ei.value.sqlstate == "XX001" and message in str(ei.value)
+    # a rebuild writes the store again from its table
+    assert stores.rebuild(duck, "s8") == 40
+    assert store_knn(duck, "s8", "0000000000000000", 5) == brute(rows, "0000000000000000", 5)
+
+
+def test_store_checksums_are_postgresqls_and_huge_k_is_bounded(store8, pg):
+    """Each segment's checksum is the one PostgreSQL computes for the same bytes; a k far above
+    the rows allocates for the rows and answers them all."""
+    from bitpress import stores
+
+    duck, rows = store8
+    segs = duck.execute("SELECT ids, codes, checksum FROM bitpress.code_segments ORDER BY segment").fetchall()
+    assert len(segs) == 4
+    for ids, codes, checksum in segs:
+        assert pg.execute("SELECT bitpress_segment_checksum(%s, %s)", [ids, codes]).fetchone()[0] == checksum
+    q = "1010101010101010"
+    assert store_knn(duck, "s8", q, 2**31 - 1) == brute(rows, q, 40)
+    assert stores.knn(duck, "s8", np.frombuffer(bits_of(q), np.uint8), 2**62) == [(i, d) for d, i in brute(rows, q, 40)]
