@@ -379,8 +379,8 @@ def check_code_bytes(data, ends, lengths, nbits):
     row): one byte per 8 bits, and the padding bits after the last bit zero."""
     if np.ndim(nbits) == 0:  # one length for all rows
         nbits = int(nbits)
-        if nbits < 1:
-            raise errors.InvalidParameterError(f"bit length must be at least 1, got {nbits}")
+        if nbits < 0:
+            raise errors.InvalidParameterError(f"bit length must not be negative, got {nbits}")
         bad = np.nonzero(lengths != (nbits + 7) // 8)[0]
         if len(bad):
             raise errors.CodeLengthMismatchError(f"{int(lengths[bad[0]])} bytes cannot hold a code of {nbits} bits")
@@ -396,6 +396,8 @@ def _code_from_bytes_batch(blob, nbits):
     rows = _binary_rows(blob)
     nbits = np.asarray(nbits.to_numpy(zero_copy_only=False), dtype=np.int64)
     check_code_bytes(rows[0], rows[1][1:], rows[2], nbits)
+    if (nbits == 0).any():  # PostgreSQL's B'': DuckDB has no empty BIT ('' casts to '0')
+        raise errors.InvalidParameterError("a DuckDB BIT holds at least 1 bit, got a code of 0 bits")
     return _bit_array(rows[0], rows[1], nbits)
 
 
@@ -424,7 +426,10 @@ class _Codebooks:
             hit = self.cache.get((name, "stamp", stamp))
             if hit is not None:
                 return hit
-            blob = self.get(name, int(stamp.split(":")[0]))
+            version = stamp.split(":")[0]
+            if not version.isdigit():  # made by the bitpress_stamp macro: "version:hash"
+                raise errors.InvalidParameterError(f"malformed codebook stamp {stamp!r}")
+            blob = self.get(name, int(version))
             self.cache[(name, "stamp", stamp)] = blob
             return blob
         cur = self.con.cursor()
