@@ -17,7 +17,7 @@ convert, and the SQL side passes BLOBs plus bit lengths to the UDFs, because Duc
 ``BIT`` column to Python far slower than a BLOB one.
 
 DuckDB keeps Python UDFs in the database's catalog, which every connection to the same file in
-one process shares, while macros live per connection. So the pure functions (``hamming``,
+one process shares, while macros live per connection. So the pure functions (``bitpress_hamming_*``,
 ``bitpress_binarize*``) are registered once per database, and those that read bitpress's tables
 through their connection are registered under a name unique to that connection, behind a
 TEMP macro with the public name (``udf``): two connections to one file each read through their
@@ -572,7 +572,9 @@ _SERIAL = itertools.count(1)
 
 def udf(con, name: str, fn, params, returns, *, reads_tables: bool = True, **kwargs):
     """Registers an Arrow UDF: ``reads_tables`` ones under a per-connection name behind a TEMP
-    macro ``name``; pure ones once per database (a second connection finds them there)."""
+    macro ``name``; pure ones once per database (a second connection finds them there), so
+    ``fn`` must then be a module-level function: DuckDB keeps calling it after the connection
+    that registered it closed (a closure freed with it crashed the process)."""
     import duckdb
 
     if not reads_tables:
