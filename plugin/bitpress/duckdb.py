@@ -5,13 +5,19 @@ is one call into the same C core the PostgreSQL extension runs. Codes are ``BLOB
 holding exactly the bytes of a PostgreSQL ``bit(n)`` code (MSB first, zero padding at the
 end); ``code_bytes()`` / ``code_from_bytes()`` convert on the PostgreSQL side.
 
-Why BLOB and not DuckDB's ``BIT``: DuckDB stores a ``BIT`` with a leading byte that counts
-padding bits and puts the padding at the *front* of the first data byte, PostgreSQL at the
-*end* of the last; Arrow has no bit-string type, so a BLOB is the one form that crosses
-engines, Arrow and numpy without conversion.
+BLOB or ``BIT``: a BLOB crosses engines, Arrow and numpy without conversion, but it does not know
+its bit length (a 3- and a 4-bit code are both one byte). So a BLOB is read at the length it
+meets (a codebook's bits, a store's, the query's, a ``BIT``'s) with PostgreSQL's
+``code_from_bytes`` checks (byte count, zero padding), and two BLOBs count whole bytes. DuckDB's
+``BIT`` carries the length, as PostgreSQL's ``bit(n)`` does: ``code_from_bytes(blob, n)`` makes
+one, and every function taking codes gives PostgreSQL's answer or error for it. DuckDB lays a
+``BIT`` out with a leading byte counting padding bits, which are 1-bits at the *front* of the
+first data byte (PostgreSQL: 0-bits at the *end* of the last); ``_bit_rows`` / ``_bit_array``
+convert, and the SQL side passes BLOBs plus bit lengths to the UDFs, because DuckDB hands a
+``BIT`` column to Python far slower than a BLOB one.
 
 DuckDB keeps Python UDFs in the database's catalog, which every connection to the same file in
-one process shares, while macros live per connection. So the pure functions (``hamming``,
+one process shares, while macros live per connection. So the pure functions (``bitpress_hamming_*``,
 ``bitpress_binarize*``) are registered once per database, and those that read bitpress's tables
 through their connection are registered under a name unique to that connection, behind a
 TEMP macro with the public name (``udf``): two connections to one file each read through their
@@ -32,6 +38,23 @@ from .kernels import check_count
 from .kernels import hamming as _hamming
 
 _MACROS = ["""
+CREATE OR REPLACE TEMP MACRO hamming(a, b) AS CASE
+    -- two strings: DuckDB's own hamming (mismatches); codes: BIT or BLOB (folded by type)
+    WHEN typeof(a) = 'VARCHAR' AND typeof(b) = 'VARCHAR'
+    THEN CAST(mismatches(CAST(a AS VARCHAR), CAST(b AS VARCHAR)) AS INTEGER)
+    WHEN typeof(a) = 'BIT' OR typeof(b) = 'BIT'
+    THEN bitpress_hamming_codes(code_bytes(a), bitpress_code_bits(a), code_bytes(b), bitpress_code_bits(b))
+    ELSE bitpress_hamming_blobs(CAST(a AS BLOB), CAST(b AS BLOB)) END
+""", """
+CREATE OR REPLACE TEMP MACRO code_bytes(code) AS
+    -- PostgreSQL's layout (MSB first, zero padding at the end) of a BIT code; a BLOB as it is
+    CASE WHEN typeof(code) = 'BIT' THEN bitpress_bit_bytes(CAST(code AS BIT)) ELSE CAST(code AS BLOB) END
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_code_bits(code) AS
+    -- the bit length a code carries: a BIT's own, 0 for a BLOB (whose length is checked
+    -- against what it meets: a codebook, a store, a BIT query)
+    CASE WHEN typeof(code) = 'BIT' THEN CAST(bit_length(CAST(code AS BIT)) AS INTEGER) ELSE 0 END
+""", """
 CREATE OR REPLACE TEMP MACRO binarize(v) AS bitpress_binarize_sign(CAST(v AS FLOAT[])),
     (v, thresholds_or_codebook) AS CASE WHEN typeof(thresholds_or_codebook) = 'VARCHAR'
         THEN bitpress_encode(CAST(v AS FLOAT[]), CAST(thresholds_or_codebook AS VARCHAR), 0)
@@ -50,11 +73,11 @@ CREATE OR REPLACE TEMP MACRO bitpress_stamp(codebook, version, books := 'bitpres
              error('codebook "' || codebook || '"' ||
                    CASE WHEN version = 0 THEN '' ELSE ' version ' || version END || ' does not exist'))
 """, """
-CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook, books := 'bitpress.codebooks') AS
-        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook, bitpress_stamp(codebook, 0, books := books)),
-    (code, query, codebook, version, books := 'bitpress.codebooks') AS
-        bitpress_score_udf(code, CAST(query AS FLOAT[]), codebook,
-                           bitpress_stamp(codebook, CAST(version AS INTEGER), books := books))
+CREATE OR REPLACE TEMP MACRO bitpress_score(code, query, codebook, version := 0, books := 'bitpress.codebooks') AS
+    -- one macro, version 0 the latest (as in PostgreSQL): DuckDB passes defaults positionally
+    -- too, so a second overload made bitpress_score(c, q, 'cb', 1) ambiguous
+    bitpress_score_udf(code_bytes(code), CAST(query AS FLOAT[]), codebook,
+                       bitpress_stamp(codebook, CAST(version AS INTEGER), books := books), bitpress_code_bits(code))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_pool(k, oversample) AS
     CASE WHEN k IS NULL OR k < 1 THEN error('k must be at least 1, got ' || coalesce(k::VARCHAR, 'NULL'))
@@ -72,20 +95,34 @@ CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample)
     CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(bitpress_query(query))
          ELSE binarize(bitpress_query(query), CAST(codebook AS VARCHAR)) END
 """, """
+CREATE OR REPLACE TEMP MACRO bitpress_query_bits(query, codebook, k, oversample) AS
+    -- its bit length (the query's dimensions, or the codebook's bits), so that codes of another
+    -- length are refused as in PostgreSQL; passed beside the BLOB code (DuckDB hands a BIT to
+    -- a UDF far slower than a BLOB)
+    CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL
+         THEN CAST(len(CAST(bitpress_query(query) AS FLOAT[])) AS INTEGER)
+         ELSE bitpress_codebook_bits(CAST(codebook AS VARCHAR)) END
+""", """
 CREATE OR REPLACE TEMP MACRO bitpress_scoring(scoring) AS
     CASE WHEN scoring IN ('hamming', 'asymmetric') THEN scoring
          ELSE error('scoring must be hamming or asymmetric, got ' || coalesce(scoring, 'NULL')) END
+""", """
+CREATE OR REPLACE TEMP MACRO bitpress_score_codes(code, query, codebook) AS
+    -- the asymmetric score of a BLOB or BIT code (the codebook looked up per batch: stamp '')
+    bitpress_score_udf(code_bytes(code), CAST(query AS FLOAT[]), CAST(codebook AS VARCHAR), '',
+                       bitpress_code_bits(code))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_rank(code, query, codebook, k, oversample, scoring) AS
     -- stage-1 order of a code: Hamming distance to the query's code, or minus the asymmetric score
     -- (stamp '': the codebook is looked up per batch, so that this macro binds without the
     -- bitpress.codebooks table when only Hamming ranking is used)
     CASE WHEN bitpress_scoring(scoring) = 'asymmetric'
-         THEN -bitpress_score_udf(code, (SELECT CAST(bitpress_query(query) AS FLOAT[])),
-                                  coalesce((SELECT CAST(codebook AS VARCHAR) WHERE bitpress_pool(k, oversample) > 0),
-                                           error('asymmetric scoring needs a codebook with reconstruction levels')),
-                                  '')
-         ELSE hamming(code, (SELECT bitpress_query_code(query, codebook, k, oversample))) END
+         THEN -bitpress_score_codes(code, (SELECT CAST(bitpress_query(query) AS FLOAT[])),
+                                    coalesce((SELECT CAST(codebook AS VARCHAR) WHERE bitpress_pool(k, oversample) > 0),
+                                             error('asymmetric scoring needs a codebook with reconstruction levels')))
+         ELSE bitpress_hamming_codes(code_bytes(code), bitpress_code_bits(code),
+                                     (SELECT bitpress_query_code(query, codebook, k, oversample)),
+                                     (SELECT bitpress_query_bits(query, codebook, k, oversample))) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_distance(v, query, metric) AS
     -- the exact distance of the rerank stage (smaller is nearer)
@@ -114,8 +151,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
                    LIMIT greatest(CAST(k AS BIGINT) *
                                   CASE WHEN codebook IS NULL OR scoring = 'asymmetric' THEN 1 ELSE oversample END, 1))
     ORDER BY CASE WHEN codebook IS NULL OR scoring = 'asymmetric' THEN 0
-                  ELSE -bitpress_score_udf(COLUMNS(lambda c: c = code_column), CAST(query AS FLOAT[]),
-                                           CAST(codebook AS VARCHAR), '') END
+                  ELSE -bitpress_score_codes(COLUMNS(lambda c: c = code_column), query, codebook) END
     LIMIT greatest(k, 1)
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_column, query, k,
@@ -125,13 +161,15 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_co
         SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
         FROM query_table(tbl)
         WHERE COLUMNS(lambda c: c = id_column) IN (
-            SELECT id FROM bitpress_store_knn(store, (SELECT bitpress_query_code(query, codebook, k, oversample)),
-                                              greatest(CAST(k AS BIGINT) * oversample, 1))))
+            SELECT unnest(bitpress_store_knn_udf(store, (SELECT bitpress_query_code(query, codebook, k, oversample)),
+                                                 CAST(greatest(CAST(k AS BIGINT) * oversample, 1) AS INTEGER),
+                                                 (SELECT bitpress_query_bits(query, codebook, k, oversample)))).id))
     ORDER BY bitpress_distance(_bitpress_v, query, metric)
     LIMIT greatest(k, 1)
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_store_knn(store, query, k) AS TABLE
-    SELECT unnest(bitpress_store_knn_udf(store, CAST(bitpress_query(query) AS BLOB), CAST(k AS INTEGER)),
+    SELECT unnest(bitpress_store_knn_udf(store, code_bytes(bitpress_query(query)), CAST(k AS INTEGER),
+                                         bitpress_code_bits(query)),
                   recursive := true)
 """]
 
@@ -220,16 +258,14 @@ def _binary_rows(arr):
     return data, offsets, np.diff(offsets)
 
 
-def _hamming_batch(a, b):
-    da, oa, la = _binary_rows(a)
-    db, ob, lb = _binary_rows(b)
+def _hamming_rows(a, b):
+    """Row-by-row distances of two codes columns, each (data, offsets, lengths) in PostgreSQL's
+    layout, of equal byte lengths (the callers check the bit lengths)."""
+    da, oa, la = a
+    db, ob, lb = b
     n = len(la)
     if n == 0:
         return pa.array([], type=pa.int32())
-    bad = np.nonzero(la != lb)[0]
-    if len(bad):
-        r = int(bad[0])
-        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(la[r]) * 8, int(lb[r]) * 8)
     nbytes = int(la[0])
     if (la == nbytes).all():
         ca = da[oa[0]:oa[0] + n * nbytes].reshape(n, nbytes)
@@ -238,6 +274,137 @@ def _hamming_batch(a, b):
         return pa.array(_hamming(ca, cb).astype(np.int32))
     d = [_hamming(da[oa[i]:oa[i + 1]], db[ob[i]:ob[i + 1]]) for i in range(n)]
     return pa.array(np.asarray(d, dtype=np.int32))
+
+
+def _hamming_batch(a, a_bits, b, b_bits):
+    """hamming(a, b) of codes in PostgreSQL's layout, each with the bit length it carries (a
+    BIT's; 0 for a BLOB): two BITs compare their bit lengths, as PostgreSQL does; a BLOB met
+    with a BIT is read as a code of the BIT's length, with code_from_bytes' checks; two BLOBs
+    are whole bytes (8 bits a byte)."""
+    a, b = _binary_rows(a), _binary_rows(b)
+    na, nb = (np.zeros(1, np.int64) if x is None else np.asarray(x.to_numpy(zero_copy_only=False), dtype=np.int64)
+              for x in (a_bits, b_bits))
+    if len(na) and na.min() == na.max() and nb.min() == nb.max():  # one kind each (the usual case)
+        na, nb = int(na[0]), int(nb[0])
+        if na == 0 and nb > 0:
+            check_code_bytes(a[0], a[1][1:], a[2], nb)
+        if nb == 0 and na > 0:
+            check_code_bytes(b[0], b[1][1:], b[2], na)
+        la, lb = (na or nb or a[2] * 8), (nb or na or b[2] * 8)
+    else:
+        for (data, offsets, lengths), own, other in ((a, na, nb), (b, nb, na)):
+            rows = np.nonzero((own == 0) & (other > 0))[0]
+            if len(rows):
+                check_code_bytes(data, offsets[1:][rows], lengths[rows], other[rows])
+        la = np.where(na > 0, na, np.where(nb > 0, nb, a[2] * 8))
+        lb = np.where(nb > 0, nb, np.where(na > 0, na, b[2] * 8))
+    bad = np.nonzero(np.broadcast_to(la != lb, a[2].shape))[0]
+    if len(bad):
+        r = int(bad[0])
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(np.broadcast_to(la, a[2].shape)[r]),
+                          int(np.broadcast_to(lb, a[2].shape)[r]))
+    return _hamming_rows(a, b)
+
+
+def _hamming_blobs_batch(a, b):
+    return _hamming_batch(a, None, b, None)
+
+
+# DuckDB's BIT as Arrow hands it to (and takes it from) a UDF: a first byte counting the
+# padding bits, which are 1-bits at the front of the first data byte; PostgreSQL's bit(n) has
+# its padding as 0-bits at the end of the last byte, the layout of bitpress's BLOB codes
+_BIT = pa.opaque(pa.binary(), "bit", "DuckDB")
+
+
+def _bit_rows(arr):
+    """A BIT column in PostgreSQL's layout: (data, offsets, lengths) as _binary_rows gives,
+    and each row's bit length."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    data, offsets, lengths = _binary_rows(arr)
+    n = len(lengths)
+    if n == 0:
+        return np.empty(0, np.uint8), np.zeros(1, np.int64), lengths, lengths
+    width = int(lengths[0])
+    if (lengths == width).all():  # one length (the usual case): shift the rows as a matrix
+        m = data[offsets[0]:offsets[0] + n * width].reshape(n, width)
+        pad = m[:, 0]
+        shift = int(pad[0])
+        if (pad == shift).all():
+            out = m[:, 1:] if shift == 0 else np.left_shift(m[:, 1:], shift)
+            if shift:
+                out[:, :-1] |= np.right_shift(m[:, 2:], 8 - shift)
+            out = np.ascontiguousarray(out).ravel()
+            return (out, np.arange(n + 1, dtype=np.int64) * (width - 1), lengths - 1,
+                    np.full(n, (width - 1) * 8 - shift, dtype=np.int64))
+    head = offsets[:-1] - offsets[0]
+    d = data[offsets[0]:offsets[-1]].astype(np.uint16)
+    pad = d[head]
+    shift = np.repeat(pad, lengths)
+    nxt = np.zeros_like(d)
+    nxt[:-1] = d[1:]
+    nxt[offsets[1:] - 1 - offsets[0]] = 0  # a row's last byte takes nothing from the next row
+    out = ((d << shift) | (nxt >> (8 - shift))) & 0xFF
+    keep = np.ones(len(d), bool)
+    keep[head] = False
+    return (out[keep].astype(np.uint8), offsets - offsets[0] - np.arange(n + 1), lengths - 1,
+            (lengths - 1) * 8 - pad.astype(np.int64))
+
+
+def _bit_array(data, offsets, nbits):
+    """The inverse of _bit_rows: codes in PostgreSQL's layout, nbits each, as a BIT column."""
+    n = len(nbits)
+    lengths = np.diff(offsets)
+    if n == 0:
+        return pa.ExtensionArray.from_storage(_BIT, pa.array([], pa.binary()))
+    pad = (lengths * 8 - nbits).astype(np.uint16)
+    d = data[offsets[0]:offsets[-1]].astype(np.uint16)
+    shift = np.repeat(pad, lengths)
+    first = offsets[:-1] - offsets[0]
+    prv = np.empty_like(d)
+    prv[1:] = d[:-1]
+    prv[first] = 0xFF  # the padding: 1-bits in front of a row's first byte
+    body = (((prv << (8 - shift)) | (d >> shift)) & 0xFF).astype(np.uint8)
+    out = np.insert(body, first, pad.astype(np.uint8))
+    storage = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer((offsets - offsets[0] + np.arange(n + 1))
+                                                                        .astype(np.int32)), pa.py_buffer(out)])
+    return pa.ExtensionArray.from_storage(_BIT, storage)
+
+
+def check_code_bytes(data, ends, lengths, nbits):
+    """PostgreSQL's code_from_bytes checks of BLOB codes (the rows of ``data`` ending at
+    ``ends``, ``lengths`` bytes each) read as codes of ``nbits`` bits each (an int or one per
+    row): one byte per 8 bits, and the padding bits after the last bit zero."""
+    if np.ndim(nbits) == 0:  # one length for all rows
+        nbits = int(nbits)
+        if nbits < 0:
+            raise errors.InvalidParameterError(f"bit length must not be negative, got {nbits}")
+        bad = np.nonzero(lengths != (nbits + 7) // 8)[0]
+        if len(bad):
+            raise errors.CodeLengthMismatchError(f"{int(lengths[bad[0]])} bytes cannot hold a code of {nbits} bits")
+        if nbits % 8 and (data[ends - 1] & (0xFF >> (nbits % 8))).any():
+            raise errors.CodeLengthMismatchError(f"padding bits after bit {nbits} are not zero")
+        return
+    for n in np.unique(nbits):  # one length per row: the rows of each length in turn
+        rows = np.nonzero(nbits == n)[0]
+        check_code_bytes(data, ends[rows], lengths[rows], int(n))
+
+
+def _code_from_bytes_batch(blob, nbits):
+    rows = _binary_rows(blob)
+    nbits = np.asarray(nbits.to_numpy(zero_copy_only=False), dtype=np.int64)
+    check_code_bytes(rows[0], rows[1][1:], rows[2], nbits)
+    if (nbits == 0).any():  # PostgreSQL's B'': DuckDB has no empty BIT ('' casts to '0')
+        raise errors.InvalidParameterError("a DuckDB BIT holds at least 1 bit, got a code of 0 bits")
+    return _bit_array(rows[0], rows[1], nbits)
+
+
+def _bit_bytes_batch(bits):
+    data, offsets, lengths, _ = _bit_rows(bits)
+    return pa.Array.from_buffers(pa.binary(), len(lengths), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                             pa.py_buffer(data)])
 
 
 class _Codebooks:
@@ -259,7 +426,10 @@ class _Codebooks:
             hit = self.cache.get((name, "stamp", stamp))
             if hit is not None:
                 return hit
-            blob = self.get(name, int(stamp.split(":")[0]))
+            version = stamp.split(":")[0]
+            if not version.isdigit():  # made by the bitpress_stamp macro: "version:hash"
+                raise errors.InvalidParameterError(f"malformed codebook stamp {stamp!r}")
+            blob = self.get(name, int(version))
             self.cache[(name, "stamp", stamp)] = blob
             return blob
         cur = self.con.cursor()
@@ -346,10 +516,11 @@ def _encode_batch(books, v, name, version):
     return _codes_array(map_groups(v, (name, version), prepare), len(v))
 
 
-def _score_batch(books, code, q, name, stamp):
+def _score_batch(books, code, q, name, stamp, code_bits):
     from .kernels import asymmetric_scores
 
     data, offsets, lengths = _binary_rows(code)
+    code_bits = np.asarray(code_bits.to_numpy(zero_copy_only=False), dtype=np.int64)
     qvalues, qoffsets, qlengths = _list_rows(q, "query")
     n = len(lengths)
     out = np.empty(n, dtype=np.float64)
@@ -357,9 +528,13 @@ def _score_batch(books, code, q, name, stamp):
         blob = books.get(nm, 0, st or None)
         dims, _, bits, _ = _core.codebook_shape(blob)
         nbytes = (bits + 7) // 8
-        bad = rows[lengths[rows] != nbytes]
-        if len(bad):
-            _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(lengths[bad[0]]) * 8, bits)
+        # a BIT code carries its bit length; a BLOB (0) is read as a code of the codebook's bits
+        for bad, have in ((rows[(code_bits[rows] > 0) & (code_bits[rows] != bits)], code_bits),
+                          (rows[(code_bits[rows] == 0) & (lengths[rows] != nbytes)], lengths * 8)):
+            if len(bad):
+                _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, int(have[bad[0]]), bits)
+        blobs = rows[code_bits[rows] == 0]
+        check_code_bytes(data, offsets[1:][blobs], lengths[blobs], bits)
         bad = rows[qlengths[rows] != dims]
         if len(bad):
             _core.raise_error(_core.ERR_CODEBOOK_DIM_MISMATCH, int(qlengths[bad[0]]), dims)
@@ -378,16 +553,16 @@ def _score_batch(books, code, q, name, stamp):
 _KNN_TYPE = pa.list_(pa.struct([("id", pa.int64()), ("distance", pa.int32())]))
 
 
-def _store_knn_batch(con, store, query, k):
+def _store_knn_batch(con, store, query, k, query_bits):
     """One k-NN per row (usually one row: constant arguments) over a packed store."""
     from .stores import _duckdb_knn
 
     out = []
-    for s, q, kk in zip(store.to_pylist(), query.to_pylist(), k.to_pylist()):
+    for s, q, kk, qb in zip(store.to_pylist(), query.to_pylist(), k.to_pylist(), query_bits.to_pylist()):
         kk = check_count("k", kk)
         cur = con.cursor()
         try:
-            rows = _duckdb_knn(con, s, np.frombuffer(q, dtype=np.uint8), kk, cursor=cur)
+            rows = _duckdb_knn(con, s, np.frombuffer(q, dtype=np.uint8), kk, cursor=cur, query_bits=qb or None)
         finally:
             cur.close()
         out.append([{"id": i, "distance": d} for i, d in rows])
@@ -399,7 +574,9 @@ _SERIAL = itertools.count(1)
 
 def udf(con, name: str, fn, params, returns, *, reads_tables: bool = True, **kwargs):
     """Registers an Arrow UDF: ``reads_tables`` ones under a per-connection name behind a TEMP
-    macro ``name``; pure ones once per database (a second connection finds them there)."""
+    macro ``name``; pure ones once per database (a second connection finds them there), so
+    ``fn`` must then be a module-level function: DuckDB keeps calling it after the connection
+    that registered it closed (a closure freed with it crashed the process)."""
     import duckdb
 
     if not reads_tables:
@@ -424,7 +601,8 @@ def register(con):
 
     ``binarize(v)``, ``binarize(v, thresholds)``: v is any numeric list or array
     (``FLOAT[]``, ``DOUBLE[]``, ``FLOAT[384]`` ...), the result a BLOB code.
-    ``hamming(a, b)``: INTEGER number of differing bits of two BLOB codes.
+    ``hamming(a, b)``: INTEGER number of differing bits of two BLOB or BIT codes.
+    ``code_from_bytes(blob, n)`` -> BIT and ``code_bytes(bit)`` -> BLOB, as in PostgreSQL.
     ``binarize(v, 'name'[, version])``: code under a codebook stored in bitpress.codebooks.
     ``bitpress_score(code, query, 'name'[, version])``: asymmetric score (higher is closer).
     ``bitpress_knn('table', 'code_col', 'vector_col', query, k[, oversample := 4,
@@ -436,15 +614,23 @@ def register(con):
         reads_tables=False, side_effects=False)
     udf(con, "bitpress_binarize", _binarize_batch, ["FLOAT[]", "FLOAT[]"], "BLOB",
         reads_tables=False, side_effects=False)
-    # a real function, not a macro: it overloads DuckDB's own hamming(VARCHAR, VARCHAR)
-    udf(con, "hamming", _hamming_batch, ["BLOB", "BLOB"], "INTEGER", reads_tables=False,
+    # hamming(a, b) is a macro over this: BIT or BLOB codes, each with the bit length it carries
+    udf(con, "bitpress_hamming_codes", _hamming_batch, ["BLOB", "INTEGER", "BLOB", "INTEGER"], "INTEGER",
+        reads_tables=False, side_effects=False)
+    udf(con, "bitpress_hamming_blobs", _hamming_blobs_batch, ["BLOB", "BLOB"], "INTEGER",
+        reads_tables=False, side_effects=False)  # the same for two BLOBs, without the bit lengths' columns
+    udf(con, "code_from_bytes", _code_from_bytes_batch, ["BLOB", "BIGINT"], "BIT", reads_tables=False,
         side_effects=False)
+    udf(con, "bitpress_bit_bytes", _bit_bytes_batch, ["BIT"], "BLOB", reads_tables=False, side_effects=False)
     udf(con, "bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
         ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", side_effects=False)
-    udf(con, "bitpress_score_udf", lambda c, q, n, st: _score_batch(books, c, q, n, st),
-        ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR"], "DOUBLE", side_effects=False)
-    udf(con, "bitpress_store_knn_udf", lambda s_, q, k: _store_knn_batch(con, s_, q, k),
-        ["VARCHAR", "BLOB", "INTEGER"], "STRUCT(id BIGINT, distance INTEGER)[]",
+    udf(con, "bitpress_codebook_bits", lambda n: pa.array([_core.codebook_shape(books.get(x, 0))[2]
+                                                           for x in n.to_pylist()], pa.int32()),
+        ["VARCHAR"], "INTEGER", side_effects=False)
+    udf(con, "bitpress_score_udf", lambda c, q, n, st, b: _score_batch(books, c, q, n, st, b),
+        ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR", "INTEGER"], "DOUBLE", side_effects=False)
+    udf(con, "bitpress_store_knn_udf", lambda s_, q, k, b: _store_knn_batch(con, s_, q, k, b),
+        ["VARCHAR", "BLOB", "INTEGER", "INTEGER"], "STRUCT(id BIGINT, distance INTEGER)[]",
         side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)

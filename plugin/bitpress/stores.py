@@ -31,9 +31,11 @@ def create(conn, name: str, table: str, id_column: str, code_column: str,
                             (name, rel, id_column, code_column, segment_codes)).fetchone()[0]
     if isinstance(segment_codes, bool) or not isinstance(segment_codes, int) or segment_codes < 1:
         raise errors.InvalidParameterError(f"segment_codes must be at least 1, got {segment_codes!r}")
-    # bits is set by the first rebuild (1 until then: the table's check wants a positive size)
+    # bits is set by the first rebuild (1 until then: the table's check wants a positive size);
+    # the source is recorded qualified, so that no other schema's table of that name is read
     conn.execute("INSERT INTO bitpress.code_stores (name, source, id_column, code_column, bits, segment_codes) "
-                 "VALUES (?, ?, ?, ?, 1, ?)", [name, table, id_column, code_column, segment_codes]).fetchall()
+                 "VALUES (?, ?, ?, ?, 1, ?)", [name, _duckdb_source(conn, table), id_column, code_column,
+                                               segment_codes]).fetchall()
     try:
         return rebuild(conn, name)
     except Exception:
@@ -53,39 +55,111 @@ def rebuild(conn, name: str) -> int:
     """Rewrites the segments from the table (and, in PostgreSQL, folds the delta in)."""
     if kind(conn) == "pg":
         return conn.execute("SELECT bitpress_store_rebuild(%s)", (name,)).fetchone()[0]
-    from .duckdb import _binary_rows
+    from .duckdb import _binary_rows, _bit_rows
 
     source, id_column, code_column, _, segment_codes = _store(conn, name)
+    id_type, code_type = _column_types(conn, name, source, id_column, code_column)
+    if id_type not in _ID_TYPES:  # two DOUBLE or DECIMAL ids can become one BIGINT (1.4, 1.2)
+        raise errors.BitpressError(f"the id column {source}.{id_column} is {id_type}, a code store needs "
+                                   "smallint, integer or bigint ids", "42804")
+    if code_type not in ("BLOB", "BIT"):
+        raise errors.BitpressError(f'column "{code_column}" of relation {source} is not a BLOB or BIT column',
+                                   "42804")
     t, c = quoted(conn, source, code_column)
     _, i = quoted(conn, source, id_column)
+    bad = conn.execute(f"SELECT count(*) FROM {t} WHERE {i} IS NULL AND {c} IS NOT NULL").fetchall()[0][0]
+    if bad:
+        raise errors.BitpressError(f'code store "{name}": {bad} rows have a code and a NULL id ({id_column})',
+                                   "23502")
     rel = conn.sql(f"SELECT CAST({i} AS BIGINT), {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {i}")
+    bit = code_type == "BIT"  # a BIT column carries its bit length, a BLOB is 8 bits a byte
     arrow = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     ids = arrow.column(0).to_numpy()
     n = len(ids)
     if n == 0:
         raise errors.InvalidParameterError(f"column {source}.{code_column} holds no codes")
-    data, offsets, lengths = _binary_rows(arrow.column(1))
-    lengths = np.unique(lengths)
-    if len(lengths) != 1:
+    data, offsets, lengths, *nbits = (_bit_rows if bit else _binary_rows)(arrow.column(1))
+    sizes = np.unique(nbits[0] if bit else lengths)
+    if len(sizes) != 1:
         raise errors.CodeLengthMismatchError(
-            f"column {source}.{code_column} holds codes of {len(lengths)} different lengths")
+            f"column {source}.{code_column} holds codes of {len(sizes)} different lengths")
     nbytes = int(lengths[0])
+    bits = int(sizes[0]) if bit else nbytes * 8
     if len(np.unique(ids)) != n:
         raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
     data = data[offsets[0]:offsets[0] + n * nbytes]
+    sums = "checksum" in _table_columns(conn, "code_segments")  # schema revision 0007
     with transaction(conn):
         conn.execute("DELETE FROM bitpress.code_segments WHERE store = ?", [name]).fetchall()
         for seg, start in enumerate(range(0, n, segment_codes)):
             part = ids[start:start + segment_codes]
             width = 4 if part.min() >= -2**31 and part.max() < 2**31 else 8
-            conn.execute("INSERT INTO bitpress.code_segments (store, segment, n, ids, codes) VALUES (?, ?, ?, ?, ?)",
-                         [name, seg, len(part), part.astype(f">i{width}").tobytes(),
-                          data[start * nbytes:(start + len(part)) * nbytes].tobytes()]).fetchall()
-        conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ? "
-                     "WHERE name = ?", [nbytes * 8, _fingerprint(conn, source, id_column, code_column),
-                                        name]).fetchall()
+            idb = part.astype(f">i{width}").tobytes()
+            cb = data[start * nbytes:(start + len(part)) * nbytes].tobytes()
+            conn.execute("INSERT INTO bitpress.code_segments (store, segment, n, ids, codes"
+                         + (", checksum) VALUES (?, ?, ?, ?, ?, ?)" if sums else ") VALUES (?, ?, ?, ?, ?)"),
+                         [name, seg, len(part), idb, cb] + ([_core.segment_checksum(idb, cb)] if sums else [])
+                         ).fetchall()
+        counted = "segments" in _table_columns(conn, "code_stores")  # schema revision 0006
+        conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ?"
+                     + (", segments = ?" if counted else "") + " WHERE name = ?",
+                     [bits, _fingerprint(conn, source, id_column, code_column)]
+                     + ([-(-n // segment_codes)] if counted else []) + [name]).fetchall()
     _CACHE.pop((id(conn), name), None)
     return n
+
+
+# DuckDB id types that a BIGINT holds exactly (a store keeps one code per integer id)
+_ID_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
+
+
+def _duckdb_source(conn, table: str) -> str:
+    """The table DuckDB reads for ``table`` ("t", "schema.t" or "db.schema.t"), as the qualified
+    name a DuckDB store records: schema.table, the database first when it is not the current one
+    (a TEMP table: temp.main.t). Unqualified names are looked up as DuckDB does: temporary
+    tables, then the search_path, then the current schema."""
+    parts = table.split(".")
+    db, schema, path = conn.execute("SELECT current_database(), current_schema(), "
+                                    "current_setting('search_path')").fetchall()[0]
+    if len(parts) == 3:
+        places = [tuple(parts[:2])]
+    elif len(parts) == 2:
+        places = [(db, parts[0]), (parts[0], "main")]
+    else:
+        entries = [e.strip().strip('"') for e in (path or "").split(",") if e.strip()]
+        places = ([("temp", "main")] + [tuple(e.split(".", 1)) if "." in e else (db, e) for e in entries]
+                  + [(db, schema), (db, "main")])
+    if len(parts) <= 3:
+        for d, sch in places:
+            found = conn.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+                                 "WHERE lower(database_name) = lower(?) AND lower(schema_name) = lower(?) "
+                                 "AND lower(table_name) = lower(?)", [d, sch, parts[-1]]).fetchall()
+            if found:
+                d, sch, name = found[0]
+                return ".".join(([d] if d != db else []) + [sch, name])
+    raise errors.BitpressError(f'relation "{table}" does not exist', "42P01")
+
+
+def _column_types(cur, store, source, *columns):
+    """The DuckDB types of columns of a store's table; refuses a table that is gone (42P01)."""
+    import duckdb
+
+    try:
+        rel = cur.sql(f"SELECT * FROM {quoted(cur, source)[0]} LIMIT 0")
+    except duckdb.CatalogException:
+        raise errors.BitpressError(f'code store "{store}": its table {source} does not exist', "42P01") from None
+    types = {col.lower(): str(ty) for col, ty in zip(rel.columns, rel.types)}
+    missing = [col for col in columns if col.lower() not in types]
+    if missing:
+        raise errors.BitpressError(f'column "{missing[0]}" of relation {source} does not exist', "42703")
+    return [types[col.lower()] for col in columns]
+
+
+def _table_columns(cur, table):
+    """The columns of bitpress.<table> (which revisions add to)."""
+    return {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
+                                      "current_database() AND schema_name = 'bitpress' AND table_name = ?",
+                                      [table]).fetchall()}
 
 
 def _fingerprint(conn, source, id_column, code_column) -> str:
@@ -125,35 +199,72 @@ _LOCK = threading.Lock()
 
 
 class _Packed:
-    def __init__(self, stamp, bits, ids, codes):
-        self.stamp, self.bits, self.ids, self.codes = stamp, bits, ids, codes
+    """A store's ids and codes; ``exact``: built from a BIT column (``bits`` is the codes' own
+    length) rather than a BLOB one (8 bits a byte); ``last_or``: the OR of the codes' last bytes,
+    to check their padding when a query says it has fewer bits."""
+
+    def __init__(self, stamp, bits, ids, codes, exact):
+        self.stamp, self.bits, self.ids, self.codes, self.exact = stamp, bits, ids, codes, exact
+        self.last_or = int(np.bitwise_or.reduce(codes[:, -1])) if codes.size else 0
+
+
+# bitpress's own tables holding what bitpress never writes: errors.CorruptDataError (XX001),
+# which the hardening branch adds to errors.py; the same class name and SQLSTATE until merged
+CorruptDataError = getattr(errors, "CorruptDataError", None) or type(
+    "CorruptDataError", (errors.BitpressError,), {"sqlstate": "XX001", "__module__": errors.__name__})
+
+
+def _corrupt(name, what):
+    return CorruptDataError(f'code store "{name}": {what}; rebuild it with stores.rebuild(conn, {name!r})')
 
 
 def _packed(conn, name, cursor=None) -> _Packed:
+    """A store's segments, every value read checked: NULLs, sizes, checksums (schema revision
+    0007) and the number of segments (0006) are XX001 naming the table, column and segment."""
     cur = cursor or conn
-    rows = cur.execute("SELECT bits, CAST(created_at AS VARCHAR) FROM bitpress.code_stores WHERE name = ?",
-                       [name]).fetchall()
-    row = rows[0] if rows else None
-    if row is None:
+    res = cur.execute("SELECT * FROM bitpress.code_stores WHERE name = ?", [name])
+    rows = res.fetchall()
+    if not rows:
         raise errors.UnknownCodebookError(f'code store "{name}" does not exist')
-    bits, stamp = row
+    meta = dict(zip([d[0] for d in res.description], rows[0]))
+    for col in ("source", "code_column", "bits", "created_at"):
+        if meta[col] is None:
+            raise _corrupt(name, f"bitpress.code_stores has a NULL {col}")
+    bits, stamp = meta["bits"], str(meta["created_at"])
+    if bits < 1:
+        raise _corrupt(name, f"bitpress.code_stores has bits = {bits}")
+    # a store whose table is gone (dropped, renamed) is not served, even from the cache
+    exact = _column_types(cur, name, meta["source"], meta["code_column"])[0] == "BIT"
     key = (id(conn), name)
     with _LOCK:
         hit = _CACHE.get(key)
-        if hit is not None and hit.stamp == stamp:
+        if hit is not None and hit.stamp == stamp and hit.exact == exact:
             return hit
     nbytes = (bits + 7) // 8
+    sums = "checksum" in _table_columns(cur, "code_segments")
     ids, codes = [], []
-    for n, idb, cb in cur.execute("SELECT n, ids, codes FROM bitpress.code_segments WHERE store = ? "
-                                  "ORDER BY segment", [name]).fetchall():
-        width = len(idb) // n if n else 8
-        if width not in (4, 8) or len(idb) != n * width or len(cb) != n * nbytes:
-            raise errors.BitpressError(f'code store "{name}": a segment\'s sizes do not match its {n} codes',
-                                       "XX001")
+    segs = cur.execute("SELECT segment, n, ids, codes" + (", checksum" if sums else "")
+                       + " FROM bitpress.code_segments WHERE store = ? ORDER BY segment", [name]).fetchall()
+    for expected, (seg, n, idb, cb, *sum_) in enumerate(segs):
+        where = f"bitpress.code_segments row segment = {seg}"
+        for col, value in (("segment", seg), ("n", n), ("ids", idb), ("codes", cb)):
+            if value is None:
+                raise _corrupt(name, f"bitpress.code_segments has a NULL {col} in row segment = {seg}")
+        if seg != expected:
+            raise _corrupt(name, f"segment {expected} is missing (found segment {seg})")
+        width = len(idb) // n if n > 0 else 8
+        if n < 0 or width not in (4, 8) or len(idb) != n * width or len(cb) != n * nbytes:
+            raise _corrupt(name, f"a segment's sizes do not match its {n} codes of {bits} bits ({where})")
+        if sums and sum_[0] is None:
+            raise _corrupt(name, f"a segment has no checksum (written before schema revision 0007) ({where})")
+        if sums and _core.segment_checksum(idb, cb) != sum_[0]:
+            raise _corrupt(name, f"a segment's checksum does not match its bytes ({where})")
         ids.append(np.frombuffer(idb, dtype=f">i{width}").astype(np.int64))
         codes.append(np.frombuffer(cb, dtype=np.uint8).reshape(n, nbytes))
+    if meta.get("segments") is not None and meta["segments"] != len(segs):
+        raise _corrupt(name, f"found {len(segs)} segments, its last rebuild wrote {meta['segments']}")
     packed = _Packed(stamp, bits, np.concatenate(ids) if ids else np.empty(0, np.int64),
-                     np.concatenate(codes) if codes else np.empty((0, nbytes), np.uint8))
+                     np.concatenate(codes) if codes else np.empty((0, nbytes), np.uint8), exact)
     with _LOCK:
         _CACHE[key] = packed
     return packed
@@ -179,10 +290,24 @@ def knn(conn, name: str, query_code, k: int, *, refresh: bool = False) -> list[t
     return _duckdb_knn(conn, name, q, k)
 
 
-def _duckdb_knn(conn, name, q, k, cursor=None):
+def _duckdb_knn(conn, name, q, k, cursor=None, query_bits=None):
+    """``query_bits``: the bit length of a BIT query (or of a vector's code); None for a BLOB.
+    As hamming(): two lengths must agree, and a BLOB (query, or store of a BLOB column) is read
+    at the other's length with code_from_bytes' checks."""
+    from .duckdb import check_code_bytes
+
     p = _packed(conn, name, cursor)
-    if q.shape[0] * 8 < p.bits or q.shape[0] != (p.bits + 7) // 8:
+    nbytes = p.codes.shape[1]
+    if p.exact and query_bits is not None and query_bits != p.bits:
+        _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
+    if not p.exact and query_bits is not None:  # the store's codes read at the query's length
+        if (query_bits + 7) // 8 != nbytes:
+            _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
+        if p.last_or & (0xFF >> (query_bits % 8)) and query_bits % 8:
+            raise errors.CodeLengthMismatchError(f"padding bits after bit {query_bits} are not zero")
+    if q.shape[0] != nbytes:
         _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, p.bits)
+    check_code_bytes(q, np.array([nbytes]), np.array([nbytes]), query_bits or p.bits)
     n = p.codes.shape[0]
     if n == 0:
         return []
