@@ -1222,6 +1222,9 @@ PyInit__core(void)
 		PyModule_AddIntConstant(m, "ERR_MALFORMED_FFN", BP_ERR_MALFORMED_FFN) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_FFN_INPUT_DIM", BP_ERR_FFN_INPUT_DIM) < 0 ||
 		PyModule_AddIntConstant(m, "ERR_FFN_K", BP_ERR_FFN_K) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_NEGATIVE_BITS", BP_ERR_NEGATIVE_BITS) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_CODE_BYTES", BP_ERR_CODE_BYTES) < 0 ||
+		PyModule_AddIntConstant(m, "ERR_CODE_PADDING", BP_ERR_CODE_PADDING) < 0 ||
 		PyModule_AddIntConstant(m, "MAX_DIM", BP_MAX_DIM) < 0)
 	{
 		Py_DECREF(m);

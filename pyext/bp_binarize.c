@@ -16,6 +16,18 @@ bp_isfinite(float f)
 	return (u & 0x7f800000u) != 0x7f800000u;
 }
 
+bp_status
+bp_check_code_bytes(const uint8_t *b, size_t n, long long bits)
+{
+	if (bits < 0)
+		return BP_ERR_NEGATIVE_BITS;
+	if ((unsigned long long) n != ((unsigned long long) bits + 7) / 8)
+		return BP_ERR_CODE_BYTES;
+	if (bits % 8 != 0 && (b[n - 1] & (0xFFu >> (bits % 8))) != 0)
+		return BP_ERR_CODE_PADDING;
+	return BP_OK;
+}
+
 void
 bp_half_to_float(const uint16_t *h, size_t n, float *out)
 {

@@ -34,7 +34,10 @@ typedef enum bp_status
 	BP_ERR_FFN_INPUT_DIM,		/* a = vector dims, b = the layer's input dims */
 	BP_ERR_FFN_K,				/* a = k asked, b = the layer's neurons */
 	BP_ERR_FFN_NO_PREDICTOR,	/* sparse asked of a layer without predictor (or thresholds) */
-	BP_ERR_OVERFLOW				/* a result is NaN or +-Inf (overflow): a = element index */
+	BP_ERR_OVERFLOW,			/* a result is NaN or +-Inf (overflow): a = element index */
+	BP_ERR_NEGATIVE_BITS,		/* a = the bit length asked */
+	BP_ERR_CODE_BYTES,			/* a = bytes given, b = bits asked: not (b + 7) / 8 bytes */
+	BP_ERR_CODE_PADDING			/* a = bits: the padding bits after them are not zero */
 } bp_status;
 
 /* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
@@ -79,6 +82,10 @@ bp_status	bp_binarize_batch(const float *x, size_t n, size_t dim, size_t row_str
 
 /* Checks a threshold vector once (finite values only). */
 bp_status	bp_check_thresholds(const float *thresholds, size_t dim, size_t *bad_index);
+
+/* Whether n bytes are a code of bits bits: (bits + 7) / 8 of them with zero padding bits
+ * (BP_ERR_NEGATIVE_BITS, BP_ERR_CODE_BYTES, BP_ERR_CODE_PADDING otherwise). */
+bp_status	bp_check_code_bytes(const uint8_t *b, size_t n, long long bits);
 
 /* IEEE binary16 (pgvector's halfvec) to float, exactly (every half is a float). */
 void		bp_half_to_float(const uint16_t *h, size_t n, float *out);

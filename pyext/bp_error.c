@@ -153,6 +153,15 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 				snprintf(buf, bufsize, "value out of range: the result is not a finite real "
 						 "(the computation overflows)");
 			break;
+		case BP_ERR_NEGATIVE_BITS:
+			snprintf(buf, bufsize, "bit length must not be negative, got %lld", a);
+			break;
+		case BP_ERR_CODE_BYTES:
+			snprintf(buf, bufsize, "%lld bytes cannot hold a code of %lld bits", a, b);
+			break;
+		case BP_ERR_CODE_PADDING:
+			snprintf(buf, bufsize, "padding bits after bit %lld are not zero", a);
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -188,6 +197,11 @@ bp_error_sqlstate(bp_status status)
 			return "22023";		/* invalid_parameter_value */
 		case BP_ERR_OVERFLOW:
 			return "22003";		/* numeric_value_out_of_range */
+		case BP_ERR_NEGATIVE_BITS:
+			return "22023";		/* invalid_parameter_value */
+		case BP_ERR_CODE_BYTES:
+		case BP_ERR_CODE_PADDING:
+			return "22000";		/* data_exception */
 		case BP_ERR_MALFORMED_CODEBOOK:
 		case BP_ERR_MALFORMED_TT:
 		case BP_ERR_MALFORMED_FFN:

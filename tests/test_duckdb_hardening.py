@@ -380,3 +380,31 @@ def test_internal_udfs_raise_bitpress_errors(both):
                       ("SELECT code_from_bytes(''::BLOB, 0)", ("22023", "a DuckDB BIT holds at least 1 bit"))):
         state, msg = error_of(duck, sql)
         assert (state, want[1] in msg) == (want[0], True), msg
+
+
+def test_a_duckdb_store_from_before_0007_answers_after_the_upgrade(tmp_path):
+    """Migration 0007 computes the checksum of each existing DuckDB segment (PostgreSQL's
+    stores are rebuilt), so an old store answers exactly at once, and a flipped byte after it
+    is still caught."""
+    import bitpress.duckdb
+    from bitpress import errors, schema, stores
+
+    con = bitpress.duckdb.connect(str(tmp_path / "old.duckdb"))
+    schema.upgrade(con, "0006_inline_segments")
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (300, 8), dtype=np.uint8)
+    con.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, code BLOB)")
+    con.executemany("INSERT INTO items VALUES (?, ?)", [[i, c.tobytes()] for i, c in enumerate(codes)])
+    stores.create(con, "s", "items", "id", "code", segment_codes=100)
+    schema.upgrade(con)
+    assert con.execute("SELECT count(*) FROM bitpress.code_segments WHERE checksum IS NULL").fetchone()[0] == 0
+    d = np.unpackbits(codes ^ codes[7], axis=1).sum(axis=1)
+    want = [(int(i), int(d[i])) for i in np.lexsort((np.arange(300), d))[:5]]
+    stores._CACHE.clear()
+    assert stores.knn(con, "s", codes[7], 5) == want
+    con.execute("UPDATE bitpress.code_segments SET codes = ? WHERE segment = 1",
+                [bytes([codes[100, 0] ^ 1]) + codes[100:200].tobytes()[1:]])
+    stores._CACHE.clear()
+    with pytest.raises(errors.CorruptDataError, match="checksum does not match"):
+        stores.knn(con, "s", codes[7], 5)
+    con.close()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fuzz_inputs import (ERROR, Arg, World, damage, flat_floats, judge, oracle, parse_text, rand_arg, readers,
-                         signs_sql, value)
+from fuzz_inputs import (ANY, ERROR, Arg, World, damage, flat_floats, judge, oracle, pack, parse_text, rand_arg,
+                         readers, signs_sql, value)
 
 SEED = int(os.environ.get("BITPRESS_FUZZ_SEED", "20261207"))
 SECONDS = float(os.environ.get("BITPRESS_FUZZ_SECONDS", "40"))
@@ -307,6 +307,14 @@ def duck_expect(con, world, name, args):
              "integer" if a.sql.endswith("INTEGER") else "text" for a in args]
     base = {"bitpress_encode": "binarize", "bitpress_binarize": "binarize", "bitpress_binarize_sign": "binarize",
             "bitpress_store_knn": "bitpress_store_knn", "bitpress_store_knn_udf": "none"}.get(name.split("__bp")[0], name)
+    if name in ("code_from_bytes", "code_bytes"):  # DuckDB's BIT codes (fetched as '0101')
+        v = [a.value for a in args]
+        if name == "code_bytes" or None in v:
+            return ANY
+        b, n = pack(v[0][1] if isinstance(v[0], tuple) else v[0]), v[1]
+        if n > 0 and len(b) == (n + 7) // 8 and not (n % 8 and b[-1] & (0xFF >> (n % 8))):
+            return value("".join(format(c, "08b") for c in b)[:n])
+        return ERROR  # DuckDB has no empty BIT: 0 bits is refused too
     e = oracle(world, base, types, args, duck=True)
     if name.startswith("bitpress_encode") and args[2].value == 0:  # 0: the latest version
         e = oracle(world, base, types[:2], args[:2], duck=True)
@@ -427,7 +435,9 @@ FOUND_DUCK = {  # the same for DuckDB
 }
 
 
-OPEN = {("duckdb", "hamming", 0), ("duckdb", "bitpress_store_knn", 0), ("duckdb", "bitpress_score_udf", 0)}
+# BLOB codes are whole bytes: two of 9 and 12 bits (both 2 bytes) cannot be told apart; BIT
+# codes carry their length (docs/GUARANTEES.md). Open until DuckDB's binarize returns BIT.
+OPEN = {("duckdb", "hamming", 0), ("duckdb", "bitpress_store_knn", 0)}
 
 
 def _known(table, kind):

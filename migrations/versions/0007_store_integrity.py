@@ -10,7 +10,8 @@ bitpress.code_segments  ``checksum``: bp_segment_checksum of the segment's ids a
                         (XX001) instead of served. NULL in a segment written before this
                         revision: such a store answers only after a rebuild, which the
                         upgrade runs for every PostgreSQL store (it needs the extension at
-                        0.5.0 or later there, whose rebuild writes checksums).
+                        0.5.0 or later there, whose rebuild writes checksums). In DuckDB the
+                        upgrade computes the checksum of each existing segment as it is.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -35,6 +36,17 @@ def upgrade():
         rebuild = sa.text(f"SELECT {schema}.bitpress_store_rebuild(:name)")
         for name in bind.execute(sa.text("SELECT name FROM bitpress.code_stores ORDER BY name")).scalars():
             bind.execute(rebuild, {"name": name})
+    elif bind.dialect.name != "postgresql":
+        # DuckDB (a store is a snapshot there): the checksum of each segment as it is
+        from bitpress import _core
+
+        segments = bind.execute(sa.text("SELECT store, segment, ids, codes FROM bitpress.code_segments")).all()
+        for store, segment, ids, codes in segments:
+            if ids is not None and codes is not None:
+                bind.execute(sa.text("UPDATE bitpress.code_segments SET checksum = :sum "
+                                     "WHERE store = :store AND segment = :segment"),
+                             {"sum": _core.segment_checksum(bytes(ids), bytes(codes)), "store": store,
+                              "segment": segment})
 
 
 def downgrade():

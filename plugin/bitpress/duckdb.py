@@ -284,6 +284,10 @@ def _hamming_batch(a, a_bits, b, b_bits):
     a, b = _binary_rows(a), _binary_rows(b)
     na, nb = (np.zeros(1, np.int64) if x is None else np.asarray(x.to_numpy(zero_copy_only=False), dtype=np.int64)
               for x in (a_bits, b_bits))
+    for (data, offsets, lengths), own in ((a, na), (b, nb)):  # a length given must be the bytes'
+        rows = np.nonzero(np.broadcast_to(own != 0, lengths.shape))[0]
+        if len(rows):
+            check_code_bytes(data, offsets[1:][rows], lengths[rows], np.broadcast_to(own, lengths.shape)[rows])
     if len(na) and na.min() == na.max() and nb.min() == nb.max():  # one kind each (the usual case)
         na, nb = int(na[0]), int(nb[0])
         if na == 0 and nb > 0:
@@ -380,12 +384,12 @@ def check_code_bytes(data, ends, lengths, nbits):
     if np.ndim(nbits) == 0:  # one length for all rows
         nbits = int(nbits)
         if nbits < 0:
-            raise errors.InvalidParameterError(f"bit length must not be negative, got {nbits}")
+            _core.raise_error(_core.ERR_NEGATIVE_BITS, nbits, 0)
         bad = np.nonzero(lengths != (nbits + 7) // 8)[0]
         if len(bad):
-            raise errors.CodeLengthMismatchError(f"{int(lengths[bad[0]])} bytes cannot hold a code of {nbits} bits")
+            _core.raise_error(_core.ERR_CODE_BYTES, int(lengths[bad[0]]), nbits)
         if nbits % 8 and (data[ends - 1] & (0xFF >> (nbits % 8))).any():
-            raise errors.CodeLengthMismatchError(f"padding bits after bit {nbits} are not zero")
+            _core.raise_error(_core.ERR_CODE_PADDING, nbits, 0)
         return
     for n in np.unique(nbits):  # one length per row: the rows of each length in turn
         rows = np.nonzero(nbits == n)[0]

@@ -112,6 +112,30 @@ class ResultOutOfRangeError(BitpressError):
     sqlstate = "22003"
 
 
+class DatatypeMismatchError(BitpressError):
+    """A column of a type bitpress cannot use there (e.g. a code store's DOUBLE id column)."""
+
+    sqlstate = "42804"
+
+
+class NotNullViolationError(BitpressError):
+    """A NULL where bitpress needs a value (e.g. a code store row with a code and a NULL id)."""
+
+    sqlstate = "23502"
+
+
+class UndefinedTableError(BitpressError):
+    """A table that does not exist (e.g. the table a code store followed, since dropped)."""
+
+    sqlstate = "42P01"
+
+
+class UndefinedColumnError(BitpressError):
+    """A column that does not exist."""
+
+    sqlstate = "42703"
+
+
 class CorruptDataError(BitpressError):
     """bitpress's own tables hold what bitpress never writes (a NULL, a bad size, a checksum
     that does not match): the message names the table, the row and the column."""
@@ -146,6 +170,9 @@ _BY_STATUS = {
     16: InvalidParameterError,
     17: InvalidParameterError,
     18: ResultOutOfRangeError,
+    19: InvalidParameterError,
+    20: CodeLengthMismatchError,
+    21: CodeLengthMismatchError,
 }
 
 

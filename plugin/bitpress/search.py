@@ -82,7 +82,7 @@ def _duckdb_store_search(conn, table, q, k, oversample, store, vector_column, co
     from . import stores
 
     source, id_column, _, _, _ = stores._store(conn, store)
-    if source != table:
+    if source != stores._duckdb_source(conn, table):
         raise errors.InvalidParameterError(f'code store "{store}" follows {source}, not {table}')
     return conn.execute("SELECT * FROM bitpress_knn_store(?, ?, ?, ?, ?::FLOAT[], ?, oversample := ?, "
                         "codebook := ?::VARCHAR, metric := ?)",

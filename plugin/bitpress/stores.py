@@ -60,17 +60,15 @@ def rebuild(conn, name: str) -> int:
     source, id_column, code_column, _, segment_codes = _store(conn, name)
     id_type, code_type = _column_types(conn, name, source, id_column, code_column)
     if id_type not in _ID_TYPES:  # two DOUBLE or DECIMAL ids can become one BIGINT (1.4, 1.2)
-        raise errors.BitpressError(f"the id column {source}.{id_column} is {id_type}, a code store needs "
-                                   "smallint, integer or bigint ids", "42804")
+        raise errors.DatatypeMismatchError(f"the id column {source}.{id_column} is {id_type}, a code store "
+                                           "needs smallint, integer or bigint ids")
     if code_type not in ("BLOB", "BIT"):
-        raise errors.BitpressError(f'column "{code_column}" of relation {source} is not a BLOB or BIT column',
-                                   "42804")
+        raise errors.DatatypeMismatchError(f'column "{code_column}" of relation {source} is not a BLOB or BIT column')
     t, c = quoted(conn, source, code_column)
     _, i = quoted(conn, source, id_column)
     bad = conn.execute(f"SELECT count(*) FROM {t} WHERE {i} IS NULL AND {c} IS NOT NULL").fetchall()[0][0]
     if bad:
-        raise errors.BitpressError(f'code store "{name}": {bad} rows have a code and a NULL id ({id_column})',
-                                   "23502")
+        raise errors.NotNullViolationError(f'code store "{name}": {bad} rows have a code and a NULL id ({id_column})')
     rel = conn.sql(f"SELECT CAST({i} AS BIGINT), {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {i}")
     bit = code_type == "BIT"  # a BIT column carries its bit length, a BLOB is 8 bits a byte
     arrow = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
@@ -137,7 +135,7 @@ def _duckdb_source(conn, table: str) -> str:
             if found:
                 d, sch, name = found[0]
                 return ".".join(([d] if d != db else []) + [sch, name])
-    raise errors.BitpressError(f'relation "{table}" does not exist', "42P01")
+    raise errors.UndefinedTableError(f'relation "{table}" does not exist')
 
 
 def _column_types(cur, store, source, *columns):
@@ -147,11 +145,11 @@ def _column_types(cur, store, source, *columns):
     try:
         rel = cur.sql(f"SELECT * FROM {quoted(cur, source)[0]} LIMIT 0")
     except duckdb.CatalogException:
-        raise errors.BitpressError(f'code store "{store}": its table {source} does not exist', "42P01") from None
+        raise errors.UndefinedTableError(f'code store "{store}": its table {source} does not exist') from None
     types = {col.lower(): str(ty) for col, ty in zip(rel.columns, rel.types)}
     missing = [col for col in columns if col.lower() not in types]
     if missing:
-        raise errors.BitpressError(f'column "{missing[0]}" of relation {source} does not exist', "42703")
+        raise errors.UndefinedColumnError(f'column "{missing[0]}" of relation {source} does not exist')
     return [types[col.lower()] for col in columns]
 
 
@@ -208,14 +206,8 @@ class _Packed:
         self.last_or = int(np.bitwise_or.reduce(codes[:, -1])) if codes.size else 0
 
 
-# bitpress's own tables holding what bitpress never writes: errors.CorruptDataError (XX001),
-# which the hardening branch adds to errors.py; the same class name and SQLSTATE until merged
-CorruptDataError = getattr(errors, "CorruptDataError", None) or type(
-    "CorruptDataError", (errors.BitpressError,), {"sqlstate": "XX001", "__module__": errors.__name__})
-
-
 def _corrupt(name, what):
-    return CorruptDataError(f'code store "{name}": {what}; rebuild it with stores.rebuild(conn, {name!r})')
+    return errors.CorruptDataError(f'code store "{name}": {what}; rebuild it with stores.rebuild(conn, {name!r})')
 
 
 def _packed(conn, name, cursor=None) -> _Packed:
@@ -304,7 +296,7 @@ def _duckdb_knn(conn, name, q, k, cursor=None, query_bits=None):
         if (query_bits + 7) // 8 != nbytes:
             _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, query_bits, p.bits)
         if p.last_or & (0xFF >> (query_bits % 8)) and query_bits % 8:
-            raise errors.CodeLengthMismatchError(f"padding bits after bit {query_bits} are not zero")
+            _core.raise_error(_core.ERR_CODE_PADDING, query_bits, 0)
     if q.shape[0] != nbytes:
         _core.raise_error(_core.ERR_BIT_LENGTH_MISMATCH, q.shape[0] * 8, p.bits)
     check_code_bytes(q, np.array([nbytes]), np.array([nbytes]), query_bits or p.bits)

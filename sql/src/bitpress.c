@@ -304,20 +304,11 @@ code_from_bytes(PG_FUNCTION_ARGS)
 	const uint8 *src = (const uint8 *) VARDATA_ANY(data);
 	VarBit	   *result;
 	int			len;
+	bp_status	st;
 
-	if (nbits < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("bit length must not be negative, got %d", nbits)));
-	if ((int64) n != ((int64) nbits + 7) / 8)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("%d bytes cannot hold a code of %d bits", n, nbits),
-				 errhint("A code of n bits takes (n + 7) / 8 bytes.")));
-	if (nbits % 8 != 0 && (src[n - 1] & (0xFF >> (nbits % 8))) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("padding bits after bit %d are not zero", nbits)));
+	st = bp_check_code_bytes(src, (size_t) n, nbits);
+	if (st != BP_OK)
+		report(st, st == BP_ERR_CODE_BYTES ? n : nbits, nbits);
 
 	len = VARBITTOTALLEN(nbits);
 	result = (VarBit *) palloc0(len);
