@@ -47,16 +47,16 @@ def duck_codes(con, sql, *args):
 
 def test_one_migration_makes_the_same_table_in_both_engines(pg, duck):
     assert schema.current(pg) is None and schema.current(duck) is None
-    assert schema.upgrade(pg) == schema.upgrade(duck) == schema.head() == "0008_store_access"
-    assert schema.upgrade(pg) == "0008_store_access"  # idempotent
+    assert schema.upgrade(pg) == schema.upgrade(duck) == schema.head() == "0009_params_checksums"
+    assert schema.upgrade(pg) == "0009_params_checksums"  # idempotent
     cols = "SELECT column_name, is_nullable FROM information_schema.columns " \
            "WHERE table_schema = 'bitpress' AND table_name = 'codebooks' ORDER BY ordinal_position"
     assert pg.execute(cols).fetchall() == duck.execute(cols).fetchall()
     assert [c for c, _ in pg.execute(cols).fetchall()] == [
-        "name", "version", "method", "dims", "bits", "params", "options", "sample_size", "created_at"]
+        "name", "version", "method", "dims", "bits", "params", "options", "sample_size", "created_at", "checksum"]
     # bitpress's Alembic history stays out of the application's public.alembic_version
     assert pg.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is None
-    assert pg.execute("SELECT version_num FROM bitpress.alembic_version").fetchone()[0] == "0008_store_access"
+    assert pg.execute("SELECT version_num FROM bitpress.alembic_version").fetchone()[0] == "0009_params_checksums"
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'bitpress' ORDER BY 1"
     assert pg.execute(tables).fetchall() == duck.execute(tables).fetchall() == [
         ("alembic_version",), ("code_columns",), ("code_delta",), ("code_segments",), ("code_stores",),
@@ -119,8 +119,8 @@ def test_refit_adds_a_version_and_the_next_statement_sees_it(pg_books, postgresq
     assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs', 1)) FROM items ORDER BY id"),
                           kernels.encode(v1, minilm[:50]))
     # a row rewritten in place is noticed too (xmin changes)
-    pg.execute("UPDATE bitpress.codebooks SET params = %s WHERE name = 'docs' AND version = 2",
-               (v1.to_bytes(),))
+    pg.execute("UPDATE bitpress.codebooks SET params = %s, checksum = encode(sha256(%s), 'hex') "
+               "WHERE name = 'docs' AND version = 2", (v1.to_bytes(), v1.to_bytes()))
     assert np.array_equal(pg_codes(pg, "SELECT code_bytes(binarize(v, 'docs')) FROM items ORDER BY id"),
                           kernels.encode(v1, minilm[:50]))
 
@@ -172,8 +172,9 @@ def test_postgresql_bad_input(pg_books, minilm, sql, state, message):
     codebooks.save(pg_books, "two", Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0], base=[0, 0], delta=[1, 1]))
     codebooks.save(pg_books, "pairs", Codebook("hybrid", 2, src_a=[0, 0], thr_a=[0, 0], src_b=[-1, 1], thr_b=[0, 0]))
     good = Codebook("median", 2, src_a=[0, 1], thr_a=[0, 0]).to_bytes()
-    pg_books.execute("INSERT INTO bitpress.codebooks (name, version, method, dims, bits, params, sample_size) "
-                     "VALUES ('broken', 1, 'median', 2, 2, %s, 0)", (good[:-4],))
+    pg_books.execute("INSERT INTO bitpress.codebooks (name, version, method, dims, bits, params, sample_size, "
+                     "checksum) VALUES ('broken', 1, 'median', 2, 2, %s, 0, encode(sha256(%s), 'hex'))",
+                     (good[:-4], good[:-4]))
     with pytest.raises(psycopg.Error) as e:
         pg_books.execute(sql)
     assert e.value.sqlstate == state
@@ -249,6 +250,40 @@ def fetchall_one(conn, q):
     return fetchall(conn, q)[0][0]
 
 
+@pytest.mark.parametrize("eng", ["pg", "duckdb"])
+def test_stored_parameters_are_checked_against_their_checksum(request, eng):
+    """Revision 0009 fills the checksum of codebooks and layers already stored; a byte flipped
+    inside a threshold afterwards (still a finite value) is 22P03, a NULL checksum XX001, in SQL
+    and in Python (before: a different code with no error)."""
+    import struct
+
+    from conftest import error_of
+
+    from bitpress import ffn
+
+    conn = request.getfixturevalue("pg" if eng == "pg" else "duck")
+    schema.upgrade(conn, "0008_store_access")
+    codebooks.save(conn, "two", Codebook("median", 2, src_a=[0, 1], thr_a=[0.5, 0.5]))
+    w = np.eye(2, dtype=np.float32)
+    ffn.save(conn, "l", ffn.Layer(w, np.zeros(2, np.float32), w, np.zeros(2, np.float32), "relu"))
+    schema.upgrade(conn)
+    x = "'[1,0.25]'::vector" if eng == "pg" else "[1.0, 0.25]::FLOAT[]"
+    assert fetchall_one(conn, f"SELECT code_bytes(binarize({x}, 'two'))" if eng == "pg"
+                        else f"SELECT binarize({x}, 'two')") == b"\x80"
+    blob = bytearray(codebooks.load(conn, "two").to_bytes())
+    at = bytes(blob).index(struct.pack("<ff", 0.5, 0.5))
+    blob[at + 4:at + 8] = struct.pack("<f", 0.125)  # the second threshold: 0.25 > 0.125 now
+    ph = "%s" if eng == "pg" else "?"
+    conn.execute(f"UPDATE bitpress.codebooks SET params = {ph}", [bytes(blob)])
+    got, msg = error_of(conn, f"SELECT binarize({x}, 'two')")
+    assert got == "22P03" and 'codebook "two" version 1: its parameters do not match their stored checksum' in msg
+    with pytest.raises(errors.MalformedCodebookError, match="do not match their stored checksum"):
+        codebooks.load(conn, "two")
+    conn.execute("UPDATE bitpress.ffn_layers SET checksum = NULL")
+    got, msg = error_of(conn, f"SELECT ffn({x}, 'l')")
+    assert got == "XX001" and 'bitpress.ffn_layers (layer "l"): column "checksum" is NULL' in msg, msg
+
+
 def run_cli(*args):
     import subprocess
     import sys
@@ -293,7 +328,7 @@ def test_fit_command_samples_a_table_and_stores_a_codebook(pg, postgresql_proc, 
     con = bitpress.duckdb.connect(path)
     con.execute("CREATE TABLE items AS SELECT unnest(?) AS emb", [minilm.tolist()])
     con.close()
-    assert run_cli("migrate", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0008_store_access")
+    assert run_cli("migrate", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0009_params_checksums")
     r = run_cli("fit", "--duckdb", path, "--table", "items", "--vector-col", "emb", "--name", "d",
                 "--method", "itq", "--bits", "64", "--sample", "1000", "--quiet")
     assert r.returncode == 0, r.stderr

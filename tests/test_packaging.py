@@ -50,6 +50,7 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
                  "bitpress/_pgsrc/sql/bitpress--0.4.0--0.5.0.sql",
                  "bitpress/_migrations/versions/0006_inline_segments.py",
                  "bitpress/_migrations/versions/0007_store_integrity.py",
-                 "bitpress/_migrations/versions/0008_store_access.py"):
+                 "bitpress/_migrations/versions/0008_store_access.py",
+                 "bitpress/_migrations/versions/0009_params_checksums.py"):
         assert path in names, path
     assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)

@@ -15,7 +15,7 @@ from . import errors
 from .codebook import Codebook
 from .tables import fetchall as _rows
 from .tables import kind as _kind
-from .tables import qmark, transaction
+from .tables import bitpress_columns, check_params, params_checksum, qmark, transaction
 
 TABLE = "bitpress.codebooks"
 
@@ -34,10 +34,13 @@ def save(conn, name: str, codebook: Codebook, sample_size: int = 0) -> int:
     _ensure_table(conn)
     options = json.dumps(codebook.options, sort_keys=True, default=float)
     params = codebook.to_bytes()
-    insert = (f"INSERT INTO {TABLE} (name, version, method, dims, bits, params, options, sample_size) "
-              f"SELECT %s, coalesce(max(version), 0) + 1, %s, %s, %s, %s, %s, %s FROM {TABLE} "
-              "WHERE name = %s RETURNING version")
-    args = (name, codebook.method, codebook.dims, codebook.bits, params, options, int(sample_size), name)
+    summed = "checksum" in bitpress_columns(conn, "codebooks")  # schema revision 0009
+    insert = (f"INSERT INTO {TABLE} (name, version, method, dims, bits, params, options, sample_size"
+              f"{', checksum' if summed else ''}) "
+              f"SELECT %s, coalesce(max(version), 0) + 1, %s, %s, %s, %s, %s, %s{', %s' if summed else ''} "
+              f"FROM {TABLE} WHERE name = %s RETURNING version")
+    args = (name, codebook.method, codebook.dims, codebook.bits, params, options, int(sample_size),
+            *([params_checksum(params)] if summed else []), name)
     if _kind(conn) == "pg":
         with conn.transaction():
             # one writer per name at a time, so two fits never take the same version
@@ -50,7 +53,9 @@ def save(conn, name: str, codebook: Codebook, sample_size: int = 0) -> int:
 def load(conn, name: str, version: int | None = None) -> Codebook:
     """The codebook ``name`` (its latest version unless ``version`` is given)."""
     _ensure_table(conn)
-    q = f"SELECT version, method, params, options FROM {TABLE} WHERE name = %s"
+    columns = bitpress_columns(conn, "codebooks")
+    q = (f"SELECT version, method, params, options{', checksum' if 'checksum' in columns else ', NULL'} "
+         f"FROM {TABLE} WHERE name = %s")
     args = [name]
     if version is not None:
         q += " AND version = %s"
@@ -59,9 +64,9 @@ def load(conn, name: str, version: int | None = None) -> Codebook:
     if not rows:
         what = f"codebook {name!r}" + (f" version {version}" if version is not None else "")
         raise errors.UnknownCodebookError(f"{what} does not exist")
-    v, method, params, options = rows[0]
+    v, method, params, options, checksum = rows[0]
     errors.stored(v, TABLE, f'codebook "{name}"', "version")
-    errors.stored(params, TABLE, f'codebook "{name}" version {v}', "params")
+    params = check_params(params, checksum, "codebooks", f'codebook "{name}" version {v}', columns)
     options = dict(json.loads(options or "{}"), name=name, version=v)
     return Codebook.from_bytes(bytes(params), method=method, options=options)
 

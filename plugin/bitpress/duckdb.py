@@ -36,6 +36,7 @@ from . import _core, errors
 from .kernels import binarize as _binarize
 from .kernels import check_count
 from .kernels import hamming as _hamming
+from .tables import bitpress_columns, check_params
 
 _MACROS = ["""
 CREATE OR REPLACE TEMP MACRO hamming(a, b) AS CASE
@@ -438,7 +439,10 @@ class _Codebooks:
             return blob
         cur = self.con.cursor()
         try:
-            q = "SELECT version, CAST(created_at AS VARCHAR) FROM bitpress.codebooks WHERE name = ?"
+            # a row rewritten in place (params, or its checksum) is read again
+            q = ("SELECT version, CAST(created_at AS VARCHAR), hash(params), "
+                 f"{'checksum' if 'checksum' in bitpress_columns(cur, 'codebooks') else 'NULL'} "
+                 "FROM bitpress.codebooks WHERE name = ?")
             args = [name]
             if version:
                 q += " AND version = ?"
@@ -462,12 +466,14 @@ class _Codebooks:
             return hit[1]
         cur = self.con.cursor()
         try:
-            params = cur.execute("SELECT params FROM bitpress.codebooks WHERE name = ? AND version = ?",
-                                 [name, row[0]]).fetchone()[0]
+            columns = bitpress_columns(cur, "codebooks")
+            params, checksum = cur.execute(
+                f"SELECT params, {'checksum' if 'checksum' in columns else 'NULL'} FROM bitpress.codebooks "
+                "WHERE name = ? AND version = ?", [name, row[0]]).fetchone()
         finally:
             cur.close()
-        errors.stored(params, "bitpress.codebooks", f'codebook "{name}" version {row[0]}', "params")
-        blob = np.frombuffer(bytes(params), dtype=np.uint8).copy()  # aligned for the core
+        params = check_params(params, checksum, "codebooks", f'codebook "{name}" version {row[0]}', columns)
+        blob = np.frombuffer(params, dtype=np.uint8).copy()  # aligned for the core
         _core.codebook_shape(blob)  # malformed parameters fail here, with the core's message
         self.cache[key] = (row, blob)
         return blob

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core, errors
-from .tables import execute, fetchall, transaction
+from .tables import bitpress_columns, check_params, execute, fetchall, params_checksum, transaction
 
 TABLE = "bitpress.ffn_layers"
 ACTIVATIONS = {"gelu_erf": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
@@ -157,21 +157,26 @@ def save(conn, name: str, layer: Layer, int8: bool = False, source: str | None =
         raise errors.InvalidParameterError("a layer needs a non-empty name")
     _ensure_table(conn)
     blob = layer.to_bytes(int8=int8)
+    summed = "checksum" in bitpress_columns(conn, "ffn_layers")  # schema revision 0009
     with transaction(conn):
         execute(conn, f"DELETE FROM {TABLE} WHERE name = %s", (name,))
-        execute(conn, f"INSERT INTO {TABLE} (name, d, h, rank, activation, format, params, source, settings) "
-                      "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        execute(conn, f"INSERT INTO {TABLE} (name, d, h, rank, activation, format, params, source, settings"
+                      f"{', checksum' if summed else ''}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s"
+                      f"{', %s' if summed else ''})",
                 (name, layer.d, layer.h, layer.rank, layer.activation, "int8" if int8 else "float32",
-                 blob, source, json.dumps(layer.settings, sort_keys=True, default=float)))
+                 blob, source, json.dumps(layer.settings, sort_keys=True, default=float),
+                 *([params_checksum(blob)] if summed else [])))
 
 
 def load(conn, name: str) -> bytes:
     """The stored form of layer ``name`` (run it with ``run``)."""
     _ensure_table(conn)
-    rows = fetchall(conn, f"SELECT params FROM {TABLE} WHERE name = %s", (name,))
+    columns = bitpress_columns(conn, "ffn_layers")
+    rows = fetchall(conn, f"SELECT params, {'checksum' if 'checksum' in columns else 'NULL'} FROM {TABLE} "
+                          "WHERE name = %s", (name,))
     if not rows:
         raise errors.UnknownLayerError(f'layer "{name}" does not exist')
-    return bytes(errors.stored(rows[0][0], TABLE, f'layer "{name}"', "params"))
+    return check_params(rows[0][0], rows[0][1], "ffn_layers", f'layer "{name}"', columns)
 
 
 def list_layers(conn) -> list[dict]:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import _core, errors
-from .tables import fetchall, kind, quoted, transaction
+from .tables import bitpress_columns, fetchall, kind, quoted, transaction
 
 SEGMENT_CODES = 16384
 
@@ -86,7 +86,7 @@ def rebuild(conn, name: str) -> int:
     if len(np.unique(ids)) != n:
         raise errors.InvalidParameterError(f"{source}.{id_column} is not unique")
     data = data[offsets[0]:offsets[0] + n * nbytes]
-    sums = "checksum" in _table_columns(conn, "code_segments")  # schema revision 0007
+    sums = "checksum" in bitpress_columns(conn, "code_segments")  # schema revision 0007
     with transaction(conn):
         conn.execute("DELETE FROM bitpress.code_segments WHERE store = ?", [name]).fetchall()
         for seg, start in enumerate(range(0, n, segment_codes)):
@@ -98,7 +98,7 @@ def rebuild(conn, name: str) -> int:
                          + (", checksum) VALUES (?, ?, ?, ?, ?, ?)" if sums else ") VALUES (?, ?, ?, ?, ?)"),
                          [name, seg, len(part), idb, cb] + ([_core.segment_checksum(idb, cb)] if sums else [])
                          ).fetchall()
-        counted = "segments" in _table_columns(conn, "code_stores")  # schema revision 0006
+        counted = "segments" in bitpress_columns(conn, "code_stores")  # schema revision 0006
         conn.execute("UPDATE bitpress.code_stores SET bits = ?, created_at = now(), fingerprint = ?"
                      + (", segments = ?" if counted else "") + " WHERE name = ?",
                      [bits, _fingerprint(conn, source, id_column, code_column)]
@@ -151,13 +151,6 @@ def _column_types(cur, store, source, *columns):
     if missing:
         raise errors.UndefinedColumnError(f'column "{missing[0]}" of relation {source} does not exist')
     return [types[col.lower()] for col in columns]
-
-
-def _table_columns(cur, table):
-    """The columns of bitpress.<table> (which revisions add to)."""
-    return {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
-                                      "current_database() AND schema_name = 'bitpress' AND table_name = ?",
-                                      [table]).fetchall()}
 
 
 def _fingerprint(conn, source, id_column, code_column) -> str:
@@ -233,7 +226,7 @@ def _packed(conn, name, cursor=None) -> _Packed:
         if hit is not None and hit.stamp == stamp and hit.exact == exact:
             return hit
     nbytes = (bits + 7) // 8
-    sums = "checksum" in _table_columns(cur, "code_segments")
+    sums = "checksum" in bitpress_columns(cur, "code_segments")
     ids, codes = [], []
     segs = cur.execute("SELECT segment, n, ids, codes" + (", checksum" if sums else "")
                        + " FROM bitpress.code_segments WHERE store = ? ORDER BY segment", [name]).fetchall()

@@ -95,6 +95,40 @@ def pg_ident(*names):
     return sql.SQL(sql.Identifier(*names).as_string(None).replace("%", "%%"))
 
 
+def bitpress_columns(conn, table: str) -> set:
+    """The columns of bitpress.<table> in this database (later schema revisions add some)."""
+    if kind(conn) == "pg":
+        return {r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+            "AND NOT attisdropped", (f"bitpress.{table}",)).fetchall()}
+    return {r[0] for r in conn.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
+                                       "current_database() AND schema_name = 'bitpress' AND table_name = ?",
+                                       [table]).fetchall()}
+
+
+def params_checksum(params: bytes) -> str:
+    """What bitpress.codebooks.checksum and bitpress.ffn_layers.checksum hold (revision 0009):
+    the SHA-256 of the parameters, in hex, as PostgreSQL's encode(sha256(params), 'hex')."""
+    import hashlib
+
+    return hashlib.sha256(bytes(params)).hexdigest()
+
+
+def check_params(params, checksum, table: str, key: str, columns: set) -> bytes:
+    """params read from bitpress.<table> row key, checked against its checksum when the table
+    has one (revision 0009): a NULL is CorruptDataError, a mismatch MalformedCodebookError /
+    MalformedLayerError (22P03, as a TT core whose data does not match its checksum)."""
+    from . import errors
+
+    params = bytes(errors.stored(params, f"bitpress.{table}", key, "params"))
+    if "checksum" in columns:
+        errors.stored(checksum, f"bitpress.{table}", key, "checksum")
+        if params_checksum(params) != checksum:
+            cls = errors.MalformedCodebookError if table == "codebooks" else errors.MalformedLayerError
+            raise cls(f"{key}: its parameters do not match their stored checksum")
+    return params
+
+
 def quoted(conn, table: str, column: str | None = None):
     """(table, column) ready for SQL: psycopg.sql objects for PostgreSQL, quoted text for DuckDB."""
     parts = table.split(".")

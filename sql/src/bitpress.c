@@ -5,11 +5,13 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/guc.h"
 #include "utils/varbit.h"
 
@@ -56,6 +58,28 @@ stored_value(HeapTuple tup, TupleDesc desc, int col, const char *table, const ch
 				 errhint("The column is declared NOT NULL by bitpress's migrations; rewrite the row "
 						 "with bitpress, not by hand.")));
 	return d;
+}
+
+bool
+bitpress_has_column(const char *table, const char *column)
+{
+	Oid			nsp = get_namespace_oid("bitpress", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, column) != InvalidAttrNumber;
+}
+
+void
+check_params_sum(HeapTuple tup, TupleDesc desc, int col, const char *table, const char *key)
+{
+	bool		isnull;
+
+	(void) stored_value(tup, desc, col, table, key);
+	if (!DatumGetBool(SPI_getbinval(tup, desc, col + 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("%s: its parameters do not match their stored checksum", key),
+				 errhint("Store it again with bitpress (the checksum is the SHA-256 of params).")));
 }
 
 void

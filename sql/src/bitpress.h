@@ -49,6 +49,16 @@ extern Datum stored_value(HeapTuple tup, TupleDesc desc, int col, const char *ta
 extern bool store_readable(const char *store, Oid relid, const char *id_column,
 						   const char *code_column, bool raise);
 
+/* whether bitpress.<table> has column (added by a later schema revision) */
+extern bool bitpress_has_column(const char *table, const char *column);
+
+/*
+ * Columns col (the stored checksum) and col + 1 (whether SHA-256 of params equals it) of an SPI
+ * row of bitpress.<table>: XX001 when the checksum is NULL, 22P03 naming key when it differs.
+ */
+extern void check_params_sum(HeapTuple tup, TupleDesc desc, int col, const char *table,
+							 const char *key);
+
 /* errors unless 1 <= dim <= BP_MAX_DIM */
 extern void check_dim(int dim);
 

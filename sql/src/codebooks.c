@@ -60,6 +60,7 @@ lookup_row(const char *name, int32 version, int32 *found_version, TransactionId 
 	char		nulls[2] = {' ', ' '};
 	bool		isnull;
 	bool		found = false;
+	bool		summed;
 	int			ret;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -75,8 +76,12 @@ lookup_row(const char *name, int32 version, int32 *found_version, TransactionId 
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int32GetDatum(version);
+	summed = params && bitpress_has_column("codebooks", "checksum");	/* revision 0009 */
 	if (params)
-		ret = SPI_execute_with_args(
+		ret = SPI_execute_with_args(summed ?
+			"SELECT version, xmin::text::bigint, params, checksum, "
+			"encode(sha256(params), 'hex') = checksum FROM " CODEBOOK_TABLE
+			" WHERE name = $1 AND version = $2" :
 			"SELECT version, xmin::text::bigint, params FROM " CODEBOOK_TABLE
 			" WHERE name = $1 AND version = $2",
 			2, argtypes, values, nulls, true, 1);
@@ -103,9 +108,13 @@ lookup_row(const char *name, int32 version, int32 *found_version, TransactionId 
 		*xmin = (TransactionId) DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		if (params)
 		{
-			Datum		d = stored_value(tup, desc, 3, CODEBOOK_TABLE,
-										 psprintf("codebook \"%s\" version %d", name, *found_version));
-			MemoryContext old = MemoryContextSwitchTo(params_cxt);
+			char	   *vkey = psprintf("codebook \"%s\" version %d", name, *found_version);
+			Datum		d = stored_value(tup, desc, 3, CODEBOOK_TABLE, vkey);
+			MemoryContext old;
+
+			if (summed)
+				check_params_sum(tup, desc, 4, CODEBOOK_TABLE, vkey);
+			old = MemoryContextSwitchTo(params_cxt);
 
 			*params = DatumGetByteaPCopy(d);
 			MemoryContextSwitchTo(old);

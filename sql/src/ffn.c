@@ -42,6 +42,7 @@ lookup_layer(const char *name, TransactionId *xmin, bytea **params)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
 	bool		found = false;
+	bool		summed;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -51,7 +52,11 @@ lookup_layer(const char *name, TransactionId *xmin, bytea **params)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table " LAYER_TABLE " does not exist"),
 				 errhint("Create it with \"bitpress migrate\" (Alembic), then store a layer.")));
-	if (SPI_execute_with_args(params ? "SELECT xmin::text::bigint, params FROM " LAYER_TABLE
+	summed = params && bitpress_has_column("ffn_layers", "checksum");	/* revision 0009 */
+	if (SPI_execute_with_args(summed ? "SELECT xmin::text::bigint, params, checksum, "
+							  "encode(sha256(params), 'hex') = checksum FROM " LAYER_TABLE
+							  " WHERE name = $1" :
+							  params ? "SELECT xmin::text::bigint, params FROM " LAYER_TABLE
 							  " WHERE name = $1" :
 							  "SELECT xmin::text::bigint FROM " LAYER_TABLE " WHERE name = $1",
 							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
@@ -64,10 +69,14 @@ lookup_layer(const char *name, TransactionId *xmin, bytea **params)
 		*xmin = (TransactionId) DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		if (params)
 		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			char	   *key = psprintf("layer \"%s\"", name);
+			Datum		d = stored_value(tup, SPI_tuptable->tupdesc, 2, LAYER_TABLE, key);
+			MemoryContext old;
 
-			*params = DatumGetByteaPCopy(stored_value(tup, SPI_tuptable->tupdesc, 2, LAYER_TABLE,
-													  psprintf("layer \"%s\"", name)));
+			if (summed)
+				check_params_sum(tup, SPI_tuptable->tupdesc, 3, LAYER_TABLE, key);
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			*params = DatumGetByteaPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
 	}
