@@ -415,13 +415,16 @@ def _bit_bytes_batch(bits):
 class _Codebooks:
     """The codebooks one connection has used, checked against bitpress.codebooks per batch.
 
-    A batch costs one indexed lookup of (version, created_at) through a cursor of the same
-    database; the parameters are fetched and parsed only when they changed.
+    A batch costs one indexed lookup of (version, created_at, hash of params, checksum) through
+    a cursor of the same database; the parameters are fetched, checked and parsed only when
+    they changed. Whether the table has a checksum (schema revision 0009) is looked up again
+    with each fetch, not per batch.
     """
 
     def __init__(self, con):
         self.con = con
         self.cache = {}
+        self.summed = False  # bitpress.codebooks had a checksum column at the last fetch
 
     def get(self, name, version, stamp=None):
         """The stored form of codebook ``name`` (``version`` 0: the latest). With ``stamp``
@@ -441,8 +444,7 @@ class _Codebooks:
         try:
             # a row rewritten in place (params, or its checksum) is read again
             q = ("SELECT version, CAST(created_at AS VARCHAR), hash(params), "
-                 f"{'checksum' if 'checksum' in bitpress_columns(cur, 'codebooks') else 'NULL'} "
-                 "FROM bitpress.codebooks WHERE name = ?")
+                 f"{'checksum' if self.summed else 'NULL'} FROM bitpress.codebooks WHERE name = ?")
             args = [name]
             if version:
                 q += " AND version = ?"
@@ -467,8 +469,9 @@ class _Codebooks:
         cur = self.con.cursor()
         try:
             columns = bitpress_columns(cur, "codebooks")
+            self.summed = "checksum" in columns
             params, checksum = cur.execute(
-                f"SELECT params, {'checksum' if 'checksum' in columns else 'NULL'} FROM bitpress.codebooks "
+                f"SELECT params, {'checksum' if self.summed else 'NULL'} FROM bitpress.codebooks "
                 "WHERE name = ? AND version = ?", [name, row[0]]).fetchone()
         finally:
             cur.close()
