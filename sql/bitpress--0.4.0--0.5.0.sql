@@ -15,7 +15,7 @@ BEGIN
 		EXECUTE format('CREATE FUNCTION binarize(%1$s) RETURNS varbit AS %2$L, %3$L '
 					   'LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t);
 		EXECUTE format('CREATE FUNCTION binarize(%1$s, real[]) RETURNS varbit AS %2$L, %3$L '
-					   'LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t || '_thresholds');
+					   'LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t);
 		EXECUTE format('CREATE FUNCTION binarize(%1$s, codebook text) RETURNS varbit AS %2$L, %3$L '
 					   'LANGUAGE C STABLE STRICT PARALLEL SAFE', t, 'MODULE_PATHNAME', 'binarize_' || t || '_codebook');
 		EXECUTE format('CREATE FUNCTION binarize(%1$s, codebook text, version integer) RETURNS varbit AS %2$L, %3$L '

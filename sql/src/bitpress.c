@@ -225,6 +225,16 @@ binarize_vector_thresholds(PG_FUNCTION_ARGS)
 	PG_RETURN_VARBIT_P(binarize_common(v->x, v->dim, t, tdim));
 }
 
+/* binarize(halfvec | sparsevec [, thresholds]): one entry point per type, thresholds if given */
+static VarBit *
+binarize_dense(FunctionCallInfo fcinfo, const float4 *x, int dim)
+{
+	int			tdim = 0;
+	float4	   *t = PG_NARGS() > 1 ? float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds") : NULL;
+
+	return binarize_common(x, dim, t, tdim);
+}
+
 PG_FUNCTION_INFO_V1(binarize_halfvec);
 Datum
 binarize_halfvec(PG_FUNCTION_ARGS)
@@ -232,19 +242,7 @@ binarize_halfvec(PG_FUNCTION_ARGS)
 	int			dim;
 	float4	   *x = halfvec_floats(PG_GETARG_DATUM(0), &dim);
 
-	PG_RETURN_VARBIT_P(binarize_common(x, dim, NULL, 0));
-}
-
-PG_FUNCTION_INFO_V1(binarize_halfvec_thresholds);
-Datum
-binarize_halfvec_thresholds(PG_FUNCTION_ARGS)
-{
-	int			dim,
-				tdim;
-	float4	   *x = halfvec_floats(PG_GETARG_DATUM(0), &dim);
-	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
-
-	PG_RETURN_VARBIT_P(binarize_common(x, dim, t, tdim));
+	PG_RETURN_VARBIT_P(binarize_dense(fcinfo, x, dim));
 }
 
 PG_FUNCTION_INFO_V1(binarize_sparsevec);
@@ -254,19 +252,7 @@ binarize_sparsevec(PG_FUNCTION_ARGS)
 	int			dim;
 	float4	   *x = sparsevec_floats(PG_GETARG_DATUM(0), &dim);
 
-	PG_RETURN_VARBIT_P(binarize_common(x, dim, NULL, 0));
-}
-
-PG_FUNCTION_INFO_V1(binarize_sparsevec_thresholds);
-Datum
-binarize_sparsevec_thresholds(PG_FUNCTION_ARGS)
-{
-	int			dim,
-				tdim;
-	float4	   *x = sparsevec_floats(PG_GETARG_DATUM(0), &dim);
-	float4	   *t = float4_array(PG_GETARG_ARRAYTYPE_P(1), &tdim, "thresholds");
-
-	PG_RETURN_VARBIT_P(binarize_common(x, dim, t, tdim));
+	PG_RETURN_VARBIT_P(binarize_dense(fcinfo, x, dim));
 }
 
 PG_FUNCTION_INFO_V1(binarize_float4);
