@@ -71,6 +71,12 @@ def sqlstate(pg, query, params=()):
     return ei.value.sqlstate, str(ei.value)
 
 
+def refusals(pg, store, q):
+    """(SQLSTATE, message) of bitpress_store_knn and of its parallel form, both refusing."""
+    return [sqlstate(pg, f"SELECT * FROM bitpress_store_knn{suffix}(%s, %s::varbit, 3)", (store, sign_code(q)))
+            for suffix in ("", "_parallel")]
+
+
 @contextmanager
 def role(pg, name):
     pg.execute(f"SET ROLE {name}")
@@ -128,9 +134,7 @@ def test_a_store_whose_table_or_triggers_are_gone_serves_nobody(books):
     q = rng.standard_normal(DIM).astype(np.float32)
     trig = pg.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'bitpress_store_%_i'").fetchone()[0]
     pg.execute(f"ALTER TABLE docs DISABLE TRIGGER {trig}")
-    for parallel in (False, True):
-        state, msg = sqlstate(pg, f"SELECT * FROM bitpress_store_knn{'_parallel' if parallel else ''}"
-                                  "('s', %s::varbit, 3)", (sign_code(q),))
+    for state, msg in refusals(pg, "s", q):
         assert state == "55000" and f"its trigger {trig} is missing or disabled" in msg, msg
     assert sqlstate(pg, "SELECT bitpress_store_rebuild('s')")[0] == "55000"
     insert_docs(pg, "docs", {777: q})  # escapes the store: bitpress_knn scans the table instead
@@ -229,9 +233,7 @@ def test_a_policy_is_honoured_and_a_role_without_access_sees_nothing(roles):
     with role(pg, "bp_limited"):
         got = knn(pg, "private", q)  # the table scanned through its policy
         assert got == cosine_top(visible, q) and max(got) <= 10
-        for parallel in (False, True):
-            state, msg = sqlstate(pg, f"SELECT * FROM bitpress_store_knn{'_parallel' if parallel else ''}"
-                                      "('p', %s::varbit, 3)", (sign_code(q),))
+        for state, msg in refusals(pg, "p", q):
             assert state == "42501" and "row-level security of table public.private applies to role bp_limited" in msg
         for t in ("code_stores", "code_segments", "code_delta"):
             assert pg.execute(f"SELECT count(*) FROM bitpress.{t}").fetchone()[0] == 0, t
