@@ -35,6 +35,17 @@ def same_bits(label, got, want, reference="the C core's"):
                        f"(first at flat index {bad[0]}: {got.ravel()[bad[0]]!r} vs {want.ravel()[bad[0]]!r})")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
+    try:
+        for line in open("/proc/cpuinfo").read().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 

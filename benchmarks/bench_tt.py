@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (Mismatch, add_engine_arguments, stopped, fmt_ms, log, median_ms,  # noqa: E402
+from _bench import (Mismatch, add_engine_arguments, cpu_model, stopped, fmt_ms, log, median_ms,  # noqa: E402
                     close_postgresql, parse_engines, same_bits, time_interleaved, tqdm_or_none,
                     unwind_on_signals)
 
@@ -772,14 +772,7 @@ def print_report(results, cases, tgts, vec_info, args):
 def machine_info(simd):
     import bitpress
 
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     blas = None
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"].get("openblas configuration") \

@@ -265,8 +265,8 @@ COMMENT ON FUNCTION bitpress_store_readable(text, regclass, text, text, boolean)
 	'whether code store "store" may serve the current role: it may read the table''s id and code columns, no row-level security acts on it, the store''s triggers are in place (raise => the reason as an error)';
 
 -- SECURITY DEFINER, so that any role can learn which stores exist (as pg_trigger tells anyway)
--- and be told precisely why one does not serve it (LANGUAGE sql: 0.06 ms a call less than
--- PL/pgSQL, measured); every name in it is schema-qualified, and
+-- and be told precisely why one does not serve it (LANGUAGE sql: no PL/pgSQL interpreter on
+-- every store query); every name in it is schema-qualified, and
 -- the unqualified source of a store written before revision 0008 resolves as it did then,
 -- under the caller's search_path.
 CREATE FUNCTION bitpress_store_catalog()
