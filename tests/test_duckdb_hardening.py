@@ -380,6 +380,14 @@ def test_internal_udfs_raise_bitpress_errors(both):
                       ("SELECT code_from_bytes(''::BLOB, 0)", ("22023", "a DuckDB BIT holds at least 1 bit"))):
         state, msg = error_of(duck, sql)
         assert (state, want[1] in msg) == (want[0], True), msg
+    # the fuzz's finding: bit lengths that are not the bytes' escaped the internal hamming UDF
+    # as a bare ValueError (numpy's reshape)
+    for sql, want in (("SELECT bitpress_hamming_codes('\\x8a\\x50'::BLOB, -5, '\\xc6'::BLOB, 0)",
+                       ("22023", "bit length must not be negative, got -5")),
+                      ("SELECT bitpress_hamming_codes('\\x8a\\x50'::BLOB, 3, '\\xc6'::BLOB, 0)",
+                       ("22000", "2 bytes cannot hold a code of 3 bits"))):
+        state, msg = error_of(duck, sql)
+        assert (state, want[1] in msg) == (want[0], True), msg
 
 
 def test_a_duckdb_store_from_before_0007_answers_after_the_upgrade(tmp_path):
