@@ -15,7 +15,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 CORE = ["pyext/bp_binarize.c", "pyext/bp_hamming.c", "pyext/bp_error.c", "pyext/bp_codebook.c",
-        "pyext/bp_topk.c", "pyext/bp_tt.c", "pyext/bp_ffn.c"]
+        "pyext/bp_topk.c", "pyext/bp_tt.c", "pyext/bp_ffn.c", "pyext/bp_ivf.c"]
 VERSION = re.search(r'#define BP_VERSION "([^"]+)"', (ROOT / "pyext/bp_core.h").read_text()).group(1)
 
 

@@ -1150,7 +1150,268 @@ done:
 	return result;
 }
 
+/* ---- IVF + RaBitQ (bp_ivf.c); bitpress/ivf.py shapes the numpy arrays ---- */
+
+/* views[i] of objs[i], sizes checked: bytes[i] each (writable where writable[i]); -1 on error */
+static int
+ivf_views(int n, PyObject **objs, Py_buffer *views, const size_t *bytes, const int *writable,
+		  const char *const *names)
+{
+	for (int i = 0; i < n; i++)
+	{
+		if (get_buffer(objs[i], &views[i], writable[i], names[i]) < 0)
+			return -1;
+		if ((size_t) views[i].len != bytes[i] || ((uintptr_t) views[i].buf & 7) != 0)
+		{
+			PyErr_Format(PyExc_ValueError, "%s must be an 8-byte aligned buffer of %zu bytes",
+						 names[i], bytes[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+ivf_release(int n, Py_buffer *views)
+{
+	for (int i = 0; i < n; i++)
+		if (views[i].obj)
+			PyBuffer_Release(&views[i]);
+}
+
+/* ivf_kmeans_into(x float32[n*dim], n, dim, k, iters, seed, spherical, out float32[k*dim]) */
+static PyObject *
+core_ivf_kmeans_into(PyObject *self, PyObject *args)
+{
+	PyObject   *objs[2];
+	Py_buffer	v[2] = {{0}};
+	Py_ssize_t	n,
+				dim,
+				k;
+	int			iters,
+				spherical;
+	unsigned long long seed;
+	void	   *scratch = NULL;
+	bp_status	st = BP_OK;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OnnniKpO", &objs[0], &n, &dim, &k, &iters, &seed, &spherical,
+						  &objs[1]))
+		return NULL;
+	if (n < 0 || dim <= 0 || k <= 0 || k > n || iters < 0)
+		return PyErr_Format(PyExc_ValueError, "k-means needs 0 < k <= n rows and dim > 0");
+	{
+		size_t		bytes[2] = {(size_t) n * dim * 4, (size_t) k * dim * 4};
+		int			w[2] = {0, 1};
+		const char *names[2] = {"x", "out"};
+
+		if (ivf_views(2, objs, v, bytes, w, names) < 0)
+			goto done;
+	}
+	scratch = PyMem_Malloc(bp_kmeans_scratch_bytes(n, k, dim));
+	if (scratch == NULL)
+	{
+		PyErr_NoMemory();
+		goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	st = bp_kmeans(v[0].buf, n, dim, k, iters, seed, spherical, v[1].buf, scratch, NULL, NULL);
+	Py_END_ALLOW_THREADS
+	if (st != BP_OK)
+		raise_status(st, 0, 0, -1);
+	else
+		result = Py_NewRef(Py_None);
+done:
+	PyMem_Free(scratch);
+	ivf_release(2, v);
+	return result;
+}
+
+/* ivf_rotate_into(x float32[n*dim], n, dim, seed, out float32[n*dim]) */
+static PyObject *
+core_ivf_rotate_into(PyObject *self, PyObject *args)
+{
+	PyObject   *objs[2];
+	Py_buffer	v[2] = {{0}};
+	Py_ssize_t	n,
+				dim;
+	unsigned long long seed;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OnnKO", &objs[0], &n, &dim, &seed, &objs[1]))
+		return NULL;
+	if (n < 0 || dim <= 0)
+		return PyErr_Format(PyExc_ValueError, "rotate needs n >= 0 rows of dim > 0");
+	{
+		size_t		bytes[2] = {(size_t) n * dim * 4, (size_t) n * dim * 4};
+		int			w[2] = {0, 1};
+		const char *names[2] = {"x", "out"};
+
+		if (ivf_views(2, objs, v, bytes, w, names) < 0)
+			goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	for (Py_ssize_t i = 0; i < n; i++)
+		bp_ivf_rotate((const float *) v[0].buf + i * dim, dim, seed, (float *) v[1].buf + i * dim);
+	Py_END_ALLOW_THREADS
+	result = Py_NewRef(Py_None);
+done:
+	ivf_release(2, v);
+	return result;
+}
+
+/*
+ * ivf_encode_into(xr float32[n*dim], n, dim, centroids float32[k*dim], k, bits, spherical,
+ *                 lists int32[n] out, codes uint8[n*code_bytes] out, factors float32[n*4] out)
+ * xr and centroids rotated; each row goes to its nearest centroid (or lists[i] when >= 0 on
+ * entry and assign is false).
+ */
+static PyObject *
+core_ivf_encode_into(PyObject *self, PyObject *args)
+{
+	PyObject   *objs[5];
+	Py_buffer	v[5] = {{0}};
+	Py_ssize_t	n,
+				dim,
+				k;
+	int			bits,
+				spherical,
+				assign;
+	float	   *scratch = NULL;
+	bp_status	st = BP_OK;
+	Py_ssize_t	bad = -1;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OnnOnippOOO", &objs[0], &n, &dim, &objs[1], &k, &bits, &spherical,
+						  &assign, &objs[2], &objs[3], &objs[4]))
+		return NULL;
+	if (n < 0 || dim <= 0 || k <= 0 || bits < 1 || bits > BP_IVF_MAX_BITS)
+		return PyErr_Format(PyExc_ValueError, "encode needs dim > 0, k > 0 and 1 to %d bits",
+							BP_IVF_MAX_BITS);
+	{
+		size_t		cb = bp_ivf_code_bytes(dim, bits);
+		size_t		bytes[5] = {(size_t) n * dim * 4, (size_t) k * dim * 4, (size_t) n * 4, n * cb,
+		(size_t) n * sizeof(bp_ivf_factors)};
+		int			w[5] = {0, 0, 1, 1, 1};
+		const char *names[5] = {"xr", "centroids", "lists", "codes", "factors"};
+
+		if (ivf_views(5, objs, v, bytes, w, names) < 0)
+			goto done;
+		scratch = PyMem_Malloc(cb + dim * sizeof(float) + 8);
+		if (scratch == NULL)
+		{
+			PyErr_NoMemory();
+			goto done;
+		}
+		Py_BEGIN_ALLOW_THREADS
+		for (Py_ssize_t i = 0; i < n && st == BP_OK; i++)
+		{
+			const float *x = (const float *) v[0].buf + i * dim;
+			int32_t    *list = (int32_t *) v[2].buf + i;
+
+			if (assign || *list < 0 || *list >= k)
+				*list = (int32_t) bp_ivf_nearest(x, v[1].buf, k, dim, spherical, NULL);
+			st = bp_ivf_encode(x, (const float *) v[1].buf + (size_t) *list * dim, dim, bits, scratch,
+							   (uint8_t *) v[3].buf + i * cb, (bp_ivf_factors *) v[4].buf + i);
+			if (st != BP_OK)
+				bad = i;
+		}
+		Py_END_ALLOW_THREADS
+	}
+	if (st != BP_OK)
+		raise_status(st, 0, 0, bad);
+	else
+		result = Py_NewRef(Py_None);
+done:
+	PyMem_Free(scratch);
+	ivf_release(5, v);
+	return result;
+}
+
+/*
+ * ivf_estimate_into(qr float32[dim], cr float32[dim], codes uint8[n*code_bytes],
+ *                   factors float32[n*4], n, bits, metric, est float64[n] out, bound float64[n] out)
+ * The estimated distances of n codes of one list to the rotated query, and their error bounds.
+ */
+static PyObject *
+core_ivf_estimate_into(PyObject *self, PyObject *args)
+{
+	PyObject   *objs[6];
+	Py_buffer	v[6] = {{0}};
+	Py_ssize_t	n,
+				dim;
+	int			bits,
+				metric;
+	uint64_t   *planes = NULL;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "OOOOnniiOO", &objs[0], &objs[1], &objs[2], &objs[3], &n, &dim,
+						  &bits, &metric, &objs[4], &objs[5]))
+		return NULL;
+	if (n < 0 || dim <= 0 || bits < 1 || bits > BP_IVF_MAX_BITS || metric < 0 || metric > 2)
+		return PyErr_Format(PyExc_ValueError, "estimate needs dim > 0, 1 to %d bits, metric 0-2",
+							BP_IVF_MAX_BITS);
+	{
+		size_t		cb = bp_ivf_code_bytes(dim, bits);
+		size_t		bytes[6] = {(size_t) dim * 4, (size_t) dim * 4, n * cb,
+		(size_t) n * sizeof(bp_ivf_factors), (size_t) n * 8, (size_t) n * 8};
+		int			w[6] = {0, 0, 0, 0, 1, 1};
+		const char *names[6] = {"qr", "cr", "codes", "factors", "est", "bound"};
+		bp_ivf_query q;
+
+		if (ivf_views(6, objs, v, bytes, w, names) < 0)
+			goto done;
+		planes = PyMem_Malloc(bp_ivf_query_words(dim) * 8);
+		if (planes == NULL)
+		{
+			PyErr_NoMemory();
+			goto done;
+		}
+		Py_BEGIN_ALLOW_THREADS
+		bp_ivf_query_prep(v[0].buf, v[1].buf, dim, bits, &q, planes);
+		for (Py_ssize_t i = 0; i < n; i++)
+			((double *) v[4].buf)[i] = bp_ivf_estimate(&q, (const bp_ivf_factors *) v[3].buf + i,
+													   (const uint8_t *) v[2].buf + i * cb, metric,
+													   (double *) v[5].buf + i);
+		Py_END_ALLOW_THREADS
+	}
+	result = Py_NewRef(Py_None);
+done:
+	PyMem_Free(planes);
+	ivf_release(6, v);
+	return result;
+}
+
+/* ivf_dot(a, b, avx2): the index's float kernel on one path (tests: every path, same bits) */
+static PyObject *
+core_ivf_dot(PyObject *self, PyObject *args)
+{
+	Py_buffer	a = {0},
+				b = {0};
+	int			avx2;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "y*y*p", &a, &b, &avx2))
+		return NULL;
+	if (a.len != b.len || a.len % 4 || ((uintptr_t) a.buf & 3) || ((uintptr_t) b.buf & 3))
+		PyErr_SetString(PyExc_ValueError, "a and b must be aligned float32 buffers of one size");
+	else
+		result = PyFloat_FromDouble(bp_dot_with(avx2, a.buf, b.buf, (size_t) a.len / 4));
+	PyBuffer_Release(&a);
+	PyBuffer_Release(&b);
+	return result;
+}
+
 static PyMethodDef core_methods[] = {
+	{"ivf_kmeans_into", core_ivf_kmeans_into, METH_VARARGS,
+	"ivf_kmeans_into(x, n, dim, k, iters, seed, spherical, out): seeded k-means centroids"},
+	{"ivf_rotate_into", core_ivf_rotate_into, METH_VARARGS,
+	"ivf_rotate_into(x, n, dim, seed, out): the index's orthogonal rotation of n rows"},
+	{"ivf_encode_into", core_ivf_encode_into, METH_VARARGS,
+	"ivf_encode_into(xr, n, dim, centroids, k, bits, spherical, assign, lists, codes, factors)"},
+	{"ivf_estimate_into", core_ivf_estimate_into, METH_VARARGS,
+	"ivf_estimate_into(qr, cr, codes, factors, n, dim, bits, metric, est, bound)"},
+	{"ivf_dot", core_ivf_dot, METH_VARARGS, "ivf_dot(a, b, avx2): the index's dot product on one path"},
 	{"ffn_into", core_ffn_into, METH_VARARGS,
 	"ffn_into(blob, x, nvec, dim, out, mode, k) -> neurons computed: dense or sparse layer"},
 	{"segment_checksum", core_segment_checksum, METH_VARARGS,

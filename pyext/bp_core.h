@@ -415,4 +415,88 @@ bp_status	bp_ffn_dense(const bp_ffn *f, const float *x, size_t dim, float *y, fl
 bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_active, int selector,
 						  float *y, float *scratch, size_t *n_active, size_t *bad_index);
 
+/* ---- IVF + RaBitQ: the approximate index's arithmetic (bp_ivf.c) ----
+ * Metrics, as the index's distances: L2 squared (<->), minus the inner product (<#>), and
+ * 1 - cosine (<=>, vectors normalized before anything else). */
+#define BP_METRIC_L2 0
+#define BP_METRIC_IP 1
+#define BP_METRIC_COSINE 2
+#define BP_IVF_ROUNDS 4			/* rotation rounds */
+#define BP_IVF_MAX_BITS 4		/* bits per dimension of a code */
+#define BP_IVF_QUERY_BITS 4		/* bits per dimension of a query residual */
+#define BP_IVF_SCALE_GRID 24	/* scales tried for a multi-bit code */
+
+/* Per-vector floats beside its code: |r|, the estimate's scale, its error coefficient and
+ * <r, c> (r the rotated residual, c the rotated centroid; <r, c> serves the inner product). */
+typedef struct bp_ivf_factors
+{
+	float		norm;
+	float		scale;
+	float		err;
+	float		ipc;
+} bp_ivf_factors;
+
+/* A query's residual to one list, quantized (bp_ivf_query_prep). */
+typedef struct bp_ivf_query
+{
+	size_t		dim;
+	size_t		words;			/* 64-bit words per plane */
+	int			bits;			/* of the codes it meets */
+	const uint64_t *planes;		/* BP_IVF_QUERY_BITS planes of words */
+	float		lo;
+	float		delta;
+	double		sum;			/* sum of the residual's elements */
+	double		norm;
+	double		norm2;
+	double		ipc;			/* <q, c>, both rotated */
+} bp_ivf_query;
+
+/* Progress of long work: return nonzero to stop early (the work is then partial). */
+typedef int (*bp_progress_fn) (void *arg, int done, int total);
+
+/* The float kernels of the index: 8 lanes in a fixed order, so every path gives the same bits. */
+float		bp_dot(const float *a, const float *b, size_t n);
+float		bp_l2sq(const float *a, const float *b, size_t n);
+float		bp_dot_with(int avx2, const float *a, const float *b, size_t n);
+
+/* x /= |x| (a zero vector stays zero). */
+void		bp_ivf_normalize(float *x, size_t dim);
+
+/* The centroid nearest x (spherical: the largest inner product), its key (L2 squared, or minus
+ * the inner product) in *key if not NULL; ties to the lower index. */
+size_t		bp_ivf_nearest(const float *x, const float *centroids, size_t k, size_t dim,
+						   int spherical, float *key);
+
+/* Lloyd's k-means over n >= k rows (k rows drawn by seed start it; an emptied list takes the row
+ * farthest from its centroid); at most iters rounds, fewer when no row moves. Deterministic for
+ * a seed. scratch holds bp_kmeans_scratch_bytes(n, k, dim) bytes (8-byte aligned). */
+size_t		bp_kmeans_scratch_bytes(size_t n, size_t k, size_t dim);
+bp_status	bp_kmeans(const float *x, size_t n, size_t dim, size_t k, int iters, uint64_t seed,
+					  int spherical, float *centroids, void *scratch, bp_progress_fn progress,
+					  void *arg);
+
+/* out = P x for the orthogonal P of a seed (out may be x): norms and inner products kept. */
+void		bp_ivf_rotate(const float *x, size_t dim, uint64_t seed, float *out);
+
+/* Bytes of a code: bits planes of (dim + 63) / 64 little-endian 64-bit words. */
+size_t		bp_ivf_code_bytes(size_t dim, int bits);
+
+/* The code and factors of a rotated vector xr in the list of rotated centroid cr. scratch holds
+ * bp_ivf_code_bytes(dim, bits) / 4 + dim floats (8-byte aligned). */
+bp_status	bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scratch,
+						  uint8_t *code, bp_ivf_factors *f);
+
+/* 64-bit words of a query's planes; prepares the rotated query qr for the list of cr. */
+size_t		bp_ivf_query_words(size_t dim);
+void		bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf_query *q,
+							  uint64_t *planes);
+
+/* The estimated distance (the metric's) of a code to the query, and in *bound the half-width
+ * of its error bound before the epsilon factor: est - epsilon * bound is the lower bound. */
+double		bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code,
+							int metric, double *bound);
+
+/* The exact distance in the metric's form (for COSINE, b normalized; NaN for a zero a). */
+double		bp_ivf_distance(int metric, const float *a, const float *b, size_t dim);
+
 #endif							/* BP_CORE_H */

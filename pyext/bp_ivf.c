@@ -1,0 +1,653 @@
+/*
+ * IVF + RaBitQ: the arithmetic of bitpress's approximate index, shared by PostgreSQL's
+ * bitpress_ivf access method and the Python/DuckDB binding.
+ *
+ *  - k-means (Lloyd, seeded, deterministic; spherical for cosine) picks the lists' centroids;
+ *  - a fast orthogonal rotation (random signs + Walsh-Hadamard on two overlapping power-of-two
+ *    blocks, BP_IVF_ROUNDS times) spreads every residual's energy over all coordinates;
+ *  - a vector's code is the rotated residual to its centroid, quantized to 1-4 bits per
+ *    dimension (RaBitQ, SIGMOD 2024; the multi-bit form of Extended RaBitQ, 2025), plus four
+ *    floats (bp_ivf_factors) that make the estimate of its distance to any query unbiased and
+ *    give that estimate an error bound;
+ *  - a query is rotated once, and per probed list its residual is quantized to 4 bits held as
+ *    bit planes, so the estimate for one code is a few AND + POPCNT per 64 dimensions.
+ *
+ * Every float sum here runs in one fixed order (8 lanes, then a fixed tree) on every path, so
+ * the AVX2 and scalar kernels give the same bits, and an index built on one CPU is read the
+ * same on another.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bp_core.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define BP_X86 1
+#include <immintrin.h>
+#endif
+
+/* ---- seeded pseudo-random numbers (splitmix64) ---- */
+
+static inline uint64_t
+splitmix64(uint64_t *state)
+{
+	uint64_t	z = (*state += UINT64_C(0x9E3779B97F4A7C15));
+
+	z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
+/* uniform in [0, n) for n > 0 (the modulo bias is below 2^-32 for the n met here) */
+static inline uint64_t
+below(uint64_t *state, uint64_t n)
+{
+	return splitmix64(state) % n;
+}
+
+/* ---- float kernels: 8 lanes, multiply then add (never fused), one reduction tree ---- */
+
+static inline float
+reduce8(const float *s)
+{
+	float		t0 = (s[0] + s[4]) + (s[2] + s[6]);
+	float		t1 = (s[1] + s[5]) + (s[3] + s[7]);
+
+	return t0 + t1;
+}
+
+static float
+dot_scalar(const float *a, const float *b, size_t n)
+{
+	float		acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	float		tail = 0.0f;
+	size_t		t = 0;
+
+	for (; t + 8 <= n; t += 8)
+		for (int l = 0; l < 8; l++)
+			acc[l] += a[t + l] * b[t + l];
+	for (; t < n; t++)
+		tail += a[t] * b[t];
+	return reduce8(acc) + tail;
+}
+
+static float
+l2sq_scalar(const float *a, const float *b, size_t n)
+{
+	float		acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	float		tail = 0.0f;
+	size_t		t = 0;
+
+	for (; t + 8 <= n; t += 8)
+		for (int l = 0; l < 8; l++)
+		{
+			float		d = a[t + l] - b[t + l];
+
+			acc[l] += d * d;
+		}
+	for (; t < n; t++)
+	{
+		float		d = a[t] - b[t];
+
+		tail += d * d;
+	}
+	return reduce8(acc) + tail;
+}
+
+#ifdef BP_X86
+__attribute__((target("avx2")))
+static inline float
+reduce256(__m256 v)
+{
+	/* the same tree as reduce8: (s0+s4)+(s2+s6), (s1+s5)+(s3+s7), then their sum */
+	__m128		s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	__m128		t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+
+	return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+__attribute__((target("avx2")))
+static float
+dot_avx2(const float *a, const float *b, size_t n)
+{
+	__m256		acc = _mm256_setzero_ps();
+	float		tail = 0.0f;
+	size_t		t = 0;
+
+	for (; t + 8 <= n; t += 8)
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t)));
+	for (; t < n; t++)
+		tail += a[t] * b[t];
+	return reduce256(acc) + tail;
+}
+
+__attribute__((target("avx2")))
+static float
+l2sq_avx2(const float *a, const float *b, size_t n)
+{
+	__m256		acc = _mm256_setzero_ps();
+	float		tail = 0.0f;
+	size_t		t = 0;
+
+	for (; t + 8 <= n; t += 8)
+	{
+		__m256		d = _mm256_sub_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t));
+
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, d));
+	}
+	for (; t < n; t++)
+	{
+		float		d = a[t] - b[t];
+
+		tail += d * d;
+	}
+	return reduce256(acc) + tail;
+}
+#endif
+
+float
+bp_dot(const float *a, const float *b, size_t n)
+{
+#ifdef BP_X86
+	if (bp_float_avx2())
+		return dot_avx2(a, b, n);
+#endif
+	return dot_scalar(a, b, n);
+}
+
+float
+bp_l2sq(const float *a, const float *b, size_t n)
+{
+#ifdef BP_X86
+	if (bp_float_avx2())
+		return l2sq_avx2(a, b, n);
+#endif
+	return l2sq_scalar(a, b, n);
+}
+
+float
+bp_dot_with(int avx2, const float *a, const float *b, size_t n)
+{
+#ifdef BP_X86
+	if (avx2 && bp_impl_supported(BP_IMPL_AVX2))
+		return dot_avx2(a, b, n);
+#endif
+	(void) avx2;
+	return dot_scalar(a, b, n);
+}
+
+/* the key to minimize when assigning to a centroid: L2 squared, or minus the inner product */
+static inline float
+centroid_key(int spherical, const float *x, const float *c, size_t dim)
+{
+	return spherical ? -bp_dot(x, c, dim) : bp_l2sq(x, c, dim);
+}
+
+size_t
+bp_ivf_nearest(const float *x, const float *centroids, size_t k, size_t dim, int spherical,
+			   float *key)
+{
+	size_t		best = 0;
+	float		best_key = INFINITY;
+
+	for (size_t j = 0; j < k; j++)
+	{
+		float		d = centroid_key(spherical, x, centroids + j * dim, dim);
+
+		if (d < best_key)
+		{
+			best_key = d;
+			best = j;
+		}
+	}
+	if (key)
+		*key = best_key;
+	return best;
+}
+
+void
+bp_ivf_normalize(float *x, size_t dim)
+{
+	double		s = 0.0;
+
+	for (size_t t = 0; t < dim; t++)
+		s += (double) x[t] * x[t];
+	if (s > 0.0)
+	{
+		float		inv = (float) (1.0 / sqrt(s));
+
+		for (size_t t = 0; t < dim; t++)
+			x[t] *= inv;
+	}
+}
+
+/* ---- k-means ---- */
+
+size_t
+bp_kmeans_scratch_bytes(size_t n, size_t k, size_t dim)
+{
+	return n * (sizeof(uint32_t) + sizeof(float)) + k * sizeof(uint64_t)
+		+ k * dim * sizeof(double);
+}
+
+bp_status
+bp_kmeans(const float *x, size_t n, size_t dim, size_t k, int iters, uint64_t seed, int spherical,
+		  float *centroids, void *scratch, bp_progress_fn progress, void *arg)
+{
+	uint32_t   *assign = (uint32_t *) scratch;
+	float	   *dist = (float *) (assign + n);
+	uint64_t   *count = (uint64_t *) (dist + n);
+	double	   *sum = (double *) (count + k);
+	uint64_t	rng = seed;
+
+	if (dim == 0 || k == 0)
+		return BP_ERR_EMPTY;
+	if (n < k)
+		return BP_ERR_DIM_MISMATCH;
+
+	/* initial centroids: k distinct rows drawn without replacement (partial Fisher-Yates) */
+	for (size_t i = 0; i < n; i++)
+		assign[i] = (uint32_t) i;
+	for (size_t j = 0; j < k; j++)
+	{
+		size_t		r = j + below(&rng, n - j);
+		uint32_t	tmp = assign[j];
+
+		assign[j] = assign[r];
+		assign[r] = tmp;
+		memcpy(centroids + j * dim, x + (size_t) assign[j] * dim, dim * sizeof(float));
+		if (spherical)
+			bp_ivf_normalize(centroids + j * dim, dim);
+	}
+	for (size_t i = 0; i < n; i++)
+		assign[i] = UINT32_MAX;
+
+	for (int it = 0; it < iters; it++)
+	{
+		size_t		changed = 0;
+
+		for (size_t i = 0; i < n; i++)
+		{
+			size_t		j = bp_ivf_nearest(x + i * dim, centroids, k, dim, spherical, &dist[i]);
+
+			if (assign[i] != (uint32_t) j)
+			{
+				assign[i] = (uint32_t) j;
+				changed++;
+			}
+		}
+		if (progress && progress(arg, it, iters))
+			return BP_OK;
+		if (changed == 0)
+			break;
+
+		memset(count, 0, k * sizeof(uint64_t));
+		memset(sum, 0, k * dim * sizeof(double));
+		for (size_t i = 0; i < n; i++)
+		{
+			double	   *s = sum + (size_t) assign[i] * dim;
+			const float *xi = x + i * dim;
+
+			count[assign[i]]++;
+			for (size_t t = 0; t < dim; t++)
+				s[t] += xi[t];
+		}
+		for (size_t j = 0; j < k; j++)
+		{
+			float	   *c = centroids + j * dim;
+
+			if (count[j] == 0)
+			{
+				/* an empty list takes the row farthest from its centroid (then not again) */
+				size_t		far = 0;
+
+				for (size_t i = 1; i < n; i++)
+					if (dist[i] > dist[far])
+						far = i;
+				memcpy(c, x + far * dim, dim * sizeof(float));
+				dist[far] = -INFINITY;
+			}
+			else
+				for (size_t t = 0; t < dim; t++)
+					c[t] = (float) (sum[j * dim + t] / (double) count[j]);
+			if (spherical)
+				bp_ivf_normalize(c, dim);
+		}
+	}
+	return BP_OK;
+}
+
+/* ---- rotation: BP_IVF_ROUNDS x (signs, Hadamard on the head block, signs, on the tail) ---- */
+
+static void
+fht(float *x, size_t len)
+{
+	for (size_t h = 1; h < len; h <<= 1)
+		for (size_t i = 0; i < len; i += h << 1)
+			for (size_t j = i; j < i + h; j++)
+			{
+				float		a = x[j],
+							b = x[j + h];
+
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+}
+
+static void
+flip_signs(float *x, size_t dim, uint64_t *rng)
+{
+	for (size_t t = 0; t < dim; t += 64)
+	{
+		uint64_t	bits = splitmix64(rng);
+
+		for (size_t u = t; u < dim && u < t + 64; u++, bits >>= 1)
+			if (bits & 1)
+				x[u] = -x[u];
+	}
+}
+
+void
+bp_ivf_rotate(const float *x, size_t dim, uint64_t seed, float *out)
+{
+	size_t		block = 1;
+	float		scale;
+	uint64_t	rng = seed ^ UINT64_C(0x5851F42D4C957F2D);
+
+	while (block * 2 <= dim)
+		block *= 2;
+	scale = (float) (1.0 / sqrt((double) block));
+	memmove(out, x, dim * sizeof(float));
+	for (int r = 0; r < BP_IVF_ROUNDS; r++)
+	{
+		flip_signs(out, dim, &rng);
+		fht(out, block);
+		for (size_t t = 0; t < block; t++)
+			out[t] *= scale;
+		if (block < dim)
+		{
+			float	   *tail = out + (dim - block);
+
+			flip_signs(out, dim, &rng);
+			fht(tail, block);
+			for (size_t t = 0; t < block; t++)
+				tail[t] *= scale;
+		}
+	}
+}
+
+/* ---- codes ---- */
+
+size_t
+bp_ivf_code_bytes(size_t dim, int bits)
+{
+	return (size_t) bits * ((dim + 63) / 64) * sizeof(uint64_t);
+}
+
+static inline void
+set_level(uint64_t *planes, size_t words, int bits, size_t t, unsigned level)
+{
+	for (int j = 0; j < bits; j++)
+		if (level & (1u << j))
+			planes[(size_t) j * words + t / 64] |= UINT64_C(1) << (t % 64);
+}
+
+/* <c - m, u> / |c - m| for the levels c of u at scale s (s = 0: the sign code) */
+static double
+level_cosine(const float *u, size_t dim, int bits, double s)
+{
+	double		m = ((1 << bits) - 1) / 2.0,
+				top = (1 << bits) - 1,
+				num = 0.0,
+				den = 0.0;
+
+	for (size_t t = 0; t < dim; t++)
+	{
+		double		c = floor(u[t] * s + m + 0.5);
+
+		if (c < 0)
+			c = 0;
+		if (c > top)
+			c = top;
+		num += (c - m) * u[t];
+		den += (c - m) * (c - m);
+	}
+	return den > 0 ? num / sqrt(den) : 0.0;
+}
+
+bp_status
+bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scratch,
+			  uint8_t *code, bp_ivf_factors *f)
+{
+	size_t		words = (dim + 63) / 64;
+	uint64_t   *planes = (uint64_t *) scratch;	/* bits * words, then dim floats */
+	float	   *u = (float *) (planes + (size_t) bits * words);
+	double		norm2 = 0.0,
+				ipc = 0.0,
+				norm,
+				m = ((1 << bits) - 1) / 2.0,
+				best_s = 0.0,
+				a,
+				cm2 = 0.0;
+
+	if (bits < 1 || bits > BP_IVF_MAX_BITS)
+		return BP_ERR_UNKNOWN_IMPL;
+	for (size_t t = 0; t < dim; t++)
+	{
+		double		r = (double) xr[t] - cr[t];
+
+		if (!isfinite(xr[t]))
+			return BP_ERR_NONFINITE_VALUE;
+		norm2 += r * r;
+		ipc += r * cr[t];
+	}
+	norm = sqrt(norm2);
+	memset(planes, 0, (size_t) bits * words * sizeof(uint64_t));
+	memset(f, 0, sizeof(*f));
+	f->norm = (float) norm;
+	f->ipc = (float) ipc;
+	if (norm == 0.0 || !isfinite(norm))
+	{
+		memcpy(code, planes, bp_ivf_code_bytes(dim, bits));
+		return isfinite(norm) ? BP_OK : BP_ERR_OVERFLOW;
+	}
+	for (size_t t = 0; t < dim; t++)
+		u[t] = (float) (((double) xr[t] - cr[t]) / norm);
+
+	if (bits > 1)
+	{
+		/* the scale whose levels point closest to u: a grid from heavy clipping to none */
+		double		umax = 0.0,
+					best = -1.0;
+
+		for (size_t t = 0; t < dim; t++)
+			if (fabs(u[t]) > umax)
+				umax = fabs(u[t]);
+		for (int g = 1; g <= BP_IVF_SCALE_GRID; g++)
+		{
+			double		s = (m + 0.5) / umax * g / BP_IVF_SCALE_GRID;
+			double		cs = level_cosine(u, dim, bits, s);
+
+			if (cs > best)
+			{
+				best = cs;
+				best_s = s;
+			}
+		}
+	}
+	a = 0.0;
+	for (size_t t = 0; t < dim; t++)
+	{
+		double		c;
+
+		if (bits == 1)
+			c = u[t] > 0 ? 1 : 0;
+		else
+		{
+			c = floor(u[t] * best_s + m + 0.5);
+			if (c < 0)
+				c = 0;
+			if (c > (1 << bits) - 1)
+				c = (1 << bits) - 1;
+		}
+		set_level(planes, words, bits, t, (unsigned) c);
+		a += (c - m) * u[t];
+		cm2 += (c - m) * (c - m);
+	}
+	memcpy(code, planes, bp_ivf_code_bytes(dim, bits));
+	a /= sqrt(cm2);				/* <x, u>, x = (c - m) / |c - m|: in (0, 1] */
+	if (a < 1e-6)
+		a = 1e-6;
+	f->scale = (float) (norm / (a * sqrt(cm2)));
+	f->err = dim > 1 ? (float) (norm * sqrt(fmax(0.0, 1.0 - a * a)) / a / sqrt((double) dim - 1))
+		: 0.0f;
+	return BP_OK;
+}
+
+/* ---- queries ---- */
+
+size_t
+bp_ivf_query_words(size_t dim)
+{
+	return BP_IVF_QUERY_BITS * ((dim + 63) / 64);
+}
+
+void
+bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf_query *q,
+				  uint64_t *planes)
+{
+	size_t		words = (dim + 63) / 64;
+	float		lo = INFINITY,
+				hi = -INFINITY;
+	double		sum = 0.0,
+				norm2 = 0.0,
+				ipc = 0.0;
+	const float top = (float) ((1 << BP_IVF_QUERY_BITS) - 1);
+
+	for (size_t t = 0; t < dim; t++)
+	{
+		float		y = qr[t] - cr[t];
+
+		if (y < lo)
+			lo = y;
+		if (y > hi)
+			hi = y;
+		sum += y;
+		norm2 += (double) y * y;
+		ipc += (double) qr[t] * cr[t];
+	}
+	q->dim = dim;
+	q->words = words;
+	q->bits = bits;
+	q->planes = planes;
+	q->lo = lo;
+	q->delta = hi > lo ? (hi - lo) / top : 1.0f;
+	q->sum = sum;
+	q->norm = sqrt(norm2);
+	q->norm2 = norm2;
+	q->ipc = ipc;
+	memset(planes, 0, BP_IVF_QUERY_BITS * words * sizeof(uint64_t));
+	for (size_t t = 0; t < dim; t++)
+	{
+		float		v = floorf((qr[t] - cr[t] - lo) / q->delta + 0.5f);
+		unsigned	level = v < 0 ? 0 : v > top ? (unsigned) top : (unsigned) v;
+
+		for (int p = 0; p < BP_IVF_QUERY_BITS; p++)
+			if (level & (1u << p))
+				planes[(size_t) p * words + t / 64] |= UINT64_C(1) << (t % 64);
+	}
+}
+
+static inline uint64_t
+popcount64_swar(uint64_t x)
+{
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* estimate of <r, y> for one code: r the vector's rotated residual, y the query's */
+#define IVF_INNER(POPCOUNT) \
+	do { \
+		uint64_t	s = 0, c = 0; \
+		for (int j = 0; j < q->bits; j++) \
+		{ \
+			const uint8_t *cp = code + (size_t) j * q->words * 8; \
+			uint64_t	sj = 0, cj = 0; \
+			for (size_t w = 0; w < q->words; w++) \
+			{ \
+				uint64_t	b; \
+				memcpy(&b, cp + w * 8, 8); \
+				cj += POPCOUNT(b); \
+				for (int p = 0; p < BP_IVF_QUERY_BITS; p++) \
+					sj += POPCOUNT(b & q->planes[(size_t) p * q->words + w]) << p; \
+			} \
+			s += sj << j; \
+			c += cj << j; \
+		} \
+		return (double) f->scale * ((double) q->lo * (double) c + (double) q->delta * (double) s \
+									 - (((1 << q->bits) - 1) / 2.0) * q->sum); \
+	} while (0)
+
+static double
+inner_scalar(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code)
+{
+	IVF_INNER(popcount64_swar);
+}
+
+#ifdef BP_X86
+__attribute__((target("popcnt")))
+static double
+inner_popcnt(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code)
+{
+	IVF_INNER(__builtin_popcountll);
+}
+#endif
+
+double
+bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int metric,
+				double *bound)
+{
+	double		ip,
+				err;
+
+#ifdef BP_X86
+	if (bp_get_impl() != BP_IMPL_SCALAR)
+		ip = inner_popcnt(q, f, code);
+	else
+#endif
+		ip = inner_scalar(q, f, code);
+	err = (double) f->err * q->norm;
+	switch (metric)
+	{
+		case BP_METRIC_IP:
+			*bound = err;
+			return -(q->ipc + f->ipc + ip);
+		case BP_METRIC_COSINE:
+			*bound = err;
+			return ((double) f->norm * f->norm + q->norm2 - 2.0 * ip) / 2.0;
+		default:
+			*bound = 2.0 * err;
+			return (double) f->norm * f->norm + q->norm2 - 2.0 * ip;
+	}
+}
+
+double
+bp_ivf_distance(int metric, const float *a, const float *b, size_t dim)
+{
+	switch (metric)
+	{
+		case BP_METRIC_IP:
+			return -(double) bp_dot(a, b, dim);
+		case BP_METRIC_COSINE:
+			{
+				/* b is the normalized query; 1 - cos, as pgvector's <=> */
+				double		na = sqrt((double) bp_dot(a, a, dim));
+
+				return na > 0 ? 1.0 - (double) bp_dot(a, b, dim) / na : NAN;
+			}
+		default:
+			return (double) bp_l2sq(a, b, dim);
+	}
+}
