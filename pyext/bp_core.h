@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.5.0"
+#define BP_VERSION "0.6.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536
@@ -453,6 +453,9 @@ typedef struct bp_ivf_query
 
 /* Progress of long work: return nonzero to stop early (the work is then partial). */
 typedef int (*bp_progress_fn) (void *arg, int done, int total);
+
+/* The next of a seeded sequence of 64-bit pseudo-random numbers (splitmix64). */
+uint64_t	bp_ivf_random(uint64_t *state);
 
 /* The float kernels of the index: 8 lanes in a fixed order, so every path gives the same bits. */
 float		bp_dot(const float *a, const float *b, size_t n);

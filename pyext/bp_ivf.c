@@ -38,6 +38,12 @@ splitmix64(uint64_t *state)
 	return z ^ (z >> 31);
 }
 
+uint64_t
+bp_ivf_random(uint64_t *state)
+{
+	return splitmix64(state);
+}
+
 /* uniform in [0, n) for n > 0 (the modulo bias is below 2^-32 for the n met here) */
 static inline uint64_t
 below(uint64_t *state, uint64_t n)

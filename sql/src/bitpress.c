@@ -17,6 +17,7 @@
 
 #include "bp_core.h"
 #include "bitpress.h"
+#include "ivf.h"
 
 PG_MODULE_MAGIC;
 
@@ -388,5 +389,6 @@ _PG_init(void)
 							   simd_check,
 							   simd_assign,
 							   NULL);
+	ivf_init();
 	MarkGUCPrefixReserved("bitpress");
 }

@@ -1,0 +1,507 @@
+/*
+ * bitpress_ivf scan: ORDER BY vector <op> query, rows in exact-distance order.
+ *
+ * The query is rotated once; the bitpress.probes lists whose centroids are nearest are read,
+ * each code giving an estimated distance and a lower bound (estimate - bitpress.epsilon error
+ * bounds). Candidates are taken by lower bound and reranked with the exact distance from the
+ * heap row (under the scan's snapshot); a row is returned once no candidate's lower bound can
+ * still beat it. When the candidates run out (a large LIMIT, a WHERE that rejects rows), the
+ * next nearest list is read, and so on through every list: a scan has no row cap. Rows without
+ * a direction (NULL; zero vectors for cosine) come last, as a sequential scan orders them.
+ */
+#include "postgres.h"
+
+#include <float.h>
+#include <math.h>
+
+#include "access/relscan.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/bufmgr.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "bitpress.h"
+#include "ivf.h"
+
+typedef struct IvfEntry
+{
+	ItemPointerData tid;
+	double		key;
+} IvfEntry;
+
+typedef struct IvfHeap
+{
+	IvfEntry   *e;
+	size_t		n;
+	size_t		cap;
+} IvfHeap;
+
+typedef struct IvfScanState
+{
+	MemoryContext ctx;			/* everything of one rescan */
+	MemoryContext rowctx;		/* one heap fetch */
+	bool		started;
+	bool		ranked;			/* false: a NULL (or zero, for cosine) query: every row, in any order */
+	IvfCache   *cache;
+	int			metric;
+	int			dim;
+	double		epsilon;
+	float	   *q;				/* the query (cosine: normalized) */
+	float	   *qr;				/* rotated */
+	uint32	   *order;			/* lists, nearest centroid first */
+	uint32		next;			/* the next list of order to read */
+	BlockNumber *heads;
+	BlockNumber unranked;
+	uint64_t   *planes;
+	IvfHeap		cand;			/* min-heap on the lower bound */
+	IvfHeap		ready;			/* min-heap on the exact distance */
+	ItemPointerData *tail;		/* rows returned without distance (unranked, or all of them) */
+	size_t		ntail;
+	size_t		tailcap;
+	size_t		tailpos;
+	bool		tail_loaded;
+	IndexFetchTableData *fetch;
+	TupleTableSlot *slot;
+	AttrNumber	attnum;
+} IvfScanState;
+
+/* ---- heaps ---- */
+
+static void
+heap_sift_down(IvfHeap *h, size_t i)
+{
+	for (;;)
+	{
+		size_t		l = 2 * i + 1,
+					m = i;
+
+		if (l < h->n && h->e[l].key < h->e[m].key)
+			m = l;
+		if (l + 1 < h->n && h->e[l + 1].key < h->e[m].key)
+			m = l + 1;
+		if (m == i)
+			return;
+		{
+			IvfEntry	t = h->e[i];
+
+			h->e[i] = h->e[m];
+			h->e[m] = t;
+		}
+		i = m;
+	}
+}
+
+static void
+heap_append(IvfHeap *h, ItemPointer tid, double key)
+{
+	if (h->n == h->cap)
+	{
+		h->cap = h->cap ? h->cap * 2 : 1024;
+		h->e = h->e ? repalloc_huge(h->e, h->cap * sizeof(IvfEntry))
+			: MemoryContextAllocHuge(CurrentMemoryContext, h->cap * sizeof(IvfEntry));
+	}
+	h->e[h->n].tid = *tid;
+	h->e[h->n].key = key;
+	h->n++;
+}
+
+static void
+heap_push(IvfHeap *h, ItemPointer tid, double key)
+{
+	size_t		i;
+
+	heap_append(h, tid, key);
+	for (i = h->n - 1; i > 0 && h->e[(i - 1) / 2].key > h->e[i].key; i = (i - 1) / 2)
+	{
+		IvfEntry	t = h->e[i];
+
+		h->e[i] = h->e[(i - 1) / 2];
+		h->e[(i - 1) / 2] = t;
+	}
+}
+
+static void
+heap_build(IvfHeap *h)
+{
+	for (size_t i = h->n / 2; i-- > 0;)
+		heap_sift_down(h, i);
+}
+
+static IvfEntry
+heap_pop(IvfHeap *h)
+{
+	IvfEntry	top = h->e[0];
+
+	h->e[0] = h->e[--h->n];
+	heap_sift_down(h, 0);
+	return top;
+}
+
+/* ---- reading chains ---- */
+
+static void
+tail_add(IvfScanState *so, ItemPointer tid)
+{
+	if (so->ntail == so->tailcap)
+	{
+		so->tailcap = so->tailcap ? so->tailcap * 2 : 1024;
+		so->tail = so->tail ? repalloc_huge(so->tail, so->tailcap * sizeof(ItemPointerData))
+			: MemoryContextAllocHuge(so->ctx, so->tailcap * sizeof(ItemPointerData));
+	}
+	so->tail[so->ntail++] = *tid;
+}
+
+/*
+ * Every item of the chain from head: with q, its lower bound into the candidates; without,
+ * its TID onto the tail. Sizes and the chain's length are checked (a cycle is corruption).
+ */
+static void
+read_chain(IndexScanDesc scan, BlockNumber head, const bp_ivf_query *q)
+{
+	IvfScanState *so = scan->opaque;
+	Relation	index = scan->indexRelation;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
+	Size		cb = so->dim > 0 ? bp_ivf_code_bytes(so->dim, so->cache->meta.bits) : 0;
+	BlockNumber pages = 0;
+
+	for (BlockNumber blk = head; blk != InvalidBlockNumber;)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber max;
+
+		if (blk >= nblocks || ++pages > nblocks)
+			ereport(ERROR,
+					(errcode(ERRCODE_INDEX_CORRUPTED),
+					 errmsg("index \"%s\" has a broken list chain at block %u",
+							RelationGetRelationName(index), blk),
+					 errhint("REINDEX the index.")));
+		buf = ReadBuffer(index, blk);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		ivf_check_page(index, buf, page, IVF_PAGE_CODES);
+		max = PageGetMaxOffsetNumber(page);
+		for (OffsetNumber off = FirstOffsetNumber; off <= max; off++)
+		{
+			ItemId		iid = PageGetItemId(page, off);
+			IvfItem    *item;
+
+			if (!ItemIdIsNormal(iid))
+				continue;
+			item = (IvfItem *) PageGetItem(page, iid);
+			if (q == NULL)
+			{
+				if (ItemIdGetLength(iid) < offsetof(IvfItem, code))
+					goto corrupt;
+				tail_add(so, &item->tid);
+			}
+			else
+			{
+				double		bound,
+							est;
+
+				if (ItemIdGetLength(iid) != IVF_ITEM_SIZE(cb))
+					goto corrupt;
+				est = bp_ivf_estimate(q, &item->f, item->code, so->metric, &bound);
+				heap_append(&so->cand, &item->tid, est - so->epsilon * bound);
+			}
+		}
+		blk = IvfOpaque(page)->next;
+		UnlockReleaseBuffer(buf);
+		continue;
+corrupt:
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\" has an item of the wrong size at block %u",
+						RelationGetRelationName(index), blk),
+				 errhint("REINDEX the index.")));
+	}
+}
+
+static void
+read_list(IndexScanDesc scan, uint32 list)
+{
+	IvfScanState *so = scan->opaque;
+	bp_ivf_query q;
+
+	bp_ivf_query_prep(so->qr, so->cache->centroids + (Size) list * so->dim, so->dim,
+					  so->cache->meta.bits, &q, so->planes);
+	read_chain(scan, so->heads[list], &q);
+}
+
+/* ---- start ---- */
+
+static int
+cmp_list_key(const void *a, const void *b, void *arg)
+{
+	const float *key = arg;
+	float		x = key[*(const uint32 *) a],
+				y = key[*(const uint32 *) b];
+
+	if (x < y)
+		return -1;
+	if (x > y)
+		return 1;
+	return (*(const uint32 *) a > *(const uint32 *) b) - (*(const uint32 *) a < *(const uint32 *) b);
+}
+
+static void
+start_scan(IndexScanDesc scan)
+{
+	IvfScanState *so = scan->opaque;
+	Relation	index = scan->indexRelation;
+	IvfMeta    *meta;
+	Buffer		buf;
+	uint32		lists;
+	float	   *key;
+
+	so->cache = ivf_cache(index);
+	meta = &so->cache->meta;
+	so->metric = meta->metric;
+	so->dim = meta->dim;
+	so->epsilon = ivf_epsilon;
+	lists = meta->lists;
+
+	/* the unranked chain's head, now */
+	buf = ReadBuffer(index, IVF_META_BLKNO);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	{
+		IvfMeta		now;
+
+		ivf_get_meta(index, buf, &now);
+		so->unranked = now.unranked;
+	}
+	UnlockReleaseBuffer(buf);
+
+	so->ranked = false;
+	if (scan->numberOfOrderBys > 0 && !(scan->orderByData[0].sk_flags & SK_ISNULL))
+	{
+		int			dim;
+
+		so->q = ivf_vector(index, scan->orderByData[0].sk_argument, so->metric, so->dim, &dim);
+		so->ranked = so->q != NULL;
+		if (so->dim == 0)
+			so->dim = dim;
+	}
+	if (lists == 0)
+		return;
+
+	so->heads = palloc(lists * sizeof(BlockNumber));
+	ivf_read_stream(index, meta->heads, so->heads, lists * sizeof(BlockNumber), IVF_PAGE_HEADS);
+	if (!so->ranked)
+	{
+		for (uint32 l = 0; l < lists; l++)
+			read_chain(scan, so->heads[l], NULL);
+		return;
+	}
+
+	so->qr = palloc(so->dim * sizeof(float));
+	bp_ivf_rotate(so->q, so->dim, meta->seed, so->qr);
+	so->planes = palloc(bp_ivf_query_words(so->dim) * sizeof(uint64_t));
+	key = palloc(lists * sizeof(float));
+	so->order = palloc(lists * sizeof(uint32));
+	for (uint32 l = 0; l < lists; l++)
+	{
+		const float *c = so->cache->centroids + (Size) l * so->dim;
+
+		key[l] = so->metric == BP_METRIC_L2 ? bp_l2sq(so->qr, c, so->dim)
+			: -bp_dot(so->qr, c, so->dim);
+		so->order[l] = l;
+	}
+	qsort_arg(so->order, lists, sizeof(uint32), cmp_list_key, key);
+	pfree(key);
+	for (so->next = 0; so->next < lists && so->next < (uint32) ivf_probes; so->next++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		read_list(scan, so->order[so->next]);
+	}
+	heap_build(&so->cand);
+}
+
+/* the exact distance of the heap row tid under the scan's snapshot; false if not visible */
+static bool
+exact_distance(IndexScanDesc scan, ItemPointer tid, double *d)
+{
+	IvfScanState *so = scan->opaque;
+	ItemPointerData t = *tid;
+	bool		call_again = false,
+				all_dead = false,
+				found,
+				isnull;
+	Datum		value;
+	MemoryContext old;
+
+	if (so->fetch == NULL)
+	{
+		if (scan->heapRelation == NULL)
+			elog(ERROR, "bitpress_ivf: a scan without its table");
+		old = MemoryContextSwitchTo(so->ctx);
+		so->fetch = table_index_fetch_begin(scan->heapRelation);
+		so->slot = table_slot_create(scan->heapRelation, NULL);
+		MemoryContextSwitchTo(old);
+	}
+	found = table_index_fetch_tuple(so->fetch, &t, scan->xs_snapshot, so->slot, &call_again,
+									&all_dead);
+	if (!found)
+		return false;
+	value = slot_getattr(so->slot, so->attnum, &isnull);
+	if (isnull)
+		found = false;
+	else
+	{
+		PgVector   *v;
+
+		old = MemoryContextSwitchTo(so->rowctx);
+		v = DatumGetPgVector(value);
+		if (v->dim != so->dim)
+			found = false;		/* not the row the index entry was made for */
+		else
+			*d = bp_ivf_distance(so->metric, v->x, so->q, so->dim);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(so->rowctx);
+	}
+	ExecClearTuple(so->slot);
+	return found && !isnan(*d);
+}
+
+/* the distance as the operator returns it (the index keeps L2 squared) */
+static double
+operator_value(int metric, double d)
+{
+	return metric == BP_METRIC_L2 ? sqrt(d) : d;
+}
+
+static bool
+return_tid(IndexScanDesc scan, ItemPointer tid, double d, bool isnull)
+{
+	IvfScanState *so = scan->opaque;
+
+	scan->xs_heaptid = *tid;
+	scan->xs_recheck = false;
+	scan->xs_recheckorderby = false;
+	if (scan->numberOfOrderBys > 0)
+	{
+		scan->xs_orderbyvals[0] = Float8GetDatum(isnull ? 0.0 : operator_value(so->metric, d));
+		scan->xs_orderbynulls[0] = isnull;
+	}
+	return true;
+}
+
+bool
+ivfgettuple(IndexScanDesc scan, ScanDirection dir)
+{
+	IvfScanState *so = scan->opaque;
+	MemoryContext old = MemoryContextSwitchTo(so->ctx);
+	bool		result = false;
+
+	if (!ScanDirectionIsForward(dir))
+		elog(ERROR, "bitpress_ivf scans forward only");
+	if (!so->started)
+	{
+		start_scan(scan);
+		so->started = true;
+	}
+	while (so->ranked)
+	{
+		double		bound = so->cand.n ? so->cand.e[0].key : INFINITY;
+		IvfEntry	c;
+		double		d;
+
+		if (so->ready.n && so->ready.e[0].key <= bound)
+		{
+			c = heap_pop(&so->ready);
+			result = return_tid(scan, &c.tid, c.key, false);
+			goto done;
+		}
+		if (so->cand.n == 0)
+		{
+			if (so->next < so->cache->meta.lists)
+			{
+				CHECK_FOR_INTERRUPTS();
+				read_list(scan, so->order[so->next++]);
+				heap_build(&so->cand);
+				continue;
+			}
+			if (so->ready.n == 0)
+				break;
+			continue;			/* bound is infinite: the ready rows go out */
+		}
+		c = heap_pop(&so->cand);
+		if (exact_distance(scan, &c.tid, &d))
+			heap_push(&so->ready, &c.tid, d);
+	}
+	if (!so->tail_loaded)
+	{
+		read_chain(scan, so->unranked, NULL);
+		so->tail_loaded = true;
+	}
+	if (so->tailpos < so->ntail)
+		result = return_tid(scan, &so->tail[so->tailpos++], 0, true);
+done:
+	MemoryContextSwitchTo(old);
+	return result;
+}
+
+IndexScanDesc
+ivfbeginscan(Relation index, int nkeys, int norderbys)
+{
+	IndexScanDesc scan = RelationGetIndexScan(index, nkeys, norderbys);
+	IvfScanState *so = palloc0(sizeof(IvfScanState));
+
+	so->ctx = AllocSetContextCreate(CurrentMemoryContext, "bitpress_ivf scan",
+									ALLOCSET_DEFAULT_SIZES);
+	so->rowctx = AllocSetContextCreate(so->ctx, "bitpress_ivf row", ALLOCSET_SMALL_SIZES);
+	so->attnum = index->rd_index->indkey.values[0];
+	if (norderbys > 0)
+	{
+		scan->xs_orderbyvals = palloc0(norderbys * sizeof(Datum));
+		scan->xs_orderbynulls = palloc(norderbys * sizeof(bool));
+		memset(scan->xs_orderbynulls, true, norderbys * sizeof(bool));
+	}
+	scan->opaque = so;
+	return scan;
+}
+
+static void
+end_fetch(IvfScanState *so)
+{
+	if (so->slot)
+		ExecDropSingleTupleTableSlot(so->slot);
+	if (so->fetch)
+		table_index_fetch_end(so->fetch);
+	so->slot = NULL;
+	so->fetch = NULL;
+}
+
+void
+ivfrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int norderbys)
+{
+	IvfScanState *so = scan->opaque;
+	MemoryContext ctx = so->ctx;
+	AttrNumber	attnum = so->attnum;
+
+	end_fetch(so);
+	MemoryContextReset(ctx);
+	memset(so, 0, sizeof(*so));
+	so->ctx = ctx;
+	so->rowctx = AllocSetContextCreate(ctx, "bitpress_ivf row", ALLOCSET_SMALL_SIZES);
+	so->attnum = attnum;
+	if (keys && scan->numberOfKeys > 0)
+		memmove(scan->keyData, keys, scan->numberOfKeys * sizeof(ScanKeyData));
+	if (orderbys && scan->numberOfOrderBys > 0)
+		memmove(scan->orderByData, orderbys, scan->numberOfOrderBys * sizeof(ScanKeyData));
+}
+
+void
+ivfendscan(IndexScanDesc scan)
+{
+	IvfScanState *so = scan->opaque;
+
+	end_fetch(so);
+	MemoryContextDelete(so->ctx);
+	pfree(so);
+	scan->opaque = NULL;
+}
