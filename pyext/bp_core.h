@@ -423,7 +423,7 @@ bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_a
 #define BP_METRIC_COSINE 2
 #define BP_IVF_ROUNDS 4			/* rotation rounds */
 #define BP_IVF_MAX_BITS 4		/* bits per dimension of a code */
-#define BP_IVF_QUERY_BITS 4		/* bits per dimension of a query residual */
+#define BP_IVF_QUERY_MAX_BITS 12	/* bits per dimension of a query residual, at most */
 #define BP_IVF_SCALE_GRID 24	/* scales tried for a multi-bit code */
 
 /* Per-vector floats beside its code: |r|, the estimate's scale, its error coefficient and
@@ -442,7 +442,8 @@ typedef struct bp_ivf_query
 	size_t		dim;
 	size_t		words;			/* 64-bit words per plane */
 	int			bits;			/* of the codes it meets */
-	const uint64_t *planes;		/* BP_IVF_QUERY_BITS planes of words */
+	int			qbits;			/* of its own levels: bp_ivf_query_bits(bits) */
+	const uint64_t *planes;		/* qbits planes of words */
 	float		lo;
 	float		delta;
 	double		sum;			/* sum of the residual's elements */
@@ -489,7 +490,10 @@ size_t		bp_ivf_code_bytes(size_t dim, int bits);
 bp_status	bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scratch,
 						  uint8_t *code, bp_ivf_factors *f);
 
-/* 64-bit words of a query's planes; prepares the rotated query qr for the list of cr. */
+/* Bits of a query's levels against codes of bits bits. */
+int			bp_ivf_query_bits(int bits);
+
+/* 64-bit words of a query's planes (room for the most bits); prepares the rotated query qr for the list of cr. */
 size_t		bp_ivf_query_words(size_t dim);
 void		bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf_query *q,
 							  uint64_t *planes);

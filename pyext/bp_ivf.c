@@ -515,7 +515,19 @@ bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scr
 size_t
 bp_ivf_query_words(size_t dim)
 {
-	return BP_IVF_QUERY_BITS * ((dim + 63) / 64);
+	return BP_IVF_QUERY_MAX_BITS * ((dim + 63) / 64);
+}
+
+/*
+ * Bits of a query residual's levels: 4 meet a 1-bit code's error with room to spare (RaBitQ);
+ * finer codes need a finer query, or its rounding becomes the larger error.
+ */
+int
+bp_ivf_query_bits(int bits)
+{
+	int			qb = bits == 1 ? 4 : 4 + 2 * bits;
+
+	return qb < BP_IVF_QUERY_MAX_BITS ? qb : BP_IVF_QUERY_MAX_BITS;
 }
 
 void
@@ -528,7 +540,8 @@ bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf
 	double		sum = 0.0,
 				norm2 = 0.0,
 				ipc = 0.0;
-	const float top = (float) ((1 << BP_IVF_QUERY_BITS) - 1);
+	int			qbits = bp_ivf_query_bits(bits);
+	const float top = (float) ((1 << qbits) - 1);
 
 	for (size_t t = 0; t < dim; t++)
 	{
@@ -545,6 +558,7 @@ bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf
 	q->dim = dim;
 	q->words = words;
 	q->bits = bits;
+	q->qbits = qbits;
 	q->planes = planes;
 	q->lo = lo;
 	q->delta = hi > lo ? (hi - lo) / top : 1.0f;
@@ -552,13 +566,13 @@ bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf
 	q->norm = sqrt(norm2);
 	q->norm2 = norm2;
 	q->ipc = ipc;
-	memset(planes, 0, BP_IVF_QUERY_BITS * words * sizeof(uint64_t));
+	memset(planes, 0, (size_t) qbits * words * sizeof(uint64_t));
 	for (size_t t = 0; t < dim; t++)
 	{
 		float		v = floorf((qr[t] - cr[t] - lo) / q->delta + 0.5f);
 		unsigned	level = v < 0 ? 0 : v > top ? (unsigned) top : (unsigned) v;
 
-		for (int p = 0; p < BP_IVF_QUERY_BITS; p++)
+		for (int p = 0; p < qbits; p++)
 			if (level & (1u << p))
 				planes[(size_t) p * words + t / 64] |= UINT64_C(1) << (t % 64);
 	}
@@ -586,7 +600,7 @@ popcount64_swar(uint64_t x)
 				uint64_t	b; \
 				memcpy(&b, cp + w * 8, 8); \
 				cj += POPCOUNT(b); \
-				for (int p = 0; p < BP_IVF_QUERY_BITS; p++) \
+				for (int p = 0; p < q->qbits; p++) \
 					sj += POPCOUNT(b & q->planes[(size_t) p * q->words + w]) << p; \
 			} \
 			s += sj << j; \

@@ -45,6 +45,14 @@
 #define IVF_KMEANS_ITERS 10
 #define IVF_SAMPLE_PER_LIST 64
 
+/*
+ * Lists for cosine and the inner product come from spherical k-means (unit centroids, rows
+ * assigned and lists probed by the largest inner product): for the inner product this finds
+ * the long vectors' lists far better than Euclidean lists do (recall@10 0.82 vs 0.65 at 10 of
+ * 100 lists, MiniLM rows of lengths 0.5-2, tests/test_ivf_index.py).
+ */
+#define IVF_SPHERICAL(metric) ((metric) != BP_METRIC_L2)
+
 /* build phases in pg_stat_progress_create_index (after PROGRESS_CREATEIDX_SUBPHASE_INITIALIZE) */
 #define IVF_PHASE_SAMPLE 2
 #define IVF_PHASE_KMEANS 3

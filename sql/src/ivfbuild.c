@@ -216,7 +216,7 @@ code_callback(Relation heap, ItemPointer tid, Datum *values, bool *isnull, bool 
 
 		bp_ivf_rotate(x, b->dim, IVF_SEED, b->xr);
 		list = (uint32) bp_ivf_nearest(b->xr, b->centroids, b->nlists, b->dim,
-									   b->metric == BP_METRIC_COSINE, NULL);
+									   IVF_SPHERICAL(b->metric), NULL);
 		st = bp_ivf_encode(b->xr, b->centroids + (Size) list * b->dim, b->dim, b->bits, b->scratch,
 						   b->item->code, &b->item->f);
 		if (st != BP_OK)
@@ -275,7 +275,7 @@ ivfbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		scratch = MemoryContextAllocHuge(CurrentMemoryContext,
 										 bp_kmeans_scratch_bytes(b.nsample, b.nlists, b.dim));
 		st = bp_kmeans(b.sample, b.nsample, b.dim, b.nlists, IVF_KMEANS_ITERS, IVF_SEED,
-					   b.metric == BP_METRIC_COSINE, b.centroids, scratch, kmeans_progress, NULL);
+					   IVF_SPHERICAL(b.metric), b.centroids, scratch, kmeans_progress, NULL);
 		if (st != BP_OK)
 			report(st, 0, 0);
 		pfree(scratch);

@@ -193,7 +193,7 @@ ivfinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, Rel
 		item->tid = *heap_tid;
 		bp_ivf_rotate(x, dim, c->meta.seed, xr);
 		list = (uint32) bp_ivf_nearest(xr, c->centroids, c->meta.lists, dim,
-									   c->meta.metric == BP_METRIC_COSINE, NULL);
+									   IVF_SPHERICAL(c->meta.metric), NULL);
 		st = bp_ivf_encode(xr, c->centroids + (Size) list * dim, dim, c->meta.bits,
 						   palloc(cb + dim * sizeof(float) + 8), item->code, &item->f);
 		if (st != BP_OK)

@@ -6,8 +6,13 @@
  * bounds). Candidates are taken by lower bound and reranked with the exact distance from the
  * heap row (under the scan's snapshot); a row is returned once no candidate's lower bound can
  * still beat it. When the candidates run out (a large LIMIT, a WHERE that rejects rows), the
- * next nearest list is read, and so on through every list: a scan has no row cap. Rows without
- * a direction (NULL; zero vectors for cosine) come last, as a sequential scan orders them.
+ * next nearest list is read, and so on through every list: a scan has no row cap.
+ *
+ * The rows returned are in exact-distance order. A row found nearer than one already returned
+ * (its estimate erred by more than epsilon bounds, or it sits in a list read later) is not
+ * returned out of order: it is held back and comes after every ordered row, so it is missed by
+ * a LIMIT (as an approximate index misses rows) but never lost. Rows without a direction (NULL;
+ * zero vectors for cosine) come last of all, as a sequential scan orders them.
  */
 #include "postgres.h"
 
@@ -58,6 +63,8 @@ typedef struct IvfScanState
 	uint64_t   *planes;
 	IvfHeap		cand;			/* min-heap on the lower bound */
 	IvfHeap		ready;			/* min-heap on the exact distance */
+	IvfHeap		late;			/* rows nearer than one already returned (min-heap) */
+	double		last;			/* the exact distance last returned */
 	ItemPointerData *tail;		/* rows returned without distance (unranked, or all of them) */
 	size_t		ntail;
 	size_t		tailcap;
@@ -277,6 +284,7 @@ start_scan(IndexScanDesc scan)
 	UnlockReleaseBuffer(buf);
 
 	so->ranked = false;
+	so->last = -INFINITY;
 	if (scan->numberOfOrderBys > 0 && !(scan->orderByData[0].sk_flags & SK_ISNULL))
 	{
 		int			dim;
@@ -413,6 +421,7 @@ ivfgettuple(IndexScanDesc scan, ScanDirection dir)
 		if (so->ready.n && so->ready.e[0].key <= bound)
 		{
 			c = heap_pop(&so->ready);
+			so->last = c.key;
 			result = return_tid(scan, &c.tid, c.key, false);
 			goto done;
 		}
@@ -431,7 +440,14 @@ ivfgettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		c = heap_pop(&so->cand);
 		if (exact_distance(scan, &c.tid, &d))
-			heap_push(&so->ready, &c.tid, d);
+			heap_push(d < so->last ? &so->late : &so->ready, &c.tid, d);
+	}
+	if (so->late.n)
+	{
+		IvfEntry	c = heap_pop(&so->late);
+
+		result = return_tid(scan, &c.tid, c.key, false);
+		goto done;
 	}
 	if (!so->tail_loaded)
 	{
