@@ -1342,7 +1342,7 @@ core_ivf_estimate_into(PyObject *self, PyObject *args)
 				dim;
 	int			bits,
 				metric;
-	uint64_t   *planes = NULL;
+	int16_t    *lut = NULL;
 	PyObject   *result = NULL;
 
 	if (!PyArg_ParseTuple(args, "OOOOnniiOO", &objs[0], &objs[1], &objs[2], &objs[3], &n, &dim,
@@ -1361,14 +1361,15 @@ core_ivf_estimate_into(PyObject *self, PyObject *args)
 
 		if (ivf_views(6, objs, v, bytes, w, names) < 0)
 			goto done;
-		planes = PyMem_Malloc(bp_ivf_query_words(dim) * 8);
-		if (planes == NULL)
+		lut = PyMem_Malloc(bp_ivf_query_entries(dim) * sizeof(int16_t));
+		if (lut == NULL)
 		{
 			PyErr_NoMemory();
 			goto done;
 		}
 		Py_BEGIN_ALLOW_THREADS
-		bp_ivf_query_prep(v[0].buf, v[1].buf, dim, bits, &q, planes);
+		bp_ivf_query_prep(v[0].buf, dim, bits, &q, lut);
+		bp_ivf_query_list(&q, bp_dot(v[0].buf, v[1].buf, dim), bp_dot(v[1].buf, v[1].buf, dim));
 		for (Py_ssize_t i = 0; i < n; i++)
 			((double *) v[4].buf)[i] = bp_ivf_estimate(&q, (const bp_ivf_factors *) v[3].buf + i,
 													   (const uint8_t *) v[2].buf + i * cb, metric,
@@ -1377,7 +1378,7 @@ core_ivf_estimate_into(PyObject *self, PyObject *args)
 	}
 	result = Py_NewRef(Py_None);
 done:
-	PyMem_Free(planes);
+	PyMem_Free(lut);
 	ivf_release(6, v);
 	return result;
 }

@@ -423,33 +423,33 @@ bp_status	bp_ffn_sparse(const bp_ffn *f, const float *x, size_t dim, int64_t k_a
 #define BP_METRIC_COSINE 2
 #define BP_IVF_ROUNDS 4			/* rotation rounds */
 #define BP_IVF_MAX_BITS 4		/* bits per dimension of a code */
-#define BP_IVF_QUERY_MAX_BITS 12	/* bits per dimension of a query residual, at most */
 #define BP_IVF_SCALE_GRID 24	/* scales tried for a multi-bit code */
 
-/* Per-vector floats beside its code: |r|, the estimate's scale, its error coefficient and
- * <r, c> (r the rotated residual, c the rotated centroid; <r, c> serves the inner product). */
+/* Per-vector floats beside its code (r the rotated residual, c the rotated centroid, x the
+ * code's levels less their middle): |r|, the estimate's scale, its error coefficient, <r, c>
+ * (for the inner product) and scale * <x, c>. */
 typedef struct bp_ivf_factors
 {
 	float		norm;
 	float		scale;
 	float		err;
 	float		ipc;
+	float		off;
 } bp_ivf_factors;
 
-/* A query's residual to one list, quantized (bp_ivf_query_prep). */
+/* A rotated query made a lookup table once (bp_ivf_query_prep), then set per list (_list). */
 typedef struct bp_ivf_query
 {
 	size_t		dim;
-	size_t		words;			/* 64-bit words per plane */
+	size_t		bytes;			/* of one code bit plane: (dim + 7) / 8 */
 	int			bits;			/* of the codes it meets */
-	int			qbits;			/* of its own levels: bp_ivf_query_bits(bits) */
-	const uint64_t *planes;		/* qbits planes of words */
-	float		lo;
-	float		delta;
-	double		sum;			/* sum of the residual's elements */
-	double		norm;
+	const int16_t *lut;			/* bytes x 256 partial sums of levels */
+	float		unit;			/* the value of one level */
+	double		sum;			/* sum of the query's elements */
+	double		qq;				/* |qr|^2 */
+	double		norm;			/* |qr - cr| of the list */
 	double		norm2;
-	double		ipc;			/* <q, c>, both rotated */
+	double		ipc;			/* <qr, cr> */
 } bp_ivf_query;
 
 /* Progress of long work: return nonzero to stop early (the work is then partial). */
@@ -490,13 +490,11 @@ size_t		bp_ivf_code_bytes(size_t dim, int bits);
 bp_status	bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scratch,
 						  uint8_t *code, bp_ivf_factors *f);
 
-/* Bits of a query's levels against codes of bits bits. */
-int			bp_ivf_query_bits(int bits);
-
-/* 64-bit words of a query's planes (room for the most bits); prepares the rotated query qr for the list of cr. */
-size_t		bp_ivf_query_words(size_t dim);
-void		bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf_query *q,
-							  uint64_t *planes);
+/* Entries (int16) of a query's table; makes it from the rotated query qr (for codes of bits
+ * bits); then, per list, sets it from <qr, cr> and |cr|^2 of that list. */
+size_t		bp_ivf_query_entries(size_t dim);
+void		bp_ivf_query_prep(const float *qr, size_t dim, int bits, bp_ivf_query *q, int16_t *lut);
+void		bp_ivf_query_list(bp_ivf_query *q, double qc, double cc);
 
 /* The estimated distance (the metric's) of a code to the query, and in *bound the half-width
  * of its error bound before the epsilon factor: est - epsilon * bound is the lower bound. */

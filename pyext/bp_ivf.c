@@ -9,8 +9,9 @@
  *    dimension (RaBitQ, SIGMOD 2024; the multi-bit form of Extended RaBitQ, 2025), plus four
  *    floats (bp_ivf_factors) that make the estimate of its distance to any query unbiased and
  *    give that estimate an error bound;
- *  - a query is rotated once, and per probed list its residual is quantized to 4 bits held as
- *    bit planes, so the estimate for one code is a few AND + POPCNT per 64 dimensions.
+ *  - a query is rotated once and becomes a table of partial sums per code byte, so the
+ *    estimate for one code is one lookup and add per 8 dimensions (and bit), whatever list the
+ *    code is in.
  *
  * Every float sum here runs in one fixed order (8 lanes, then a fixed tree) on every path, so
  * the AVX2 and scalar kernels give the same bits, and an index built on one CPU is read the
@@ -482,6 +483,9 @@ bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scr
 		}
 	}
 	a = 0.0;
+	{
+	double		ccr = 0.0;		/* sum of (c - m) * cr: the code against its centroid */
+
 	for (size_t t = 0; t < dim; t++)
 	{
 		double		c;
@@ -499,12 +503,15 @@ bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scr
 		set_level(planes, words, bits, t, (unsigned) c);
 		a += (c - m) * u[t];
 		cm2 += (c - m) * (c - m);
+		ccr += (c - m) * cr[t];
 	}
 	memcpy(code, planes, bp_ivf_code_bytes(dim, bits));
 	a /= sqrt(cm2);				/* <x, u>, x = (c - m) / |c - m|: in (0, 1] */
 	if (a < 1e-6)
 		a = 1e-6;
 	f->scale = (float) (norm / (a * sqrt(cm2)));
+	f->off = (float) (f->scale * ccr);
+	}
 	f->err = dim > 1 ? (float) (norm * sqrt(fmax(0.0, 1.0 - a * a)) / a / sqrt((double) dim - 1))
 		: 0.0f;
 	return BP_OK;
@@ -513,117 +520,93 @@ bp_ivf_encode(const float *xr, const float *cr, size_t dim, int bits, float *scr
 /* ---- queries ---- */
 
 size_t
-bp_ivf_query_words(size_t dim)
+bp_ivf_query_entries(size_t dim)
 {
-	return BP_IVF_QUERY_MAX_BITS * ((dim + 63) / 64);
-}
-
-/*
- * Bits of a query residual's levels: 4 meet a 1-bit code's error with room to spare (RaBitQ);
- * finer codes need a finer query, or its rounding becomes the larger error.
- */
-int
-bp_ivf_query_bits(int bits)
-{
-	int			qb = bits == 1 ? 4 : 4 + 2 * bits;
-
-	return qb < BP_IVF_QUERY_MAX_BITS ? qb : BP_IVF_QUERY_MAX_BITS;
+	return (dim + 7) / 8 * 256;
 }
 
 void
-bp_ivf_query_prep(const float *qr, const float *cr, size_t dim, int bits, bp_ivf_query *q,
-				  uint64_t *planes)
+bp_ivf_query_prep(const float *qr, size_t dim, int bits, bp_ivf_query *q, int16_t *lut)
 {
-	size_t		words = (dim + 63) / 64;
-	float		lo = INFINITY,
-				hi = -INFINITY;
-	double		sum = 0.0,
-				norm2 = 0.0,
-				ipc = 0.0;
-	int			qbits = bp_ivf_query_bits(bits);
-	const float top = (float) ((1 << qbits) - 1);
+	double		sum = 0.0;
+	float		amax = 0.0f,
+				inv;
 
-	for (size_t t = 0; t < dim; t++)
-	{
-		float		y = qr[t] - cr[t];
-
-		if (y < lo)
-			lo = y;
-		if (y > hi)
-			hi = y;
-		sum += y;
-		norm2 += (double) y * y;
-		ipc += (double) qr[t] * cr[t];
-	}
+	memset(q, 0, sizeof(*q));
 	q->dim = dim;
-	q->words = words;
+	q->bytes = (dim + 7) / 8;
 	q->bits = bits;
-	q->qbits = qbits;
-	q->planes = planes;
-	q->lo = lo;
-	q->delta = hi > lo ? (hi - lo) / top : 1.0f;
-	q->sum = sum;
-	q->norm = sqrt(norm2);
-	q->norm2 = norm2;
-	q->ipc = ipc;
-	memset(planes, 0, (size_t) qbits * words * sizeof(uint64_t));
+	q->lut = lut;
 	for (size_t t = 0; t < dim; t++)
 	{
-		float		v = floorf((qr[t] - cr[t] - lo) / q->delta + 0.5f);
-		unsigned	level = v < 0 ? 0 : v > top ? (unsigned) top : (unsigned) v;
+		sum += qr[t];
+		if (fabsf(qr[t]) > amax)
+			amax = fabsf(qr[t]);
+	}
+	q->sum = sum;
+	q->qq = bp_dot(qr, qr, dim);
+	/* integer levels: a byte's eight of them sum within int16 */
+	q->unit = amax > 0 ? amax / 4095.0f : 1.0f;
+	inv = 1.0f / q->unit;
+	/* lut[k][b]: the sum of the levels of the dimensions 8k + j whose bit j is set in byte b */
+	for (size_t k = 0; k < q->bytes; k++)
+	{
+		int16_t    *t = lut + k * 256;
+		int16_t		v[8];
 
-		for (int p = 0; p < qbits; p++)
-			if (level & (1u << p))
-				planes[(size_t) p * words + t / 64] |= UINT64_C(1) << (t % 64);
+		for (int j = 0; j < 8; j++)
+			v[j] = 8 * k + j < dim ? (int16_t) lrintf(qr[8 * k + j] * inv) : 0;
+		t[0] = 0;
+		for (int b = 1; b < 256; b++)
+			t[b] = (int16_t) (t[b & (b - 1)] + v[__builtin_ctz((unsigned) b)]);
 	}
 }
 
-static inline uint64_t
-popcount64_swar(uint64_t x)
+void
+bp_ivf_query_list(bp_ivf_query *q, double qc, double cc)
 {
-	x = x - ((x >> 1) & 0x5555555555555555ULL);
-	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-	return (x * 0x0101010101010101ULL) >> 56;
+	double		y2 = q->qq - 2.0 * qc + cc;	/* |qr - cr|^2 */
+
+	q->ipc = qc;
+	q->norm2 = y2 > 0 ? y2 : 0.0;
+	q->norm = sqrt(q->norm2);
 }
 
-/* estimate of <r, y> for one code: r the vector's rotated residual, y the query's */
-#define IVF_INNER(POPCOUNT) \
-	do { \
-		uint64_t	s = 0, c = 0; \
-		for (int j = 0; j < q->bits; j++) \
-		{ \
-			const uint8_t *cp = code + (size_t) j * q->words * 8; \
-			uint64_t	sj = 0, cj = 0; \
-			for (size_t w = 0; w < q->words; w++) \
-			{ \
-				uint64_t	b; \
-				memcpy(&b, cp + w * 8, 8); \
-				cj += POPCOUNT(b); \
-				for (int p = 0; p < q->qbits; p++) \
-					sj += POPCOUNT(b & q->planes[(size_t) p * q->words + w]) << p; \
-			} \
-			s += sj << j; \
-			c += cj << j; \
-		} \
-		return (double) f->scale * ((double) q->lo * (double) c + (double) q->delta * (double) s \
-									 - (((1 << q->bits) - 1) / 2.0) * q->sum); \
-	} while (0)
-
-static double
-inner_scalar(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code)
+/*
+ * The estimate of <r, y> for one code, r the vector's rotated residual and y = qr - cr the
+ * query's: scale * (<c, qr> - m sum(qr)) - scale * <c - m, cr>, the last term stored. <c, qr>
+ * is a table lookup per code byte (and bit plane) of integer levels (qr in steps of
+ * max|qr| / 4095: a 384-d table is 24 KiB, in L1), summed exactly.
+ */
+static inline double
+inner(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int bits)
 {
-	IVF_INNER(popcount64_swar);
-}
+	size_t		plane = bp_ivf_code_bytes(q->dim, 1);
+	double		s = 0.0;
 
-#ifdef BP_X86
-__attribute__((target("popcnt")))
-static double
-inner_popcnt(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code)
-{
-	IVF_INNER(__builtin_popcountll);
+	for (int j = 0; j < bits; j++)
+	{
+		const uint8_t *c = code + (size_t) j * plane;
+		const int16_t *t = q->lut;
+		int32_t		a0 = 0,
+					a1 = 0,
+					a2 = 0,
+					a3 = 0;
+		size_t		k = 0;
+
+		for (; k + 4 <= q->bytes; k += 4, t += 1024)
+		{
+			a0 += t[c[k]];
+			a1 += t[256 + c[k + 1]];
+			a2 += t[512 + c[k + 2]];
+			a3 += t[768 + c[k + 3]];
+		}
+		for (; k < q->bytes; k++, t += 256)
+			a0 += t[c[k]];
+		s += (double) ((a0 + a1) + (a2 + a3)) * (double) (1 << j);
+	}
+	return (double) f->scale * (s * q->unit - (((1 << bits) - 1) / 2.0) * q->sum) - f->off;
 }
-#endif
 
 double
 bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int metric,
@@ -632,12 +615,7 @@ bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *c
 	double		ip,
 				err;
 
-#ifdef BP_X86
-	if (bp_get_impl() != BP_IMPL_SCALAR)
-		ip = inner_popcnt(q, f, code);
-	else
-#endif
-		ip = inner_scalar(q, f, code);
+	ip = q->bits == 1 ? inner(q, f, code, 1) : inner(q, f, code, q->bits);
 	err = (double) f->err * q->norm;
 	switch (metric)
 	{

@@ -17,7 +17,7 @@ from . import _core
 
 METRICS = {"l2": 0, "ip": 1, "cosine": 2}
 MAX_BITS = 4
-FACTORS = 4  # floats per vector: |r|, scale, error coefficient, <r, c>
+FACTORS = 5  # floats per vector: |r|, scale, error coefficient, <r, c>, scale <x, c>
 
 
 def _f32(x, ndim: int) -> np.ndarray:
@@ -66,7 +66,7 @@ def code_bytes(dim: int, bits: int) -> int:
 class Encoded:
     lists: np.ndarray    # int32 (n,): each row's list
     codes: np.ndarray    # uint8 (n, code_bytes)
-    factors: np.ndarray  # float32 (n, 4)
+    factors: np.ndarray  # float32 (n, FACTORS)
 
 
 def encode(xr, centroids, bits: int = 1, *, spherical: bool = False, lists=None) -> Encoded:

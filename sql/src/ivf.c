@@ -181,6 +181,20 @@ ivf_cache(Relation index)
 	{
 		c->centroids = palloc(bytes);
 		ivf_read_stream(index, meta.centroids, c->centroids, bytes, IVF_PAGE_CENTROIDS);
+		c->cc = palloc(meta.lists * sizeof(double));
+		for (uint32 l = 0; l < meta.lists; l++)
+		{
+			const float *v = c->centroids + (Size) l * meta.dim;
+
+			for (uint32 t = 0; t < meta.dim; t++)
+				if (!isfinite(v[t]))
+					ereport(ERROR,
+							(errcode(ERRCODE_INDEX_CORRUPTED),
+							 errmsg("index \"%s\" has a centroid that is not finite",
+									RelationGetRelationName(index)),
+							 errhint("REINDEX the index.")));
+			c->cc[l] = bp_dot(v, v, meta.dim);
+		}
 		index->rd_amcache = c;
 	}
 	MemoryContextSwitchTo(old);

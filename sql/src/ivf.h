@@ -106,6 +106,7 @@ typedef struct IvfCache
 {
 	IvfMeta		meta;
 	float	   *centroids;		/* lists x dim */
+	double	   *cc;				/* |centroid|^2 of each list */
 } IvfCache;
 
 /* GUCs */

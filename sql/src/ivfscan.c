@@ -60,8 +60,11 @@ typedef struct IvfScanState
 	uint32		next;			/* the next list of order to read */
 	BlockNumber *heads;
 	BlockNumber unranked;
-	uint64_t   *planes;
-	IvfHeap		cand;			/* min-heap on the lower bound */
+	int16_t    *lut;
+	bp_ivf_query query;			/* quantized once; set per list */
+	double	   *qc;				/* <qr, centroid> of each list */
+	IvfHeap		pool;			/* candidates not yet in a batch (any order) */
+	IvfHeap		cand;			/* min-heap on the lower bound: the smallest of the pool */
 	IvfHeap		ready;			/* min-heap on the exact distance */
 	IvfHeap		late;			/* rows nearer than one already returned (min-heap) */
 	double		last;			/* the exact distance last returned */
@@ -135,6 +138,57 @@ heap_build(IvfHeap *h)
 {
 	for (size_t i = h->n / 2; i-- > 0;)
 		heap_sift_down(h, i);
+}
+
+/*
+ * Moves the (up to) IVF_BATCH candidates of the pool with the smallest lower bounds into the
+ * (empty) candidate heap: every one left in the pool has a bound at least as large, so the
+ * heap's top is the pool's minimum. A quickselect, so a scan never heapifies all it read.
+ */
+#define IVF_BATCH 128
+
+static void
+refill(IvfHeap *pool, IvfHeap *cand)
+{
+	IvfEntry   *e = pool->e;
+	ptrdiff_t	n = (ptrdiff_t) pool->n,
+				b = n < IVF_BATCH ? n : IVF_BATCH,
+				k = n - b,
+				lo = 0,
+				hi = n - 1;
+
+	/* descending order around position k: e[k..n) become the b smallest */
+	while (lo < hi && k > 0)
+	{
+		double		pivot = e[lo + (hi - lo) / 2].key;
+		ptrdiff_t	i = lo,
+					j = hi;
+
+		while (i <= j)
+		{
+			while (e[i].key > pivot)
+				i++;
+			while (e[j].key < pivot)
+				j--;
+			if (i <= j)
+			{
+				IvfEntry	t = e[i];
+
+				e[i++] = e[j];
+				e[j--] = t;
+			}
+		}
+		if (k <= j)
+			hi = j;
+		else if (k >= i)
+			lo = i;
+		else
+			break;
+	}
+	for (ptrdiff_t t = k; t < n; t++)
+		heap_append(cand, &e[t].tid, e[t].key);
+	pool->n = (size_t) k;
+	heap_build(cand);
 }
 
 static IvfEntry
@@ -212,8 +266,10 @@ read_chain(IndexScanDesc scan, BlockNumber head, const bp_ivf_query *q)
 
 				if (ItemIdGetLength(iid) != IVF_ITEM_SIZE(cb))
 					goto corrupt;
-				est = bp_ivf_estimate(q, &item->f, item->code, so->metric, &bound);
-				heap_append(&so->cand, &item->tid, est - so->epsilon * bound);
+				est = bp_ivf_estimate(q, &item->f, item->code, so->metric, &bound) -
+					so->epsilon * bound;
+				/* a bound that is not a number (damaged factors) is reranked first */
+				heap_append(&so->pool, &item->tid, isnan(est) ? -INFINITY : est);
 			}
 		}
 		blk = IvfOpaque(page)->next;
@@ -232,11 +288,9 @@ static void
 read_list(IndexScanDesc scan, uint32 list)
 {
 	IvfScanState *so = scan->opaque;
-	bp_ivf_query q;
 
-	bp_ivf_query_prep(so->qr, so->cache->centroids + (Size) list * so->dim, so->dim,
-					  so->cache->meta.bits, &q, so->planes);
-	read_chain(scan, so->heads[list], &q);
+	bp_ivf_query_list(&so->query, so->qc[list], so->cache->cc[list]);
+	read_chain(scan, so->heads[list], &so->query);
 }
 
 /* ---- start ---- */
@@ -308,15 +362,16 @@ start_scan(IndexScanDesc scan)
 
 	so->qr = palloc(so->dim * sizeof(float));
 	bp_ivf_rotate(so->q, so->dim, meta->seed, so->qr);
-	so->planes = palloc(bp_ivf_query_words(so->dim) * sizeof(uint64_t));
+	so->lut = MemoryContextAllocHuge(so->ctx, bp_ivf_query_entries(so->dim) * sizeof(int16_t));
+	bp_ivf_query_prep(so->qr, so->dim, meta->bits, &so->query, so->lut);
 	key = palloc(lists * sizeof(float));
+	so->qc = palloc(lists * sizeof(double));
 	so->order = palloc(lists * sizeof(uint32));
 	for (uint32 l = 0; l < lists; l++)
 	{
-		const float *c = so->cache->centroids + (Size) l * so->dim;
-
-		key[l] = so->metric == BP_METRIC_L2 ? bp_l2sq(so->qr, c, so->dim)
-			: -bp_dot(so->qr, c, so->dim);
+		so->qc[l] = bp_dot(so->qr, so->cache->centroids + (Size) l * so->dim, so->dim);
+		/* L2: |qr - c|^2 less |qr|^2; otherwise minus the inner product */
+		key[l] = so->metric == BP_METRIC_L2 ? so->cache->cc[l] - 2 * so->qc[l] : -so->qc[l];
 		so->order[l] = l;
 	}
 	qsort_arg(so->order, lists, sizeof(uint32), cmp_list_key, key);
@@ -326,7 +381,6 @@ start_scan(IndexScanDesc scan)
 		CHECK_FOR_INTERRUPTS();
 		read_list(scan, so->order[so->next]);
 	}
-	heap_build(&so->cand);
 }
 
 /* the exact distance of the heap row tid under the scan's snapshot; false if not visible */
@@ -414,9 +468,13 @@ ivfgettuple(IndexScanDesc scan, ScanDirection dir)
 	}
 	while (so->ranked)
 	{
-		double		bound = so->cand.n ? so->cand.e[0].key : INFINITY;
+		double		bound;
 		IvfEntry	c;
 		double		d;
+
+		if (so->cand.n == 0 && so->pool.n > 0)
+			refill(&so->pool, &so->cand);
+		bound = so->cand.n ? so->cand.e[0].key : INFINITY;
 
 		if (so->ready.n && so->ready.e[0].key <= bound)
 		{
@@ -427,11 +485,11 @@ ivfgettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		if (so->cand.n == 0)
 		{
+			/* the pool is empty too (refill above) */
 			if (so->next < so->cache->meta.lists)
 			{
 				CHECK_FOR_INTERRUPTS();
 				read_list(scan, so->order[so->next++]);
-				heap_build(&so->cand);
 				continue;
 			}
 			if (so->ready.n == 0)
