@@ -60,16 +60,21 @@ def vmhwm_kib(pid: int) -> int | None:
     return None
 
 
+PROBES = [0.02, 0.04, 0.07, 0.11, 0.15, 0.21, 0.3, 0.45, 0.65, 1.0]  # of the lists
+
 METHODS = {
-    # name: (index DDL or None, setting, values)
+    # name: (index DDL or None, setting, values); {lists} is sqrt(rows), {lists2} twice that,
+    # a float value a fraction of the index's lists
     "bitpress_ivf 1-bit": ("USING bitpress_ivf (v bitpress_cosine_ops) WITH (lists = {lists}, bits = 1)",
-                           "bitpress.probes", [4, 8, 16, 24, 32, 48, 64, 96, 128]),
+                           "bitpress.probes", PROBES),
+    "bitpress_ivf 1-bit 2x lists": ("USING bitpress_ivf (v bitpress_cosine_ops) WITH (lists = {lists2}, bits = 1)",
+                                     "bitpress.probes", PROBES),
     "bitpress_ivf 2-bit": ("USING bitpress_ivf (v bitpress_cosine_ops) WITH (lists = {lists}, bits = 2)",
-                           "bitpress.probes", [8, 16, 32, 48, 64, 96, 128]),
+                           "bitpress.probes", PROBES[1:]),
     "pgvector hnsw": ("USING hnsw (v vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
                       "hnsw.ef_search", [10, 20, 40, 80, 160, 320, 800]),
     "pgvector ivfflat": ("USING ivfflat (v vector_cosine_ops) WITH (lists = {lists})",
-                         "ivfflat.probes", [4, 8, 16, 32, 64]),
+                         "ivfflat.probes", [0.02, 0.04, 0.07, 0.15, 0.3]),
     "exact scan": (None, None, [None]),
 }
 
@@ -150,7 +155,9 @@ def run(args) -> int:
                     if k.startswith("max_parallel") or k == "maintenance_work_mem":
                         bconn.execute(f"SET {k} = '{v}'")
                 t0 = time.perf_counter()
-                bconn.execute(f"CREATE INDEX {table}_idx ON {table} " + ddl.format(lists=lists))
+                if "{lists" in ddl:
+                    info["lists"] = 2 * lists if "{lists2}" in ddl else lists
+                bconn.execute(f"CREATE INDEX {table}_idx ON {table} " + ddl.format(lists=lists, lists2=2 * lists))
                 info["build_s"] = time.perf_counter() - t0
                 info["build_peak_rss_mib"] = (vmhwm_kib(pid) or 0) / 1024
                 bconn.close()
@@ -165,7 +172,12 @@ def run(args) -> int:
             builds[m] = info
             log(f"  {m}: " + ", ".join(f"{k} {v:.1f}" for k, v in info.items() if isinstance(v, float)))
 
-        points = [(m, val) for m in methods for val in METHODS[m][2]]
+        def setting_value(m, val):
+            if isinstance(val, float):
+                return max(1, round(val * builds[m]["lists"]))
+            return val
+
+        points = [(m, setting_value(m, val)) for m in methods for val in METHODS[m][2]]
         lat = {p: [] for p in points}
         rec = {}
         for r in range(args.rounds):
@@ -184,6 +196,8 @@ def run(args) -> int:
                 hits, t0 = 0, time.perf_counter()
                 for i in range(nq):
                     ids = [row[0] for row in conn.execute(sql, (q[i],), prepare=True)]
+                    if len(ids) != 10:
+                        raise Mismatch(f"{m} returned {len(ids)} rows for LIMIT 10")
                     hits += len(set(ids) & set(gt[i].tolist()))
                 lat[m, val].append((time.perf_counter() - t0) / nq)
                 rec[m, val] = hits / (10 * nq)
@@ -197,7 +211,8 @@ def run(args) -> int:
         for m, val in points:
             ms = float(np.median(lat[m, val])) * 1e3
             results.append({"method": m, "setting": METHODS[m][1], "value": val, "recall@10": rec[m, val],
-                            "ms_per_query": ms, "qps": 1e3 / ms, **{k: v for k, v in builds[m].items() if k != "table"}})
+                            "ms_per_query": ms, "qps": 1e3 / ms,
+                            **{k: v for k, v in builds[m].items() if k != "table"}})
         conn.close()
     finally:
         if srv:
@@ -221,12 +236,13 @@ def report(results, builds, n, dim, lists, cpu, simd_pg, args):
     for r in results:
         setting = f"{r['setting']} = {r['value']}" if r["setting"] else "-"
         print(f"| {r['method']} | {setting} | {r['recall@10']:.3f} | {r['ms_per_query']:.2f} | {r['qps']:.0f} |")
-    print("\n| method | build s | index MiB | build peak RSS MiB | inserts rows/s |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| method | lists | build s | index MiB (after inserts) | build peak RSS MiB | inserts rows/s |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for m, b in builds.items():
         f = lambda k, fmt: fmt.format(b[k]) if b.get(k) is not None else "-"  # noqa: E731
-        print(f"| {m} | {f('build_s', '{:.1f}')} | {f('index_mib', '{:.1f}')} | "
-              f"{f('build_peak_rss_mib', '{:.0f}')} | {f('insert_rows_per_s', '{:.0f}')} |")
+        print(f"| {m} | {f('lists', '{}')} | {f('build_s', '{:.1f}')} | {f('index_mib', '{:.1f}')} "
+              f"({f('index_mib_after_inserts', '{:.1f}')}) | {f('build_peak_rss_mib', '{:.0f}')} | "
+              f"{f('insert_rows_per_s', '{:.0f}')} |")
     print("\n| target recall@10 | " + " | ".join(m for m in builds if m != "exact scan") + " |")
     print("| --- |" + " --- |" * (len(builds) - ("exact scan" in builds)))
     for target in (0.90, 0.95, 0.99):

@@ -472,7 +472,7 @@ size_t		bp_ivf_nearest(const float *x, const float *centroids, size_t k, size_t 
 						   int spherical, float *key);
 
 /* Lloyd's k-means over n >= k rows (k rows drawn by seed start it; an emptied list takes the row
- * farthest from its centroid); at most iters rounds, fewer when no row moves. Deterministic for
+ * farthest from its centroid); at most iters rounds, fewer once at most 0.1% of the rows move. Deterministic for
  * a seed. scratch holds bp_kmeans_scratch_bytes(n, k, dim) bytes (8-byte aligned). */
 size_t		bp_kmeans_scratch_bytes(size_t n, size_t k, size_t dim);
 bp_status	bp_kmeans(const float *x, size_t n, size_t dim, size_t k, int iters, uint64_t seed,

@@ -285,7 +285,7 @@ bp_kmeans(const float *x, size_t n, size_t dim, size_t k, int iters, uint64_t se
 		}
 		if (progress && progress(arg, it, iters))
 			return BP_OK;
-		if (changed == 0)
+		if (changed <= n / 1000)	/* fewer than 0.1% of the rows moved: settled */
 			break;
 
 		memset(count, 0, k * sizeof(uint64_t));

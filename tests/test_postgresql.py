@@ -275,6 +275,12 @@ CATALOG = {
     "sparse_ffn(vector,text,integer,text)": ("s", True, "s"),
     "sparse_ffn(real[],text,integer,text)": ("s", True, "s"),
     "sparse_ffn(real[],text)": ("s", True, "s"),
+    # bitpress_ivf: the access method's handler (as PostgreSQL's own) and the operator classes'
+    # support functions (a constant: the metric)
+    "bitpress_ivf_handler(internal)": ("v", False, "u"),
+    "bitpress_ivf_l2(internal)": ("i", True, "s"),
+    "bitpress_ivf_ip(internal)": ("i", True, "s"),
+    "bitpress_ivf_cosine(internal)": ("i", True, "s"),
 }
 
 

@@ -43,7 +43,7 @@
 #define IVF_MAX_DIM 16000		/* pgvector's vector */
 #define IVF_SEED UINT64_C(0x6269747072657373)	/* "bitpress": one rotation per index layout */
 #define IVF_KMEANS_ITERS 10
-#define IVF_SAMPLE_PER_LIST 64
+#define IVF_SAMPLE_PER_LIST 32
 
 /*
  * Lists for cosine and the inner product come from spherical k-means (unit centroids, rows
