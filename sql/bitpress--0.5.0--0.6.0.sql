@@ -29,3 +29,20 @@ CREATE OPERATOR CLASS bitpress_ip_ops FOR TYPE vector USING bitpress_ivf AS
 CREATE OPERATOR CLASS bitpress_cosine_ops DEFAULT FOR TYPE vector USING bitpress_ivf AS
 	OPERATOR 1 <=> (vector, vector) FOR ORDER BY float_ops,
 	FUNCTION 1 bitpress_ivf_cosine(internal);
+
+-- the same over pgvector's halfvec (0.7 and later): codes from the halves, rerank in float
+DO $$
+BEGIN
+	IF to_regtype('halfvec') IS NOT NULL THEN
+		CREATE OPERATOR CLASS bitpress_halfvec_l2_ops FOR TYPE halfvec USING bitpress_ivf AS
+			OPERATOR 1 <-> (halfvec, halfvec) FOR ORDER BY float_ops,
+			FUNCTION 1 bitpress_ivf_l2(internal);
+		CREATE OPERATOR CLASS bitpress_halfvec_ip_ops FOR TYPE halfvec USING bitpress_ivf AS
+			OPERATOR 1 <#> (halfvec, halfvec) FOR ORDER BY float_ops,
+			FUNCTION 1 bitpress_ivf_ip(internal);
+		CREATE OPERATOR CLASS bitpress_halfvec_cosine_ops DEFAULT FOR TYPE halfvec USING bitpress_ivf AS
+			OPERATOR 1 <=> (halfvec, halfvec) FOR ORDER BY float_ops,
+			FUNCTION 1 bitpress_ivf_cosine(internal);
+	END IF;
+END
+$$;

@@ -10,6 +10,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from pgvector import HalfVector
+
 from conftest import copy_vectors, load_shared
 
 N = 20_000
@@ -97,6 +99,32 @@ def test_bits_and_epsilon(pg, data):
     assert r[1, 0] < 0.9 and r[2, 0] < 0.95, r
     # 2 bits estimate better than 1
     assert r[2, 0] > r[1, 0], r
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_halfvec_columns(pg, data, metric):
+    x, queries = data
+    x = x[:10000].astype(np.float16).astype(np.float32)  # what a halfvec column holds
+    pg.execute("CREATE TABLE h (id int PRIMARY KEY, v halfvec(384))")
+    with pg.cursor().copy("COPY h (id, v) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "halfvec"])
+        for i, v in enumerate(x):
+            copy.write_row([i, HalfVector(v)])
+    ops = {"cosine": "bitpress_halfvec_cosine_ops", "l2": "bitpress_halfvec_l2_ops"}[metric]
+    pg.execute(f"CREATE INDEX ON h USING bitpress_ivf (v {ops}) WITH (lists = 50)")
+    op = OPS[metric][1]
+    plan = "\n".join(r[0] for r in pg.execute(
+        f"EXPLAIN SELECT id FROM h ORDER BY v {op} %s::halfvec LIMIT 10", (queries[0],)))
+    assert "Index Scan using h_v_idx" in plan
+    pg.execute("SET bitpress.probes = 20")
+    hits = 0
+    for q in queries[:30]:
+        rows = pg.execute(f"SELECT id, v {op} %s::halfvec FROM h ORDER BY v {op} %s::halfvec LIMIT 10",
+                          (q, q)).fetchall()
+        assert [d for _, d in rows] == sorted(d for _, d in rows)
+        qh = q.astype(np.float16).astype(np.float32)
+        hits += len({i for i, _ in rows} & set(exact(x, qh, metric)[0].tolist()))
+    assert hits / 300 >= 0.9, hits / 300
 
 
 def test_no_row_cap_filters_and_large_limits(pg, data):
@@ -209,7 +237,8 @@ def test_progress_phases_and_catalog(pg):
     classes = {r[0] for r in pg.execute(
         "SELECT opcname FROM pg_opclass c JOIN pg_am a ON a.oid = c.opcmethod "
         "WHERE amname = 'bitpress_ivf'")}
-    assert classes == {"bitpress_cosine_ops", "bitpress_l2_ops", "bitpress_ip_ops"}
+    assert classes == {"bitpress_cosine_ops", "bitpress_l2_ops", "bitpress_ip_ops",
+                       "bitpress_halfvec_cosine_ops", "bitpress_halfvec_l2_ops", "bitpress_halfvec_ip_ops"}
     pg.execute("SELECT bitpress_simd()")  # the settings exist once the library is loaded
     assert pg.execute("SHOW bitpress.probes").fetchone()[0] == "10"
     assert float(pg.execute("SHOW bitpress.epsilon").fetchone()[0]) == 1.9

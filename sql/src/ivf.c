@@ -17,6 +17,7 @@
 #include "utils/rel.h"
 #include "utils/selfuncs.h"
 #include "utils/spccache.h"
+#include "utils/syscache.h"
 
 #include "bitpress.h"
 #include "ivf.h"
@@ -213,46 +214,75 @@ ivf_metric(Relation index)
 	return m;
 }
 
+/* whether the index's column is pgvector's halfvec (else vector) */
+bool
+ivf_half(Relation index)
+{
+	Oid			typid = TupleDescAttr(RelationGetDescr(index), 0)->atttypid;
+	HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	bool		half;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for type %u", typid);
+	half = strcmp(NameStr(((Form_pg_type) GETSTRUCT(tup))->typname), "halfvec") == 0;
+	ReleaseSysCache(tup);
+	return half;
+}
+
+/* a palloc'd copy of the floats of a vector (or, half, a halfvec), layout checked */
+float *
+ivf_floats(Datum value, bool half, int *dim)
+{
+	PgVector   *v;
+	float	   *x;
+
+	if (half)
+		return halfvec_floats(value, dim);
+	v = DatumGetPgVector(value);
+	if (v->dim < 1 || v->dim > IVF_MAX_DIM ||
+		VARSIZE_ANY(v) < offsetof(PgVector, x) + (Size) v->dim * sizeof(float))
+		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("malformed vector")));
+	*dim = v->dim;
+	x = palloc(v->dim * sizeof(float));
+	memcpy(x, v->x, v->dim * sizeof(float));
+	if ((Pointer) v != DatumGetPointer(value))
+		pfree(v);
+	return x;
+}
+
 /*
  * A palloc'd copy of a vector's floats as the index sees it (cosine: normalized); NULL for a
  * vector cosine cannot rank (zero norm). dim > 0: the dimensions it must have.
  */
 float *
-ivf_vector(Relation index, Datum value, int metric, int dim, int *got_dim)
+ivf_vector(Relation index, Datum value, bool half, int metric, int dim, int *got_dim)
 {
-	PgVector   *v = DatumGetPgVector(value);
-	float	   *x;
+	float	   *x = ivf_floats(value, half, got_dim);
 
-	if (v->dim < 1 || v->dim > IVF_MAX_DIM ||
-		VARSIZE_ANY(v) < offsetof(PgVector, x) + (Size) v->dim * sizeof(float))
+	if (*got_dim < 1 || *got_dim > IVF_MAX_DIM)
 		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("malformed vector")));
-	if (dim > 0 && v->dim != dim)
+	if (dim > 0 && *got_dim != dim)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("expected %d dimensions, not %d", dim, v->dim),
+				 errmsg("expected %d dimensions, not %d", dim, *got_dim),
 				 errdetail("Index \"%s\" holds vectors of %d dimensions.",
 						   RelationGetRelationName(index), dim)));
-	*got_dim = v->dim;
-	x = palloc(v->dim * sizeof(float));
-	memcpy(x, v->x, v->dim * sizeof(float));
-	for (int t = 0; t < v->dim; t++)
+	for (int t = 0; t < *got_dim; t++)
 		if (!isfinite(x[t]))
 			report(BP_ERR_NONFINITE_VALUE, t, 0);
 	if (metric == BP_METRIC_COSINE)
 	{
 		double		s = 0.0;
 
-		for (int t = 0; t < v->dim; t++)
+		for (int t = 0; t < *got_dim; t++)
 			s += (double) x[t] * x[t];
 		if (s == 0.0)
 		{
 			pfree(x);
 			return NULL;
 		}
-		bp_ivf_normalize(x, v->dim);
+		bp_ivf_normalize(x, *got_dim);
 	}
-	if ((Pointer) v != DatumGetPointer(value))
-		pfree(v);
 	return x;
 }
 

@@ -1,5 +1,5 @@
 /*
- * bitpress_ivf: an index access method over pgvector's vector, IVF lists of RaBitQ codes
+ * bitpress_ivf: an index access method over pgvector's vector and halfvec, IVF lists of RaBitQ codes
  * (pyext/bp_ivf.c computes; these files keep pages). Not a public header.
  *
  * Pages (every one has an IvfPageOpaque in its special space):
@@ -121,7 +121,9 @@ extern void ivf_get_meta(Relation index, Buffer buf, IvfMeta *meta);
 extern void ivf_check_page(Relation index, Buffer buf, Page page, uint16 kind);
 extern int	ivf_metric(Relation index);
 extern IvfCache *ivf_cache(Relation index);
-extern float *ivf_vector(Relation index, Datum value, int metric, int dim, int *got_dim);
+extern bool ivf_half(Relation index);
+extern float *ivf_floats(Datum value, bool half, int *dim);
+extern float *ivf_vector(Relation index, Datum value, bool half, int metric, int dim, int *got_dim);
 extern BlockNumber ivf_head_block(IvfMeta *meta, uint32 list, uint32 *offset);
 extern void ivf_read_stream(Relation index, BlockNumber start, void *dst, Size bytes, uint16 kind);
 

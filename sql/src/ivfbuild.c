@@ -25,6 +25,7 @@ typedef struct IvfBuild
 {
 	Relation	index;
 	int			metric;
+	bool		half;			/* a halfvec column */
 	int			dim;			/* 0 until a vector says */
 	int			bits;
 	int			lists;			/* asked */
@@ -134,7 +135,7 @@ sample_callback(Relation heap, ItemPointer tid, Datum *values, bool *isnull, boo
 	if (isnull[0])
 		return;
 	old = MemoryContextSwitchTo(b->tmpctx);
-	x = ivf_vector(b->index, values[0], b->metric, b->dim, &dim);
+	x = ivf_vector(b->index, values[0], b->half, b->metric, b->dim, &dim);
 	MemoryContextSwitchTo(old);
 	if (x != NULL)
 	{
@@ -204,7 +205,7 @@ code_callback(Relation heap, ItemPointer tid, Datum *values, bool *isnull, bool 
 	int			dim;
 
 	if (!isnull[0])
-		x = ivf_vector(b->index, values[0], b->metric, b->dim, &dim);
+		x = ivf_vector(b->index, values[0], b->half, b->metric, b->dim, &dim);
 	memset(b->item, 0, IVF_ITEM_SIZE(b->cb));
 	b->item->tid = *tid;
 	if (x == NULL)
@@ -249,6 +250,7 @@ ivfbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 				 errhint("Index the column itself; a generated column can hold the expression.")));
 	b.index = index;
 	b.metric = ivf_metric(index);
+	b.half = ivf_half(index);
 	b.dim = dims_of_column(index);
 	b.bits = opts ? opts->bits : IVF_DEFAULT_BITS;
 	b.lists = opts ? opts->lists : IVF_DEFAULT_LISTS;

@@ -170,7 +170,7 @@ ivfinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, Rel
 	Size		cb;
 
 	if (!isnull[0])
-		x = ivf_vector(index, values[0], c->meta.metric, c->meta.dim, &dim);
+		x = ivf_vector(index, values[0], ivf_half(index), c->meta.metric, c->meta.dim, &dim);
 	if (x == NULL)
 	{
 		item = palloc0(offsetof(IvfItem, code));

@@ -52,6 +52,7 @@ typedef struct IvfScanState
 	bool		ranked;			/* false: a NULL (or zero, for cosine) query: every row, in any order */
 	IvfCache   *cache;
 	int			metric;
+	bool		half;			/* a halfvec column */
 	int			dim;
 	double		epsilon;
 	float	   *q;				/* the query (cosine: normalized) */
@@ -322,6 +323,7 @@ start_scan(IndexScanDesc scan)
 	so->cache = ivf_cache(index);
 	meta = &so->cache->meta;
 	so->metric = meta->metric;
+	so->half = ivf_half(index);
 	so->dim = meta->dim;
 	so->epsilon = ivf_epsilon;
 	lists = meta->lists;
@@ -343,7 +345,8 @@ start_scan(IndexScanDesc scan)
 	{
 		int			dim;
 
-		so->q = ivf_vector(index, scan->orderByData[0].sk_argument, so->metric, so->dim, &dim);
+		so->q = ivf_vector(index, scan->orderByData[0].sk_argument, so->half, so->metric, so->dim,
+						   &dim);
 		so->ranked = so->q != NULL;
 		if (so->dim == 0)
 			so->dim = dim;
@@ -414,14 +417,15 @@ exact_distance(IndexScanDesc scan, ItemPointer tid, double *d)
 		found = false;
 	else
 	{
-		PgVector   *v;
+		float	   *v;
+		int			dim;
 
 		old = MemoryContextSwitchTo(so->rowctx);
-		v = DatumGetPgVector(value);
-		if (v->dim != so->dim)
+		v = ivf_floats(value, so->half, &dim);
+		if (dim != so->dim)
 			found = false;		/* not the row the index entry was made for */
 		else
-			*d = bp_ivf_distance(so->metric, v->x, so->q, so->dim);
+			*d = bp_ivf_distance(so->metric, v, so->q, so->dim);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(so->rowctx);
 	}
