@@ -501,6 +501,13 @@ void		bp_ivf_query_list(bp_ivf_query *q, double qc, double cc);
 double		bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code,
 							int metric, double *bound);
 
+/* est - epsilon * bound of n items, each holding its factors at factors_at and its code at
+ * code_at (an index page's items); a bound that is not a number (damaged factors) is -inf,
+ * so that the row is reranked first. */
+void		bp_ivf_lower_bounds(const bp_ivf_query *q, const uint8_t *const *items, size_t n,
+								size_t factors_at, size_t code_at, int metric, double epsilon,
+								double *lb);
+
 /* The exact distance in the metric's form (for COSINE, b normalized; NaN for a zero a). */
 double		bp_ivf_distance(int metric, const float *a, const float *b, size_t dim);
 

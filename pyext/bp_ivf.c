@@ -608,15 +608,13 @@ inner(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int b
 	return (double) f->scale * (s * q->unit - (((1 << bits) - 1) / 2.0) * q->sum) - f->off;
 }
 
-double
-bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int metric,
-				double *bound)
+static inline double
+estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int metric,
+		 int bits, double *bound)
 {
-	double		ip,
-				err;
+	double		ip = inner(q, f, code, bits),
+				err = (double) f->err * q->norm;
 
-	ip = q->bits == 1 ? inner(q, f, code, 1) : inner(q, f, code, q->bits);
-	err = (double) f->err * q->norm;
 	switch (metric)
 	{
 		case BP_METRIC_IP:
@@ -629,6 +627,37 @@ bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *c
 			*bound = 2.0 * err;
 			return (double) f->norm * f->norm + q->norm2 - 2.0 * ip;
 	}
+}
+
+double
+bp_ivf_estimate(const bp_ivf_query *q, const bp_ivf_factors *f, const uint8_t *code, int metric,
+				double *bound)
+{
+	return estimate(q, f, code, metric, q->bits, bound);
+}
+
+/* the lower bounds of n items (factors and code at fixed offsets in each): one call a page */
+#define IVF_LOWER_BOUNDS(METRIC, BITS) \
+	for (size_t i = 0; i < n; i++) \
+	{ \
+		bp_ivf_factors f; \
+		double		b, \
+					e; \
+		memcpy(&f, items[i] + factors_at, sizeof(f)); \
+		e = estimate(q, &f, items[i] + code_at, (METRIC), (BITS), &b) - epsilon * b; \
+		lb[i] = isnan(e) ? -INFINITY : e; \
+	}
+
+void
+bp_ivf_lower_bounds(const bp_ivf_query *q, const uint8_t *const *items, size_t n, size_t factors_at,
+					size_t code_at, int metric, double epsilon, double *lb)
+{
+	if (q->bits == 1 && metric == BP_METRIC_COSINE)
+		IVF_LOWER_BOUNDS(BP_METRIC_COSINE, 1)
+	else if (q->bits == 1)
+		IVF_LOWER_BOUNDS(metric, 1)
+	else
+		IVF_LOWER_BOUNDS(metric, q->bits)
 }
 
 double

@@ -78,7 +78,7 @@ def test_every_operator_class_finds_the_exact_neighbours(pg, data, metric):
     # every list and a wide bound: the estimator's error bound must hold, so exact answers
     pg.execute("SET bitpress.probes = 100; SET bitpress.epsilon = 4")
     r_all = recall(pg, x, queries, metric)
-    assert r10 >= 0.80, r10
+    assert r10 >= 0.75, r10
     assert r30 >= 0.93 and r30 >= r10, (r10, r30)
     assert r_all >= 0.995, r_all
 

@@ -228,6 +228,9 @@ read_chain(IndexScanDesc scan, BlockNumber head, const bp_ivf_query *q)
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
 	Size		cb = so->dim > 0 ? bp_ivf_code_bytes(so->dim, so->cache->meta.bits) : 0;
 	BlockNumber pages = 0;
+	const uint8_t *items[MaxOffsetNumber];
+	double		lb[MaxOffsetNumber];
+	int			nitems;
 
 	for (BlockNumber blk = head; blk != InvalidBlockNumber;)
 	{
@@ -246,6 +249,7 @@ read_chain(IndexScanDesc scan, BlockNumber head, const bp_ivf_query *q)
 		page = BufferGetPage(buf);
 		ivf_check_page(index, buf, page, IVF_PAGE_CODES);
 		max = PageGetMaxOffsetNumber(page);
+		nitems = 0;
 		for (OffsetNumber off = FirstOffsetNumber; off <= max; off++)
 		{
 			ItemId		iid = PageGetItemId(page, off);
@@ -262,16 +266,17 @@ read_chain(IndexScanDesc scan, BlockNumber head, const bp_ivf_query *q)
 			}
 			else
 			{
-				double		bound,
-							est;
-
 				if (ItemIdGetLength(iid) != IVF_ITEM_SIZE(cb))
 					goto corrupt;
-				est = bp_ivf_estimate(q, &item->f, item->code, so->metric, &bound) -
-					so->epsilon * bound;
-				/* a bound that is not a number (damaged factors) is reranked first */
-				heap_append(&so->pool, &item->tid, isnan(est) ? -INFINITY : est);
+				items[nitems++] = (const uint8_t *) item;
 			}
+		}
+		if (nitems > 0)
+		{
+			bp_ivf_lower_bounds(q, items, nitems, offsetof(IvfItem, f), offsetof(IvfItem, code),
+								so->metric, so->epsilon, lb);
+			for (int i = 0; i < nitems; i++)
+				heap_append(&so->pool, &((const IvfItem *) items[i])->tid, lb[i]);
 		}
 		blk = IvfOpaque(page)->next;
 		UnlockReleaseBuffer(buf);
