@@ -51,7 +51,7 @@ def check_pg(pg, book):
 
 
 def check_duck(con, book):
-    rows = con.execute("SELECT id, embedding, code FROM documents ORDER BY id").fetchall()
+    rows = con.execute("SELECT id, embedding, code_bytes(code) FROM documents ORDER BY id").fetchall()
     want = book.encode_reference(np.array([r[1] for r in rows], np.float32))
     bad = [r[0] for r, w in zip(rows, want) if r[2] is None or bytes(r[2]) != w.tobytes()]
     assert not bad, f"{len(bad)} rows with a wrong or missing code, first ids {bad[:5]}"
@@ -294,3 +294,25 @@ def test_backfill_odd_names_and_injection_strings(pg):
     assert pg.execute("SELECT to_regclass('victim') IS NOT NULL").fetchone()[0]
     proc = run_cli("backfill", "--dsn", "host=/nonexistent", "--table", odd, "--code-col", col)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_duckdb_backfill_writes_postgresqls_bytes_into_an_old_blob_column(duck):
+    """A DuckDB code column made before 0.5.0 is a BLOB: the backfill writes code_bytes of the
+    BIT binarize returns (PostgreSQL's layout), not DuckDB's padding-first cast of it; a BIT
+    column gets the BIT itself. 12 bits: the two layouts differ."""
+    from bitpress import codebooks, schema
+
+    schema.upgrade(duck)
+    x = np.random.default_rng(4).standard_normal((300, 12)).astype(np.float32)
+    duck.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v FLOAT[12], old BLOB, new BIT)")
+    duck.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, v.tolist()) for i, v in enumerate(x)])
+    codebooks.fit_table(duck, "t", "v", "cb", "median", progress=False)
+    book = codebooks.load(duck, "cb")
+    for col in ("old", "new"):
+        etl.backfill(duck, "t", col, vector_col="v", codebook="cb", progress_bar=False, log=lambda *a: None)
+    want = book.encode_reference(x)
+    rows = duck.execute("SELECT old, code_bytes(new), new::VARCHAR FROM t ORDER BY id").fetchall()
+    assert [bytes(r[0]) for r in rows] == [bytes(r[1]) for r in rows] == [w.tobytes() for w in want]
+    assert [r[2] for r in rows] == ["".join(map(str, np.unpackbits(w)[:12])) for w in want]
+    r = etl.backfill(duck, "t", "old", vector_col="v", codebook="cb", progress_bar=False, log=lambda *a: None)
+    assert r.rows_changed == 0  # compared as PostgreSQL's bytes too: nothing to rewrite

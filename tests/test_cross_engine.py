@@ -26,14 +26,17 @@ def check_engines(pg, duck, x, sample_pairs=400):
     duck_load(duck, x)
     for thresholds, ref in ((None, ref_sign), (t, ref_thr)):
         if thresholds is None:
-            pg_rows = pg.execute("SELECT code_bytes(binarize(v)) FROM x ORDER BY id").fetchall()
-            duck_rows = duck.execute("SELECT binarize(v) FROM x ORDER BY id").fetchall()
+            pg_rows = pg.execute("SELECT code_bytes(binarize(v)), binarize(v)::text FROM x ORDER BY id").fetchall()
+            duck_rows = duck.execute("SELECT code_bytes(binarize(v)), binarize(v)::VARCHAR FROM x ORDER BY id").fetchall()
         else:
-            pg_rows = pg.execute("SELECT code_bytes(binarize(v, %s::real[])) FROM x ORDER BY id",
-                                 [t.tolist()]).fetchall()
-            duck_rows = duck.execute("SELECT binarize(v, ?::FLOAT[]) FROM x ORDER BY id", [t.tolist()]).fetchall()
+            pg_rows = pg.execute("SELECT code_bytes(binarize(v, %s::real[])), binarize(v, %s::real[])::text "
+                                 "FROM x ORDER BY id", [t.tolist()] * 2).fetchall()
+            duck_rows = duck.execute("SELECT code_bytes(binarize(v, ?::FLOAT[])), binarize(v, ?::FLOAT[])::VARCHAR "
+                                     "FROM x ORDER BY id", [t.tolist()] * 2).fetchall()
         assert np.array_equal(as_codes(pg_rows), ref)
         assert np.array_equal(as_codes(duck_rows), ref)
+        # the codes themselves (DuckDB BIT, PostgreSQL varbit): the same bits, the same length
+        assert [r[1] for r in duck_rows] == [r[1] for r in pg_rows] and len(pg_rows[0][1]) == x.shape[1]
         assert np.array_equal(bitpress.binarize(x, thresholds), ref)
     # distances over random pairs, in all engines, with pgvector's <~> as the outside reference
     i = rng.integers(0, len(x), sample_pairs)
@@ -75,10 +78,16 @@ def test_random_odd_sizes(pg, duck, dim):
 
 
 def test_codes_travel_between_engines(pg, duck, minilm):
-    """A DuckDB BLOB code becomes the same PostgreSQL bit(n) through code_from_bytes."""
+    """A DuckDB code's bytes (code_bytes) become the same PostgreSQL bit(n) through
+    code_from_bytes, and PostgreSQL's bytes the same DuckDB BIT."""
     duck_load(duck, minilm[:50])
-    blobs = [r[0] for r in duck.execute("SELECT binarize(v) FROM x ORDER BY id").fetchall()]
+    blobs = [r[0] for r in duck.execute("SELECT code_bytes(binarize(v)) FROM x ORDER BY id").fetchall()]
     copy_vectors(pg, "x", minilm[:50])
     same = pg.execute("SELECT bool_and(code_from_bytes(b.c, 384) = binarize(x.v)) FROM x "
                       "JOIN unnest(%s::bytea[]) WITH ORDINALITY b(c, o) ON b.o = x.id + 1", [blobs]).fetchone()[0]
+    assert same is True
+    back = [r[0] for r in pg.execute("SELECT code_bytes(binarize(v)) FROM x ORDER BY id").fetchall()]
+    assert back == blobs
+    same = duck.execute("SELECT bool_and(code_from_bytes(b.c, 384) = binarize(x.v)) FROM x "
+                        "JOIN (SELECT unnest(?::BLOB[]) AS c, unnest(range(50)) AS o) b ON b.o = x.id", [back]).fetchone()[0]
     assert same is True

@@ -16,7 +16,8 @@ def load(con, x, name="t"):
 
 
 def codes(con, sql, params=None):
-    col = con.execute(sql, params or []).fetchall()
+    """The codes a query gives (BIT: its first column read through code_bytes) as a uint8 matrix."""
+    col = con.execute(f"SELECT code_bytes(c) FROM ({sql}) q(c)", params or []).fetchall()
     return np.array([np.frombuffer(r[0], np.uint8) for r in col])
 
 
@@ -24,6 +25,7 @@ def test_binarize_matches_numpy_over_many_batches(duck, minilm):
     load(duck, minilm)  # 2000 rows: more than one 2048-row batch after the join below
     t = np.median(minilm, axis=0)
     assert np.array_equal(codes(duck, "SELECT binarize(v) FROM t ORDER BY id"), np.packbits(minilm > 0, axis=1))
+    assert duck.execute("SELECT DISTINCT typeof(binarize(v)), bit_length(binarize(v)) FROM t").fetchall() == [("BIT", 384)]
     got = codes(duck, "SELECT binarize(v, ?::FLOAT[]) FROM t ORDER BY id", [t.tolist()])
     assert np.array_equal(got, np.packbits(minilm > t, axis=1))
     n = duck.execute("SELECT count(*) FROM t a, (SELECT * FROM t LIMIT 3) b "
@@ -42,23 +44,24 @@ def test_hamming_matches_numpy(duck, minilm):
 
 
 def test_types_lists_arrays_doubles_ints(duck):
-    row = duck.execute("SELECT binarize([1, -2, 3]::INTEGER[]), binarize([0.5, -0.5]::DOUBLE[]), "
-                       "binarize([1.0, 2.0, 3.0]::FLOAT[3], [2.0, 2.0, 2.0]), "
-                       "binarize([1, 2]::FLOAT[], [0, 5]::DOUBLE[])").fetchone()
+    sql = ("SELECT {f}(binarize([1, -2, 3]::INTEGER[])), {f}(binarize([0.5, -0.5]::DOUBLE[])), "
+           "{f}(binarize([1.0, 2.0, 3.0]::FLOAT[3], [2.0, 2.0, 2.0])), {f}(binarize([1, 2]::FLOAT[], [0, 5]::DOUBLE[]))")
+    assert duck.execute(sql.format(f="")).fetchone() == ("101", "10", "001", "10")  # BIT: one bit a dimension
+    row = duck.execute(sql.format(f="code_bytes")).fetchone()
     assert row == (bytes([0b10100000]), bytes([0b10000000]), bytes([0b00100000]), bytes([0b10000000]))
 
 
 def test_nulls_and_ragged_columns(duck):
-    rows = duck.execute("SELECT binarize(v) FROM (VALUES ([1.0, -1.0]), (NULL), ([1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) t(v)"
-                        ).fetchall()
-    assert rows == [(bytes([0b10000000]),), (None,), (bytes([0b11101111, 0b10000000]),)]
+    rows = duck.execute("SELECT binarize(v), code_bytes(binarize(v)) FROM (VALUES ([1.0, -1.0]), (NULL), "
+                        "([1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) t(v)").fetchall()
+    assert rows == [("10", bytes([0b10000000])), (None, None), ("111011111", bytes([0b11101111, 0b10000000]))]
     assert duck.execute("SELECT hamming(NULL, binarize([1.0]))").fetchone()[0] is None
 
 
 def test_per_row_thresholds(duck):
-    got = duck.execute("SELECT binarize(v, t) FROM (VALUES ([1.0, 2.0], [0.0, 3.0]), ([1.0, 2.0], [2.0, 0.0])) s(v, t)"
-                       ).fetchall()
-    assert got == [(bytes([0b10000000]),), (bytes([0b01000000]),)]
+    got = duck.execute("SELECT binarize(v, t), code_bytes(binarize(v, t)) FROM (VALUES ([1.0, 2.0], [0.0, 3.0]), "
+                       "([1.0, 2.0], [2.0, 0.0])) s(v, t)").fetchall()
+    assert got == [("10", bytes([0b10000000])), ("01", bytes([0b01000000]))]
 
 
 @pytest.mark.parametrize("sql,error,message", [
@@ -70,7 +73,9 @@ def test_per_row_thresholds(duck):
     ("SELECT binarize([]::FLOAT[])", "EmptyVectorError", "vector must have at least 1 dimension"),
     ("SELECT binarize([1.0, NULL])", "NullValueError", "vector must not contain nulls"),
     ("SELECT hamming(binarize([1.0]), binarize(range(1, 20)::FLOAT[]))", "CodeLengthMismatchError",
-     "different bit lengths 8 and 24"),
+     "different bit lengths 1 and 19"),
+    ("SELECT hamming(code_bytes(binarize([1.0])), binarize(range(1, 20)::FLOAT[]))", "CodeLengthMismatchError",
+     "1 bytes cannot hold a code of 19 bits"),
 ])
 def test_bad_input(duck, sql, error, message):
     with pytest.raises(duckdb.InvalidInputException) as exc:
@@ -88,7 +93,7 @@ def test_register_is_idempotent_and_persists_nothing(tmp_path):
     con.execute("CREATE TABLE c AS SELECT binarize([1.0, -1.0]) AS code")
     con.close()
     con = duckdb.connect(path)  # a plain connection: the table is there, our functions are not
-    assert con.execute("SELECT code FROM c").fetchone()[0] == bytes([0b10000000])
+    assert con.execute("SELECT code FROM c").fetchone()[0] == "10"  # a plain BIT
     with pytest.raises(duckdb.CatalogException):
         con.execute("SELECT binarize([1.0])")
     con.close()
@@ -110,7 +115,7 @@ def test_two_connections_to_one_file_each_read_through_their_own(tmp_path):
     codebooks.fit_table(a, "t", "v", "cb", "median", progress=False)
     want = codebooks.load(a, "cb").encode_reference(x[:3])
     a.close()
-    got = b.execute("SELECT binarize(v, 'cb'), hamming(binarize(v, 'cb'), binarize(v, 'cb')) FROM t "
+    got = b.execute("SELECT code_bytes(binarize(v, 'cb')), hamming(binarize(v, 'cb'), binarize(v, 'cb')) FROM t "
                     "ORDER BY id LIMIT 3").fetchall()
     assert [bytes(g[0]) for g in got] == [w.tobytes() for w in want] and [g[1] for g in got] == [0, 0, 0]
     b.close()

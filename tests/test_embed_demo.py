@@ -150,7 +150,8 @@ def test_demo_run(tmp_path, embedder):
 
     con = bp_duckdb.connect(db)
     try:
-        rows = con.execute("SELECT embedding, code FROM docs ORDER BY id").fetchall()
+        rows = con.execute("SELECT embedding, code_bytes(code) FROM docs ORDER BY id").fetchall()
+        assert con.execute("SELECT DISTINCT typeof(code), bit_length(code) FROM docs").fetchall() == [("BIT", 384)]
         thresholds = np.array(con.execute("SELECT thresholds FROM doc_thresholds").fetchone()[0],
                               dtype=np.float32)
     finally:

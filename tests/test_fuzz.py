@@ -258,9 +258,10 @@ def test_postgresql_readers_of_damaged_tables(pgw, pg_failures):
 DUCK_ARGS = {"ffn": ["x", "layer"], "tt_reconstruct": ["model", "tensor"], "tt_reconstruct_row": ["model", "tensor", "i"],
              "tt_element": ["model", "tensor", "i", "j"], "tt_matvec": ["model", "tensor", "x"],
              "bitpress_encode": ["v", "codebook", "version"], "bitpress_score_udf": ["code", "query", "codebook", "stamp"],
-             "bitpress_store_knn_udf": ["store", "query", "k"], "bitpress_sparse_ffn_udf": ["x", "layer", "k", "selector"]}
+             "bitpress_store_knn_udf": ["store", "query", "k"], "bitpress_sparse_ffn_udf": ["x", "layer", "k", "selector"],
+             "bitpress_code_from_bytes": ["bytes", "n"]}
 DUCK_TYPES = {"v": "FLOAT[]", "x": "FLOAT[]", "query": "FLOAT[]", "code": "BLOB-code", "version": "INTEGER",
-              "k": "INTEGER", "oversample": "INTEGER", "i": "INTEGER", "j": "INTEGER"}
+              "k": "INTEGER", "oversample": "INTEGER", "i": "INTEGER", "j": "INTEGER", "n": "BIGINT"}
 OPTIONAL = {"oversample", "codebook", "metric", "scoring", "books"}
 
 
@@ -307,11 +308,12 @@ def duck_expect(con, world, name, args):
              "integer" if a.sql.endswith("INTEGER") else "text" for a in args]
     base = {"bitpress_encode": "binarize", "bitpress_binarize": "binarize", "bitpress_binarize_sign": "binarize",
             "bitpress_store_knn": "bitpress_store_knn", "bitpress_store_knn_udf": "none"}.get(name.split("__bp")[0], name)
-    if name in ("code_from_bytes", "code_bytes"):  # DuckDB's BIT codes (fetched as '0101')
+    if name in ("code_from_bytes", "bitpress_code_from_bytes", "code_bytes"):  # DuckDB's BIT codes ('0101')
         v = [a.value for a in args]
         if name == "code_bytes" or None in v:
             return ANY
-        b, n = pack(v[0][1] if isinstance(v[0], tuple) else v[0]), v[1]
+        b = v[0] if isinstance(v[0], bytes) else pack(v[0][1] if isinstance(v[0], tuple) else v[0])
+        n = v[1]
         if n > 0 and len(b) == (n + 7) // 8 and not (n % 8 and b[-1] & (0xFF >> (n % 8))):
             return value("".join(format(c, "08b") for c in b)[:n])
         return ERROR  # DuckDB has no empty BIT: 0 bits is refused too
@@ -435,9 +437,7 @@ FOUND_DUCK = {  # the same for DuckDB
 }
 
 
-# BLOB codes are whole bytes: two of 9 and 12 bits (both 2 bytes) cannot be told apart; BIT
-# codes carry their length (docs/GUARANTEES.md). Open until DuckDB's binarize returns BIT.
-OPEN = {("duckdb", "hamming", 0), ("duckdb", "bitpress_store_knn", 0)}
+OPEN = set()  # none open
 
 
 def _known(table, kind):

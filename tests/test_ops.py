@@ -174,7 +174,7 @@ def test_column_types_binarize_cannot_read_and_foreign_columns_are_refused(pg, p
     assert schema.current(pg) == schema.head()
 
 
-def test_add_code_column_in_duckdb_records_a_blob_column(tmp_path):
+def test_add_code_column_in_duckdb_records_a_bit_column(tmp_path):
     import bitpress.duckdb
 
     path = str(tmp_path / "docs.duckdb")
@@ -187,7 +187,7 @@ def test_add_code_column_in_duckdb_records_a_blob_column(tmp_path):
         ops.operations(c).create_bitpress_extension()  # nothing to do in DuckDB
         ops.operations(c).add_code_column("documents", "embedding", "code", codebook="docs_v1")
     assert con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'documents' "
-                       "AND column_name = 'code'").fetchone()[0] == "BLOB"
+                       "AND column_name = 'code'").fetchone()[0] == "BIT"  # binarize's type: carries the length
     assert con.execute("SELECT sync, bits, version FROM bitpress.code_columns").fetchall() == [("backfill", 384, 1)]
     with engine.begin() as c:
         ops.operations(c).drop_code_column("documents", "code")

@@ -138,3 +138,36 @@ def test_reflected_bit_columns_are_codes(postgresql, minilm):
         ids = c.execute(bp.knn(docs, docs.c.code, docs.c.embedding, x[42], k=3)).all()
         assert ids[0].id == 42
     engine.dispose()
+
+
+def test_duckdb_codes_are_bit_and_old_blob_columns_keep_working():
+    """In DuckDB BITCODE(n) is a BIT column, which refuses a query code of another length as
+    PostgreSQL's bit(n) does; BITCODE(n, blob=True) reads and writes a BLOB column made before
+    0.5.0 with PostgreSQL's bytes (written from SQL through code_bytes)."""
+    x = np.random.default_rng(5).standard_normal((50, 12)).astype(np.float32)
+    meta = sa.MetaData()
+    new = sa.Table("new", meta, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                   sa.Column("v", sa.ARRAY(sa.Float)), sa.Column("code", bp.BITCODE(12)))
+    old = sa.Table("old", meta, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                   sa.Column("v", sa.ARRAY(sa.Float)), sa.Column("code", bp.BITCODE(12, blob=True)))
+    engine = bp.duckdb_engine()
+    meta.create_all(engine)
+    want = bitpress.binarize(x)
+    with engine.begin() as c:
+        types = dict(c.exec_driver_sql("SELECT table_name, data_type FROM information_schema.columns "
+                                       "WHERE column_name = 'code'").fetchall())
+        assert types == {"new": "BIT", "old": "BLOB"}
+        for t in (new, old):
+            c.execute(t.insert(), [{"id": i, "v": v.tolist()} for i, v in enumerate(x)])
+        c.execute(new.update().values(code=bp.binarize(new.c.v)))
+        c.execute(old.update().values(code=sa.func.code_bytes(bp.binarize(old.c.v))))
+        c.execute(old.update().where(old.c.id == 3).values(code=want[3].tobytes()))  # bytes, bound as BLOB
+        for t in (new, old):
+            assert c.execute(sa.select(t.c.code).order_by(t.c.id)).scalars().all() == [w.tobytes() for w in want]
+            d = c.execute(sa.select(t.c.code.hamming(want[7].tobytes())).order_by(t.c.id)).scalars().all()
+            assert d == bitpress.hamming(want, want[7]).tolist()
+            ids = c.execute(bp.knn(t, t.c.code, t.c.v, x[7], k=3)).all()
+            assert ids[0].id == 7
+        with pytest.raises(sa.exc.DBAPIError, match="different bit lengths 12 and 11"):
+            c.execute(sa.select(new.c.id).order_by(new.c.code.hamming(bp.binarize(x[0, :11].tolist())))).all()
+    engine.dispose()

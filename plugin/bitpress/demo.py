@@ -142,7 +142,7 @@ def _store(con, labels, texts, embeddings, thresholds):
     batch = pa.table({"id": pa.array(np.arange(n, dtype=np.int32)), "label": labels,
                       "text": texts, "embedding": vectors})
     con.execute(f"CREATE OR REPLACE TABLE docs(id INTEGER, label VARCHAR, text VARCHAR, "
-                f"embedding FLOAT[{dim}], code BLOB)")
+                f"embedding FLOAT[{dim}], code BIT)")
     con.register("bitpress_demo_batch", batch)
     try:
         con.execute("INSERT INTO docs SELECT id, label, text, embedding, "
@@ -159,7 +159,7 @@ def search_sql(dim: int) -> str:
     return f"""
         SELECT id, label, text, array_cosine_similarity(embedding, $q::FLOAT[{dim}]) AS score
         FROM (SELECT id, label, text, embedding FROM docs
-              ORDER BY hamming(code, $code), id LIMIT $candidates)
+              ORDER BY hamming(code, $code::BIT), id LIMIT $candidates)
         ORDER BY score DESC, id LIMIT $k"""
 
 
@@ -207,16 +207,16 @@ def run(database: str = ":memory:", limit: int = 3000, k: int = 5, oversample: i
     con = bp_duckdb.connect(database)
     try:
         _store(con, labels, texts, emb, thresholds)
-        out(f"4. DuckDB ({database}): table docs(id, label, text, embedding FLOAT[{dim}], code BLOB), "
+        out(f"4. DuckDB ({database}): table docs(id, label, text, embedding FLOAT[{dim}], code BIT), "
             f"codes computed in SQL by binarize(embedding, thresholds) "
             f"({time.perf_counter() - t:.2f} s)")
 
         bytes_codes, code_bits = con.execute(
-            "SELECT sum(octet_length(code)), min(octet_length(code)) * 8 FROM docs").fetchone()
+            "SELECT sum(octet_length(code)), min(bit_length(code)) FROM docs").fetchone()
         bytes_float32 = n * dim * 4
         ratio = bytes_float32 / bytes_codes
         out(f"5. size: float32 vectors {bytes_float32:,} bytes ({dim} x 4 per text), "
-            f"codes {bytes_codes:,} bytes ({code_bits} bits = {code_bits // 8} per text): "
+            f"codes {bytes_codes:,} bytes ({code_bits} bits = {-(-code_bits // 8)} per text): "
             f"{ratio:.1f}x smaller")
         out("   (the table keeps the float32 vectors too, only to rerank the few candidates)")
 
@@ -229,7 +229,7 @@ def run(database: str = ":memory:", limit: int = 3000, k: int = 5, oversample: i
         for query in queries:
             t = time.perf_counter()
             q = embedder.encode([query])[0]
-            code = binarize(q, thresholds).tobytes()
+            code = "".join(map(str, np.unpackbits(binarize(q, thresholds))[:dim]))  # a BIT literal
             embed_ms = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
             rows = con.execute(sql, {"q": q.tolist(), "code": code,

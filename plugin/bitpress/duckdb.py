@@ -43,13 +43,30 @@ CREATE OR REPLACE TEMP MACRO hamming(a, b) AS CASE
     -- two strings: DuckDB's own hamming (mismatches); codes: BIT or BLOB (folded by type)
     WHEN typeof(a) = 'VARCHAR' AND typeof(b) = 'VARCHAR'
     THEN CAST(mismatches(CAST(a AS VARCHAR), CAST(b AS VARCHAR)) AS INTEGER)
+    -- two BITs of one length: DuckDB's own popcount (padding bits are alike in both); of two
+    -- lengths: the UDF raises PostgreSQL's error
+    WHEN typeof(a) = 'BIT' AND typeof(b) = 'BIT' THEN CASE
+        WHEN bit_length(CAST(a AS BIT)) <> bit_length(CAST(b AS BIT))
+        THEN bitpress_hamming_codes(code_bytes(a), bitpress_code_bits(a), code_bytes(b), bitpress_code_bits(b))
+        ELSE CAST(bit_count(xor(CAST(a AS BIT), CAST(b AS BIT))) AS INTEGER) END
     WHEN typeof(a) = 'BIT' OR typeof(b) = 'BIT'
     THEN bitpress_hamming_codes(code_bytes(a), bitpress_code_bits(a), code_bytes(b), bitpress_code_bits(b))
     ELSE bitpress_hamming_blobs(CAST(a AS BLOB), CAST(b AS BLOB)) END
 """, """
 CREATE OR REPLACE TEMP MACRO code_bytes(code) AS
-    -- PostgreSQL's layout (MSB first, zero padding at the end) of a BIT code; a BLOB as it is
-    CASE WHEN typeof(code) = 'BIT' THEN bitpress_bit_bytes(CAST(code AS BIT)) ELSE CAST(code AS BLOB) END
+    -- PostgreSQL's layout (MSB first, zero padding at the end) of a BIT code; a BLOB as it is.
+    -- DuckDB's own CAST(BIT AS BLOB) puts the padding in front: widened to whole bytes, shifted
+    -- left by the padding
+    CASE WHEN typeof(code) <> 'BIT' THEN CAST(code AS BLOB)
+         WHEN bit_length(CAST(code AS BIT)) % 8 = 0 THEN CAST(CAST(code AS BIT) AS BLOB)
+         ELSE CAST(bitstring(CAST(code AS BIT), CAST(8 * octet_length(CAST(code AS BIT)) AS INTEGER))
+                   << CAST(8 * octet_length(CAST(code AS BIT)) - bit_length(CAST(code AS BIT)) AS INTEGER)
+                   AS BLOB) END
+""", """
+CREATE OR REPLACE TEMP MACRO code_from_bytes(code, n) AS
+    -- a BIT of n bits from a code's bytes in PostgreSQL's layout, with its checks (byte count,
+    -- zero padding); a BIT (binarize's) is read through code_bytes, not DuckDB's own cast
+    bitpress_code_from_bytes(code_bytes(code), CAST(n AS BIGINT))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_code_bits(code) AS
     -- the bit length a code carries: a BIT's own, 0 for a BLOB (whose length is checked
@@ -97,9 +114,8 @@ CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample)
          ELSE binarize(bitpress_query(query), CAST(codebook AS VARCHAR)) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_query_bits(query, codebook, k, oversample) AS
-    -- its bit length (the query's dimensions, or the codebook's bits), so that codes of another
-    -- length are refused as in PostgreSQL; passed beside the BLOB code (DuckDB hands a BIT to
-    -- a UDF far slower than a BLOB)
+    -- its bit length (the query's dimensions, or the codebook's bits) without coding it: the
+    -- length a BIT column must have, and the one a BLOB column is read at (as in PostgreSQL)
     CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL
          THEN CAST(len(CAST(bitpress_query(query) AS FLOAT[])) AS INTEGER)
          ELSE bitpress_codebook_bits(CAST(codebook AS VARCHAR)) END
@@ -121,8 +137,16 @@ CREATE OR REPLACE TEMP MACRO bitpress_rank(code, query, codebook, k, oversample,
          THEN -bitpress_score_codes(code, (SELECT CAST(bitpress_query(query) AS FLOAT[])),
                                     coalesce((SELECT CAST(codebook AS VARCHAR) WHERE bitpress_pool(k, oversample) > 0),
                                              error('asymmetric scoring needs a codebook with reconstruction levels')))
-         ELSE bitpress_hamming_codes(code_bytes(code), bitpress_code_bits(code),
-                                     (SELECT bitpress_query_code(query, codebook, k, oversample)),
+         -- a BIT column: DuckDB's popcount when the query's code has its length, else hamming's error
+         WHEN typeof(code) = 'BIT' THEN CASE
+             WHEN bit_length(CAST(code AS BIT)) <> (SELECT bitpress_query_bits(query, codebook, k, oversample))
+             THEN hamming(code, (SELECT bitpress_query_code(query, codebook, k, oversample)))
+             ELSE CAST(bit_count(xor(CAST(code AS BIT),
+                                     (SELECT CAST(bitpress_query_code(query, codebook, k, oversample) AS BIT))))
+                       AS INTEGER) END
+         -- a BLOB column: read at the query code's length, with code_from_bytes' checks
+         ELSE bitpress_hamming_codes(CAST(code AS BLOB), 0,
+                                     (SELECT code_bytes(bitpress_query_code(query, codebook, k, oversample))),
                                      (SELECT bitpress_query_bits(query, codebook, k, oversample))) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_distance(v, query, metric) AS
@@ -162,7 +186,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_knn_store(tbl, store, id_column, vector_co
         SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
         FROM query_table(tbl)
         WHERE COLUMNS(lambda c: c = id_column) IN (
-            SELECT unnest(bitpress_store_knn_udf(store, (SELECT bitpress_query_code(query, codebook, k, oversample)),
+            SELECT unnest(bitpress_store_knn_udf(store, (SELECT code_bytes(bitpress_query_code(query, codebook, k, oversample))),
                                                  CAST(greatest(CAST(k AS BIGINT) * oversample, 1) AS INTEGER),
                                                  (SELECT bitpress_query_bits(query, codebook, k, oversample)))).id))
     ORDER BY bitpress_distance(_bitpress_v, query, metric)
@@ -198,21 +222,25 @@ def _gather(values, offsets, rows, dim):
     return values[np.add.outer(offsets[rows], np.arange(dim))]
 
 
-def _codes_array(codes_by_row, n):
-    """A binary Arrow array from one uint8 code per row (equal lengths: zero copy)."""
+def _codes_array(codes_by_row, nbits):
+    """A BIT Arrow array (DuckDB's layout) from one uint8 code per row in PostgreSQL's layout,
+    of ``nbits`` bits each (an int, or one per row)."""
+    n = len(codes_by_row)
+    nbits = np.broadcast_to(np.asarray(nbits, dtype=np.int64), (n,))
     if isinstance(codes_by_row, np.ndarray):
-        nbytes = codes_by_row.shape[1]
-        offsets = (np.arange(n + 1, dtype=np.int32) * nbytes)
-        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
-                                                     pa.py_buffer(np.ascontiguousarray(codes_by_row))])
-    return pa.array([c.tobytes() for c in codes_by_row], type=pa.binary())
+        data = np.ascontiguousarray(codes_by_row).ravel()
+        offsets = np.arange(n + 1, dtype=np.int64) * codes_by_row.shape[1]
+    else:
+        data = np.concatenate(codes_by_row) if n else np.empty(0, np.uint8)
+        offsets = np.concatenate([[0], np.cumsum([len(c) for c in codes_by_row])]).astype(np.int64)
+    return _bit_array(data, offsets, nbits)
 
 
 def _binarize_batch(v, t=None):
     values, offsets, lengths = _list_rows(v, "vector")
     n = len(lengths)
     if n == 0:
-        return pa.array([], type=pa.binary())
+        return _codes_array([], 0)
     if t is not None:
         tvalues, toffsets, tlengths = _list_rows(t, "thresholds")
         bad = np.nonzero(tlengths != lengths)[0]
@@ -228,7 +256,7 @@ def _binarize_batch(v, t=None):
             thr = _gather(tvalues, toffsets, np.arange(n), dim)
             if n > 1 and (thr == thr[0]).all():  # a constant argument: check and pass one row
                 thr = thr[0]
-        return _codes_array(_binarize(x, thr), n)
+        return _codes_array(_binarize(x, thr), dim)
     # vectors of several lengths in one batch: one core call per length
     out = [None] * n
     for dim in dims:
@@ -238,7 +266,7 @@ def _binarize_batch(v, t=None):
         codes = _binarize(x, thr)
         for i, r in enumerate(rows):
             out[r] = codes[i]
-    return _codes_array(out, n)
+    return _codes_array(out, lengths)
 
 
 def _binarize_sign_batch(v):
@@ -364,6 +392,21 @@ def _bit_array(data, offsets, nbits):
     lengths = np.diff(offsets)
     if n == 0:
         return pa.ExtensionArray.from_storage(_BIT, pa.array([], pa.binary()))
+    width = int(lengths[0])
+    if (lengths == width).all() and (nbits == nbits[0]).all():  # one length (binarize's case)
+        pad = width * 8 - int(nbits[0])
+        m = data[offsets[0]:offsets[0] + n * width].reshape(n, width)
+        out = np.empty((n, width + 1), np.uint8)
+        out[:, 0] = pad
+        if pad == 0:
+            out[:, 1:] = m
+        else:  # each row shifted right by pad bits, 1-bits shifted in at its front
+            out[:, 1:] = m >> pad
+            out[:, 2:] |= m[:, :-1] << (8 - pad)
+            out[:, 1] |= (0xFF << (8 - pad)) & 0xFF
+        storage = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.arange(n + 1, dtype=np.int32)
+                                                                            * (width + 1)), pa.py_buffer(out)])
+        return pa.ExtensionArray.from_storage(_BIT, storage)
     pad = (lengths * 8 - nbits).astype(np.uint16)
     d = data[offsets[0]:offsets[-1]].astype(np.uint16)
     shift = np.repeat(pad, lengths)
@@ -404,12 +447,6 @@ def _code_from_bytes_batch(blob, nbits):
     if (nbits == 0).any():  # PostgreSQL's B'': DuckDB has no empty BIT ('' casts to '0')
         raise errors.InvalidParameterError("a DuckDB BIT holds at least 1 bit, got a code of 0 bits")
     return _bit_array(rows[0], rows[1], nbits)
-
-
-def _bit_bytes_batch(bits):
-    data, offsets, lengths, _ = _bit_rows(bits)
-    return pa.Array.from_buffers(pa.binary(), len(lengths), [None, pa.py_buffer(offsets.astype(np.int32)),
-                                                             pa.py_buffer(data)])
 
 
 class _Codebooks:
@@ -520,13 +557,18 @@ def _encode_batch(books, v, name, version):
     from .kernels import encode
 
     if len(v) == 0:
-        return pa.array([], type=pa.binary())
+        return _codes_array([], 0)
+    bits = {}  # the codebook's bits, per (name, version)
 
     def prepare(key):
         blob = books.get(*key)
-        return _core.codebook_shape(blob)[0], _core.ERR_CODEBOOK_DIM_MISMATCH, lambda m: encode(blob, m)
+        dims, _, bits[key], _ = _core.codebook_shape(blob)
+        return dims, _core.ERR_CODEBOOK_DIM_MISMATCH, lambda m: encode(blob, m)
 
-    return _codes_array(map_groups(v, (name, version), prepare), len(v))
+    codes = map_groups(v, (name, version), prepare)
+    nbits = next(iter(bits.values())) if len(bits) == 1 else \
+        [bits[key] for key in zip(name.to_pylist(), version.to_pylist())]
+    return _codes_array(codes, nbits)
 
 
 def _score_batch(books, code, q, name, stamp, code_bits):
@@ -623,20 +665,19 @@ def register(con):
     query, k[, oversample, codebook])``: table macros returning the k nearest rows.
     """
     books = _Codebooks(con)
-    udf(con, "bitpress_binarize_sign", _binarize_sign_batch, ["FLOAT[]"], "BLOB",
+    udf(con, "bitpress_binarize_sign", _binarize_sign_batch, ["FLOAT[]"], "BIT",
         reads_tables=False, side_effects=False)
-    udf(con, "bitpress_binarize", _binarize_batch, ["FLOAT[]", "FLOAT[]"], "BLOB",
+    udf(con, "bitpress_binarize", _binarize_batch, ["FLOAT[]", "FLOAT[]"], "BIT",
         reads_tables=False, side_effects=False)
     # hamming(a, b) is a macro over this: BIT or BLOB codes, each with the bit length it carries
     udf(con, "bitpress_hamming_codes", _hamming_batch, ["BLOB", "INTEGER", "BLOB", "INTEGER"], "INTEGER",
         reads_tables=False, side_effects=False)
     udf(con, "bitpress_hamming_blobs", _hamming_blobs_batch, ["BLOB", "BLOB"], "INTEGER",
         reads_tables=False, side_effects=False)  # the same for two BLOBs, without the bit lengths' columns
-    udf(con, "code_from_bytes", _code_from_bytes_batch, ["BLOB", "BIGINT"], "BIT", reads_tables=False,
+    udf(con, "bitpress_code_from_bytes", _code_from_bytes_batch, ["BLOB", "BIGINT"], "BIT", reads_tables=False,
         side_effects=False)
-    udf(con, "bitpress_bit_bytes", _bit_bytes_batch, ["BIT"], "BLOB", reads_tables=False, side_effects=False)
     udf(con, "bitpress_encode", lambda v, n, ver: _encode_batch(books, v, n, ver),
-        ["FLOAT[]", "VARCHAR", "INTEGER"], "BLOB", side_effects=False)
+        ["FLOAT[]", "VARCHAR", "INTEGER"], "BIT", side_effects=False)
     udf(con, "bitpress_codebook_bits", lambda n: pa.array([_core.codebook_shape(books.get(x, 0))[2]
                                                            for x in n.to_pylist()], pa.int32()),
         ["VARCHAR"], "INTEGER", side_effects=False)

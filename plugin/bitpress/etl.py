@@ -305,6 +305,8 @@ def backfill(conn, table: str, code_col: str, vector_col: str | None = None, cod
     names = _names(conn, target, target.key, code_col, vector_col)
     parts = dict(t=names[0], key=names[1], code=names[2], vec=names[3])
     code = "binarize({vec}, %s, %s)"
+    if kind(conn) == "duckdb" and target.columns[code_col] == "BLOB":  # a column made before 0.5.0:
+        code = f"code_bytes({code})"  # PostgreSQL's bytes, not DuckDB's own BIT -> BLOB cast
     t0 = time.perf_counter()
     bar = progress.bar(total=_remaining(conn, parts, job.last_key, target.key_type),
                        desc=f"backfill {target.table}", progress=progress_bar, unit="row")

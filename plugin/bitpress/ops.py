@@ -19,8 +19,9 @@ version (or ``version=``), and in PostgreSQL creates a row trigger that sets
 ``code = binarize(embedding, 'docs_v1', version)`` on every insert and on every update of either
 column, so the code is always derived from the vector. Existing rows keep a NULL code until
 ``bitpress backfill`` fills them in batches (a single UPDATE in a migration would lock the
-whole table). DuckDB has no triggers: there the column is a BLOB and ``bitpress backfill`` also
-codes the rows written since. Every column is recorded in ``bitpress.code_columns`` (migration
+whole table). DuckDB has no triggers: there the column is a ``BIT`` (binarize's type, which
+carries the length as ``bit(n)`` does; BLOB columns made before 0.5.0 keep working, filled
+through ``code_bytes``) and ``bitpress backfill`` also codes the rows written since. Every column is recorded in ``bitpress.code_columns`` (migration
 0005), which ``bitpress backfill`` reads, and commented (``COMMENT ON COLUMN``) for people
 reading the schema.
 
@@ -243,7 +244,7 @@ def _add_code_column(operations, operation):
             f"{operation.table}.{operation.vector_column} is vector({declared})")
 
     table, code, vec = _qualified(bind, schema, operation.table), quote_ident(operation.code_column), quote_ident(operation.vector_column)
-    _run(bind, f"ALTER TABLE {table} ADD COLUMN {code} {f'bit({bits})' if pg else 'BLOB'}")
+    _run(bind, f"ALTER TABLE {table} ADD COLUMN {code} {f'bit({bits})' if pg else 'BIT'}")
     comment = (f"{COMMENT_PREFIX} of {operation.vector_column}: codebook {operation.codebook} "
                f"version {version}, {bits} bits")
     _run(bind, f"COMMENT ON COLUMN {table}.{code} IS {quote_literal(comment, backslash_escapes=pg)}")

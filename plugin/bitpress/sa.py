@@ -15,9 +15,13 @@ PostgreSQL through psycopg 3, DuckDB through duckdb_engine, the same Python code
     session.scalars(bp.knn(Document, Document.code, Document.embedding, q, k=10, codebook="docs_v1"))
 
 ``BITCODE(n)`` is ``bit(n)`` in PostgreSQL (pgvector's ``<~>`` and HNSW ``bit_hamming_ops`` work
-on it) and ``BLOB`` in DuckDB, where codes are BLOBs (``bitpress.duckdb``); in Python a code is
-``bytes``, the packed bits MSB first, the same in both engines. DuckDB engines must carry
-bitpress's functions on every connection: ``duckdb_engine(path)`` makes one.
+on it) and ``BIT`` in DuckDB, the type of DuckDB's ``binarize`` (``bitpress.duckdb``): both carry
+the bit length, so codes of another length are refused alike. In Python a code is ``bytes``, the
+packed bits MSB first, the same in both engines. A DuckDB BLOB code column made before 0.5.0 is
+``BITCODE(n, blob=True)``: values are bound as bytes, and SQL writing into it must go through
+``code_bytes`` (``sa.func.code_bytes(bp.binarize(...))``), since DuckDB's own cast of a BIT to a
+BLOB puts the padding bits first. DuckDB engines must carry bitpress's functions on every
+connection: ``duckdb_engine(path)`` makes one.
 
 Reflection: listen with ``column_reflect`` and reflected ``bit(n)`` columns come back as
 ``BITCODE(n)``, with ``.hamming()`` and bytes values::
@@ -53,26 +57,39 @@ def _to_bytes(value, bits):
     raise TypeError(f"a code must be bytes, a uint8 array or a bit string, got {type(value).__name__}")
 
 
+class _DuckBit(sa.types.UserDefinedType):
+    """DuckDB's ``BIT`` (a bit string that knows its length)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw):
+        return "BIT"
+
+
 class BITCODE(TypeDecorator):
-    """A bitpress code: ``bit(n)`` in PostgreSQL, ``BLOB`` in DuckDB, ``bytes`` in Python."""
+    """A bitpress code: ``bit(n)`` in PostgreSQL, ``BIT`` in DuckDB (``BLOB`` with ``blob=True``:
+    a column made before 0.5.0), ``bytes`` in Python."""
 
     impl = sa.LargeBinary
     cache_ok = True
 
-    def __init__(self, bits: int | None = None):
+    def __init__(self, bits: int | None = None, blob: bool = False):
         super().__init__()
-        self.bits = bits
+        self.bits, self.blob = bits, blob
+
+    def _bit_string(self, dialect) -> bool:  # bound as '0101' and cast, rather than as bytes
+        return dialect.name == "postgresql" or not self.blob
 
     def load_dialect_impl(self, dialect):
         if dialect.name == "postgresql":
             return dialect.type_descriptor(PGBit(self.bits) if self.bits else PGBit(varying=True))
-        return dialect.type_descriptor(sa.LargeBinary())
+        return dialect.type_descriptor(sa.LargeBinary() if self.blob else _DuckBit())
 
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
         data = _to_bytes(value, self.bits)
-        if dialect.name != "postgresql":
+        if not self._bit_string(dialect):
             return data
         bits = np.unpackbits(np.frombuffer(data, np.uint8))
         n = self.bits or len(bits)
@@ -82,7 +99,7 @@ class BITCODE(TypeDecorator):
         return _to_bytes(value, self.bits)
 
     def bind_expression(self, bindvalue):
-        # PostgreSQL gets the code as a '0101' string: cast it, or psycopg sends text
+        # a code bound as a '0101' string: cast it (BIT VARYING, DuckDB's BIT), or it is text
         return _BitParam(bindvalue)
 
     class comparator_factory(TypeDecorator.Comparator):
@@ -112,7 +129,9 @@ class _BitParam(sa.sql.expression.ColumnElement):
 @sa.ext.compiler.compiles(_BitParam)
 def _compile_bit_param(element, compiler, **kw):
     p = compiler.process(element.bindvalue, **kw)
-    return f"CAST({p} AS BIT VARYING)" if compiler.dialect.name == "postgresql" else p
+    if not element.type._bit_string(compiler.dialect):
+        return p
+    return f"CAST({p} AS {'BIT VARYING' if compiler.dialect.name == 'postgresql' else 'BIT'})"
 
 
 def hamming(a, b):
