@@ -1,20 +1,19 @@
 """bitpress in DuckDB: ``register(con)`` adds ``binarize`` and ``hamming`` to a connection.
 
 The functions are Arrow UDFs: DuckDB hands over whole batches (2048 rows), and each batch
-is one call into the same C core the PostgreSQL extension runs. Codes are ``BLOB`` values
-holding exactly the bytes of a PostgreSQL ``bit(n)`` code (MSB first, zero padding at the
-end); ``code_bytes()`` / ``code_from_bytes()`` convert on the PostgreSQL side.
+is one call into the same C core the PostgreSQL extension runs. ``binarize`` returns DuckDB
+``BIT`` codes, which carry their bit length as PostgreSQL's ``bit(n)`` does, so every function
+taking codes gives PostgreSQL's answer or error for them.
 
-BLOB or ``BIT``: a BLOB crosses engines, Arrow and numpy without conversion, but it does not know
-its bit length (a 3- and a 4-bit code are both one byte). So a BLOB is read at the length it
+BLOB codes (columns made before, or filled with ``code_bytes(binarize(v))``) hold exactly the
+bytes of a PostgreSQL code (MSB first, zero padding at the end) and cross engines, Arrow and
+numpy without conversion, but do not know their bit length: a BLOB is read at the length it
 meets (a codebook's bits, a store's, the query's, a ``BIT``'s) with PostgreSQL's
-``code_from_bytes`` checks (byte count, zero padding), and two BLOBs count whole bytes. DuckDB's
-``BIT`` carries the length, as PostgreSQL's ``bit(n)`` does: ``code_from_bytes(blob, n)`` makes
-one, and every function taking codes gives PostgreSQL's answer or error for it. DuckDB lays a
-``BIT`` out with a leading byte counting padding bits, which are 1-bits at the *front* of the
-first data byte (PostgreSQL: 0-bits at the *end* of the last); ``_bit_rows`` / ``_bit_array``
-convert, and the SQL side passes BLOBs plus bit lengths to the UDFs, because DuckDB hands a
-``BIT`` column to Python far slower than a BLOB one.
+``code_from_bytes`` checks (byte count, zero padding), and two BLOBs count whole bytes. DuckDB
+lays a ``BIT`` out with a leading byte counting padding bits, which are 1-bits at the *front* of
+the first data byte (PostgreSQL: 0-bits at the *end* of the last); ``code_bytes`` (SQL),
+``_bit_rows`` / ``_bit_array`` convert, and the SQL side passes BLOBs plus bit lengths to the
+UDFs, because DuckDB hands a ``BIT`` column to Python far slower than a BLOB one.
 
 DuckDB keeps Python UDFs in the database's catalog, which every connection to the same file in
 one process shares, while macros live per connection. So the pure functions (``bitpress_hamming_*``,
@@ -655,7 +654,7 @@ def register(con):
     """Add bitpress's functions to a DuckDB connection; returns the connection.
 
     ``binarize(v)``, ``binarize(v, thresholds)``: v is any numeric list or array
-    (``FLOAT[]``, ``DOUBLE[]``, ``FLOAT[384]`` ...), the result a BLOB code.
+    (``FLOAT[]``, ``DOUBLE[]``, ``FLOAT[384]`` ...), the result a BIT code (its bit length carried, as PostgreSQL's varbit).
     ``hamming(a, b)``: INTEGER number of differing bits of two BLOB or BIT codes.
     ``code_from_bytes(blob, n)`` -> BIT and ``code_bytes(bit)`` -> BLOB, as in PostgreSQL.
     ``binarize(v, 'name'[, version])``: code under a codebook stored in bitpress.codebooks.
