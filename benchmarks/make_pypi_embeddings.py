@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import cpu_model, embed_in_chunks, log, outside_repo, save_atomic  # noqa: E402
+from _bench import cpu_model, embed_in_chunks, exact_top, log, outside_repo, save_atomic  # noqa: E402
 
 DIM = 384
 DEFAULT_TSV = Path("/work/.library/env/packages/pypi.tsv")
@@ -248,8 +248,6 @@ def main(argv=None) -> int:
     gt_file = cache / f"gt_top{args.k}.npy"
     if not gt_file.is_file() or np.load(gt_file, mmap_mode="r").shape != (len(queries), min(args.k, len(base))):
         log(f"exact top-{args.k} of {len(queries)} queries over {len(base)} rows (float64, in blocks)")
-        from _bench import exact_top
-
         t = time.perf_counter()
         ids, scores = exact_top(base, queries, args.k)
         gt_seconds = time.perf_counter() - t

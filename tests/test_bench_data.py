@@ -97,7 +97,7 @@ def test_texts_are_deduped_with_counts_and_every_package_mapped(built):
 
 
 def test_resumed_runs_embed_every_chunk_once_and_lose_no_row(built):
-    rows, cache, runs = built
+    rows, cache, _ = built
     n = len(expected(rows)[0])
     files = [f"texts-{s:05d}-{CHUNK}.npy" for s in range(0, n, CHUNK)]
     log = [json.loads(line)["file"] for line in open(cache / "chunks" / "log.jsonl")]
