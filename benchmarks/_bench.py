@@ -2,9 +2,14 @@
 the way times are printed, and the exception a wrong answer raises (exit status 1)."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Mismatch(AssertionError):
@@ -44,6 +49,115 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return None
+
+
+def outside_repo(path) -> Path:
+    """The resolved path, after refusing one inside the repository (data never goes there)."""
+    out = Path(path).expanduser().resolve()
+    if out == ROOT or ROOT in out.parents:
+        raise SystemExit(f"refusing to write into the repository: {out}")
+    return out
+
+
+def save_atomic(path, a) -> None:
+    """np.save to a temporary file beside ``path``, flushed to disk, then renamed over it: a
+    reader, or a rerun after a kill at any moment, sees the whole array or no file."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    with open(tmp, "wb") as f:
+        np.save(f, a)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def chunk_done(path, rows, dim) -> bool:
+    """Whether ``path`` is a finished chunk: a float32 (rows, dim) .npy whose data is all there
+    (only the header is read)."""
+    import numpy as np
+
+    try:
+        a = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return a.dtype == np.float32 and a.shape == (rows, dim)
+
+
+def embed_in_chunks(texts, chunks, prefix, chunk, embed, dim, *, stop_after=None, desc="embedding"):
+    """Embed ``texts`` resumably: text ``s`` .. ``s + chunk - 1`` go to
+    ``chunks/{prefix}-{s}-{chunk}.npy`` (``s`` zero-padded), each saved atomically when done;
+    chunks already there are skipped (a damaged one is embedded again). ``embed(list) ->
+    float32 (n, dim)``. Every chunk written appends ``{"file", "rows", "seconds"}`` to
+    ``chunks/log.jsonl``. ``stop_after``: return after that many new chunks (to test resuming).
+
+    Returns ``(paths in text order, seconds spent embedding in this call, stopped early)``."""
+    chunks = Path(chunks)
+    chunks.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    width = max(5, len(str(n)))
+    starts = range(0, n, chunk)
+    paths = [chunks / f"{prefix}-{s:0{width}d}-{chunk}.npy" for s in starts]
+    for tmp in chunks.glob(f"{prefix}-*.tmp.npy"):   # left by a kill during a write
+        tmp.unlink()
+    todo = [(s, p) for s, p in zip(starts, paths) if not chunk_done(p, min(chunk, n - s), dim)]
+    for _, p in todo:
+        if p.exists():
+            log(f"{p.name}: incomplete or damaged, embedding it again")
+    done_rows = n - sum(min(chunk, n - s) for s, _ in todo)
+    seconds, written = 0.0, 0
+    bar = tqdm_or_none(total=n, initial=done_rows, unit="text", desc=desc, smoothing=0.05,
+                       mininterval=1 if sys.stderr.isatty() else 30)
+    try:
+        for s, p in todo:
+            if stop_after is not None and written >= stop_after:
+                return paths, seconds, True
+            t = time.perf_counter()
+            v = embed(texts[s:s + chunk])
+            dt = time.perf_counter() - t
+            if v.dtype != "float32" or v.shape != (min(chunk, n - s), dim):
+                raise Mismatch(f"{p.name}: the embedder returned {v.dtype} {v.shape}")
+            save_atomic(p, v)
+            with open(chunks / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"file": p.name, "rows": len(v), "seconds": round(dt, 3)}) + "\n")
+            seconds += dt
+            written += 1
+            if bar:
+                bar.update(len(v))
+    finally:
+        if bar:
+            bar.close()
+    return paths, seconds, False
+
+
+def exact_top(base, queries, k=100, block=32768):
+    """Exact top-k by inner product (cosine for unit vectors) of each query over ``base``, in
+    float64, ties to the lower row: ``(ids int32 (q, k), scores float64 (q, k))``, best first.
+    ``base`` is read ``block`` rows at a time (it may be a memmap larger than memory)."""
+    import numpy as np
+
+    q = np.asarray(queries, dtype=np.float64)
+    k = min(k, len(base))
+    best_s = np.full((len(q), 0), -np.inf)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for start in range(0, len(base), block):
+        x = np.asarray(base[start:start + block], dtype=np.float64)
+        s = np.concatenate([best_s, q @ x.T], axis=1)
+        ids = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(x)), (len(q), len(x)))], axis=1)
+        kk = min(k, s.shape[1])
+        new_s, new_i = np.empty((len(q), kk)), np.empty((len(q), kk), dtype=np.int64)
+        for j in range(len(q)):
+            row = s[j]
+            # the best k, ties to the lower id: best_i (lower ids, already in that order) comes
+            # first and the block's ids ascend, so among equal scores position order is id order
+            cand = np.arange(row.shape[0])
+            if kk < row.shape[0]:
+                cand = np.flatnonzero(-row <= np.partition(-row, kk - 1)[kk - 1])
+            pos = cand[np.lexsort((cand, -row[cand]))][:kk]
+            new_s[j], new_i[j] = row[pos], ids[j, pos]
+        best_s, best_i = new_s, new_i
+    return best_i.astype(np.int32), best_s
 
 
 def log(*a):

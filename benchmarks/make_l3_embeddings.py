@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import embed_in_chunks, exact_top, outside_repo, save_atomic  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,28 +53,6 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def save_atomic(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, a)
-    os.replace(tmp, path)
-
-
-def exact_top(corpus: np.ndarray, queries: np.ndarray, k: int = 100):
-    """Exact cosine top-k (float64 dot products of unit vectors), ties to the lower row."""
-    x = corpus.astype(np.float64)
-    ids = np.empty((len(queries), k), dtype=np.int32)
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), 100):
-        s = queries[start:start + 100].astype(np.float64) @ x.T
-        for j, row in enumerate(s):
-            kth = np.partition(-row, k - 1)[k - 1]    # the k-th best score, negated
-            cand = np.flatnonzero(-row <= kth)        # every row that can be in the top k (ties)
-            order = cand[np.lexsort((cand, -row[cand]))][:k]
-            ids[start + j] = order
-            scores[start + j] = row[order]
-    return ids, scores
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, default=default_src(), help="the pypi-minilm folder")
@@ -80,13 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
     args = ap.parse_args(argv)
 
-    out = args.out.expanduser().resolve()
-    if out == ROOT or ROOT in out.parents:
-        raise SystemExit(f"refusing to write into the repository: {out}")
+    out = outside_repo(args.out)
     chunks = out / "chunks"
-    chunks.mkdir(parents=True, exist_ok=True)
-
-    from tqdm import tqdm
 
     from bitpress.embed import MODEL_SHA256, Embedder
 
@@ -108,16 +84,10 @@ def main(argv=None) -> int:
         return v
 
     n = len(corpus_texts)
-    starts = list(range(0, n, args.chunk))
-    todo = [s for s in starts if not (chunks / f"corpus-{s:05d}-{args.chunk}.npy").is_file()]
     if not (out / "corpus.npy").is_file():
-        with tqdm(total=n, initial=n - sum(min(args.chunk, n - s) for s in todo), unit="text",
-                  desc="embedding corpus", file=sys.stderr) as bar:
-            for s in todo:
-                v = embed(corpus_texts[s:s + args.chunk])
-                save_atomic(chunks / f"corpus-{s:05d}-{args.chunk}.npy", v)
-                bar.update(len(v))
-        corpus = np.concatenate([np.load(chunks / f"corpus-{s:05d}-{args.chunk}.npy") for s in starts])
+        paths, _, _ = embed_in_chunks(corpus_texts, chunks, "corpus", args.chunk, embed, 384,
+                                      desc="embedding corpus")
+        corpus = np.concatenate([np.load(p) for p in paths])
         assert corpus.shape == (n, 384), corpus.shape
         save_atomic(out / "corpus.npy", corpus)
     corpus = np.load(out / "corpus.npy")
@@ -129,7 +99,7 @@ def main(argv=None) -> int:
     if not (out / "gt_top100.npy").is_file():
         t = time.perf_counter()
         ids, scores = exact_top(corpus, queries, 100)
-        save_atomic(out / "gt_top100_scores.npy", scores)
+        save_atomic(out / "gt_top100_scores.npy", scores.astype(np.float32))
         save_atomic(out / "gt_top100.npy", ids)
         print(f"ground truth in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
