@@ -366,7 +366,7 @@ core_codebook_shape(PyObject *self, PyObject *args)
 	if (!PyArg_ParseTuple(args, "O", &bo))
 		return NULL;
 	if (get_codebook(bo, &bb, &copy, &cb) == 0)
-		result = Py_BuildValue("(IIIi)", cb.dims, cb.components, cb.bits, cb.base != NULL);
+		result = Py_BuildValue("(IIIi)", cb.dims, cb.components, cb.bits, cb.base != NULL || cb.rabitq);
 	release_blob(&bb, copy);
 	return result;
 }
@@ -458,13 +458,12 @@ core_asym_scores_into(PyObject *self, PyObject *args)
 				cbuf = {0},
 				ob = {0};
 	void	   *copy = NULL;
-	float	   *work = NULL;
+	void	   *work = NULL;
 	bp_codebook cb;
 	bp_status	st;
 	size_t		bad_index = 0,
 				nbytes,
 				dim;
-	double		constant = 0;
 	PyObject   *result = NULL;
 
 	if (!PyArg_ParseTuple(args, "OOOnO", &bo, &qo, &co, &n, &oo))
@@ -488,29 +487,31 @@ core_asym_scores_into(PyObject *self, PyObject *args)
 		raise_status(BP_ERR_BIT_LENGTH_MISMATCH, n ? (long long) (cbuf.len / n) * 8 : 0, cb.bits, -1);
 		goto done;
 	}
-	/* scratch, then weights[bits], then the table */
-	work = PyMem_Malloc((bp_codebook_scratch_floats(&cb) + cb.bits + 256 * nbytes) * sizeof(float));
+	work = PyMem_Malloc(bp_codebook_score_bytes(&cb));
 	if (work == NULL)
 	{
 		PyErr_NoMemory();
 		goto done;
 	}
 	{
-		float	   *w = work + bp_codebook_scratch_floats(&cb);
-		float	   *lut = w + cb.bits;
+		bp_score_query sq;
+		size_t		bad_row = 0;
 
-		st = bp_codebook_query_weights(&cb, (const float *) qb.buf, dim, work, w, &constant,
-									   &bad_index);
+		st = bp_codebook_score_prep(&cb, (const float *) qb.buf, dim, work, &sq, &bad_index);
 		if (st != BP_OK)
 		{
 			raise_status(st, (long long) bad_index, 0, -1);
 			goto done;
 		}
 		Py_BEGIN_ALLOW_THREADS
-			bp_asym_lut(w, cb.bits, lut);
-			bp_asym_scan(lut, nbytes, (const uint8_t *) cbuf.buf, (size_t) n, nbytes, constant,
-						 (double *) ob.buf);
+			st = bp_codebook_score_scan(&sq, (const uint8_t *) cbuf.buf, (size_t) n, nbytes,
+										(double *) ob.buf, &bad_row);
 		Py_END_ALLOW_THREADS
+		if (st != BP_OK)
+		{
+			raise_status(st, (long long) bad_row, 0, -1);
+			goto done;
+		}
 	}
 	result = Py_NewRef(Py_None);
 done:

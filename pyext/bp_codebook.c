@@ -43,6 +43,44 @@ rd16(const uint8_t *p)
 
 #define FAIL(why) do { if (problem) *problem = (why); return BP_ERR_MALFORMED_CODEBOOK; } while (0)
 
+/* bytes of a RaBitQ code: its bit planes, then its factors */
+static size_t
+rabitq_code_bytes(uint64_t dims, uint32_t per_dim)
+{
+	return bp_ivf_code_bytes((size_t) dims, (int) per_dim) + sizeof(bp_ivf_factors);
+}
+
+static bp_status
+parse_rabitq(const uint8_t *p, size_t len, uint16_t flags, uint64_t dims, uint64_t comps,
+			 uint64_t bits, bp_codebook *cb, int *problem)
+{
+	size_t		pos = BP_CB_HEADER_BYTES;
+	uint32_t	per_dim,
+				metric;
+
+	if (flags != (BP_CB_F_RABITQ | BP_CB_F_CENTER) || comps != dims)
+		FAIL(BP_CB_SHAPE);
+	if ((uint64_t) len != BP_CB_HEADER_BYTES + 4 * dims + 16)
+		FAIL(BP_CB_SIZE);
+	per_dim = rd32(p + pos + 4 * dims);
+	metric = rd32(p + pos + 4 * dims + 4);
+	if (per_dim < 1 || per_dim > BP_IVF_MAX_BITS || metric > BP_METRIC_COSINE
+		|| bits != 8 * (uint64_t) rabitq_code_bytes(dims, per_dim))
+		FAIL(BP_CB_SHAPE);
+	memset(cb, 0, sizeof(*cb));
+	cb->dims = (uint32_t) dims;
+	cb->components = (uint32_t) dims;
+	cb->bits = (uint32_t) bits;
+	cb->center = (const float *) (p + pos);
+	cb->rabitq = per_dim;
+	cb->metric = (int) metric;
+	cb->seed = (uint64_t) rd32(p + pos + 4 * dims + 8)
+		| ((uint64_t) rd32(p + pos + 4 * dims + 12) << 32);
+	if (!all_finite(cb->center, dims))
+		FAIL(BP_CB_NONFINITE);
+	return BP_OK;
+}
+
 bp_status
 bp_codebook_parse(const void *buf, size_t len, bp_codebook *cb, int *problem)
 {
@@ -67,8 +105,10 @@ bp_codebook_parse(const void *buf, size_t len, bp_codebook *cb, int *problem)
 	dims = rd32(p + 8);
 	comps = rd32(p + 12);
 	bits = rd32(p + 16);
-	if ((flags & ~15u) != 0 || rd32(p + 20) != 0)
+	if ((flags & ~31u) != 0 || rd32(p + 20) != 0)
 		FAIL(BP_CB_MAGIC);
+	if (flags & BP_CB_F_RABITQ)
+		return parse_rabitq(p, len, flags, dims, comps, bits, cb, problem);
 	if (dims == 0 || dims > BP_MAX_DIM || comps == 0 || comps > BP_MAX_DIM
 		|| bits == 0 || bits > 8 * (uint64_t) BP_MAX_DIM)
 		FAIL(BP_CB_SHAPE);
@@ -124,10 +164,74 @@ bp_codebook_parse(const void *buf, size_t len, bp_codebook *cb, int *problem)
 	return BP_OK;
 }
 
+/* floats up to an 8-byte boundary */
+static inline size_t
+even(size_t n)
+{
+	return (n + 1) & ~(size_t) 1;
+}
+
 size_t
 bp_codebook_scratch_floats(const bp_codebook *cb)
 {
+	if (cb->rabitq)				/* y, the rotated vector, the encoder's scratch */
+		return 2 * even(cb->dims) + bp_ivf_code_bytes(cb->dims, (int) cb->rabitq) / 4 + cb->dims;
 	return (size_t) cb->dims + cb->components;
+}
+
+/* x (finite, checked) normalized for cosine and rotated into z; y is scratch */
+static bp_status
+rabitq_rotate(const bp_codebook *cb, const float *x, float *y, float *z, size_t *bad_index)
+{
+	for (size_t i = 0; i < cb->dims; i++)
+	{
+		if (!finite32(x[i]))
+		{
+			if (bad_index)
+				*bad_index = i;
+			return BP_ERR_NONFINITE_VALUE;
+		}
+		y[i] = x[i];
+	}
+	if (cb->metric == BP_METRIC_COSINE)
+		bp_ivf_normalize(y, cb->dims);
+	bp_ivf_rotate(y, cb->dims, cb->seed, z);
+	for (size_t i = 0; i < cb->dims; i++)
+		if (!finite32(z[i]))
+		{
+			/* the rotation keeps the norm: a vector whose norm leaves float overflows here */
+			if (bad_index)
+				*bad_index = (size_t) -1;
+			return BP_ERR_OVERFLOW;
+		}
+	return BP_OK;
+}
+
+static bp_status
+rabitq_encode(const bp_codebook *cb, const float *x, float *scratch, uint8_t *out,
+			  size_t *bad_index)
+{
+	float	   *y = scratch,
+			   *z = scratch + even(cb->dims),
+			   *enc = scratch + 2 * even(cb->dims);
+	size_t		planes = bp_ivf_code_bytes(cb->dims, (int) cb->rabitq);
+	bp_ivf_factors f;
+	bp_status	st = rabitq_rotate(cb, x, y, z, bad_index);
+
+	if (st != BP_OK)
+		return st;
+	st = bp_ivf_encode(z, cb->center, cb->dims, (int) cb->rabitq, enc, out, &f);
+	if (st != BP_OK)
+		return st;
+	if (!finite32(f.norm) || !finite32(f.scale) || !finite32(f.err) || !finite32(f.ipc)
+		|| !finite32(f.off))
+	{
+		if (bad_index)
+			*bad_index = (size_t) -1;
+		return BP_ERR_OVERFLOW;
+	}
+	memcpy(out + planes, &f, sizeof(f));
+	return BP_OK;
 }
 
 /*
@@ -190,7 +294,19 @@ bp_codebook_encode_batch(const bp_codebook *cb, const float *x, size_t n, size_t
 		return BP_ERR_EMPTY;
 	if (dim != cb->dims)
 		return BP_ERR_CODEBOOK_DIM_MISMATCH;
-	for (size_t r = 0; r < n; r++)
+	for (size_t r = 0; r < n && cb->rabitq; r++)
+	{
+		bp_status	st = rabitq_encode(cb, x + r * row_stride, scratch, out + r * out_stride,
+									   bad_index);
+
+		if (st != BP_OK)
+		{
+			if (bad_row)
+				*bad_row = r;
+			return st;
+		}
+	}
+	for (size_t r = 0; r < n && !cb->rabitq; r++)
 	{
 		uint8_t    *o = out + r * out_stride;
 		bp_status	st = transform(cb, x + r * row_stride, y, z, bad_index);
@@ -229,7 +345,7 @@ bp_codebook_query_weights(const bp_codebook *cb, const float *q, size_t dim,
 		return BP_ERR_EMPTY;
 	if (dim != cb->dims)
 		return BP_ERR_CODEBOOK_DIM_MISMATCH;
-	if (cb->base == NULL)
+	if (cb->base == NULL || cb->rabitq)
 		return BP_ERR_NO_LEVELS;
 	if (cb->src_b)
 		for (size_t b = 0; b < cb->bits; b++)
@@ -301,4 +417,86 @@ bp_asym_scan(const float *lut, size_t nbytes, const uint8_t *codes, size_t n, si
 			s += lut[256 * p + c[p]];
 		out[i] = constant + s;
 	}
+}
+
+size_t
+bp_codebook_score_bytes(const bp_codebook *cb)
+{
+	if (cb->rabitq)				/* y and the rotated query, then the int16 table */
+		return 2 * even(cb->dims) * sizeof(float) + bp_ivf_query_entries(cb->dims) * sizeof(int16_t);
+	/* scratch, the weights, then the table */
+	return (bp_codebook_scratch_floats(cb) + cb->bits + 256 * bp_code_bytes(cb->bits)) * sizeof(float);
+}
+
+bp_status
+bp_codebook_score_prep(const bp_codebook *cb, const float *q, size_t dim, void *work,
+					   bp_score_query *sq, size_t *bad_index)
+{
+	float	   *f = work;
+	bp_status	st;
+
+	memset(sq, 0, sizeof(*sq));
+	sq->cb = cb;
+	sq->nbytes = bp_code_bytes(cb->bits);
+	if (dim == 0)
+		return BP_ERR_EMPTY;
+	if (dim != cb->dims)
+		return BP_ERR_CODEBOOK_DIM_MISMATCH;
+	if (cb->rabitq)
+	{
+		float	   *qr = f + even(cb->dims);
+		int16_t    *lut = (int16_t *) (f + 2 * even(cb->dims));
+
+		st = rabitq_rotate(cb, q, f, qr, bad_index);
+		if (st != BP_OK)
+			return st;
+		sq->planes = bp_ivf_code_bytes(cb->dims, (int) cb->rabitq);
+		bp_ivf_query_prep(qr, cb->dims, (int) cb->rabitq, &sq->iq, lut);
+		bp_ivf_query_list(&sq->iq, bp_dot(qr, cb->center, cb->dims),
+						  bp_dot(cb->center, cb->center, cb->dims));
+		return BP_OK;
+	}
+	{
+		float	   *w = f + bp_codebook_scratch_floats(cb);
+		float	   *lut = w + cb->bits;
+
+		st = bp_codebook_query_weights(cb, q, dim, f, w, &sq->constant, bad_index);
+		if (st != BP_OK)
+			return st;
+		bp_asym_lut(w, cb->bits, lut);
+		sq->lut = lut;
+	}
+	return BP_OK;
+}
+
+bp_status
+bp_codebook_score_scan(const bp_score_query *sq, const uint8_t *codes, size_t n, size_t stride,
+					   double *out, size_t *bad_row)
+{
+	const bp_codebook *cb = sq->cb;
+
+	if (!cb->rabitq)
+	{
+		bp_asym_scan(sq->lut, sq->nbytes, codes, n, stride, sq->constant, out);
+		return BP_OK;
+	}
+	for (size_t i = 0; i < n; i++)
+	{
+		const uint8_t *c = codes + i * stride;
+		bp_ivf_factors f;
+		double		bound,
+					est;
+
+		memcpy(&f, c + sq->planes, sizeof(f));
+		if (!finite32(f.norm) || !finite32(f.scale) || !finite32(f.err) || !finite32(f.ipc)
+			|| !finite32(f.off))
+		{
+			if (bad_row)
+				*bad_row = i;
+			return BP_ERR_CODE_FACTORS;
+		}
+		est = bp_ivf_estimate(&sq->iq, &f, c, cb->metric, &bound);
+		out[i] = cb->metric == BP_METRIC_COSINE ? 1.0 - est : -est;
+	}
+	return BP_OK;
 }

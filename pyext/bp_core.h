@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BP_VERSION "0.6.0"
+#define BP_VERSION "0.7.0"
 
 /* Largest vector binarize() accepts. pgvector's vector stops at 16000 dimensions. */
 #define BP_MAX_DIM 65536
@@ -37,7 +37,8 @@ typedef enum bp_status
 	BP_ERR_OVERFLOW,			/* a result is NaN or +-Inf (overflow): a = element index */
 	BP_ERR_NEGATIVE_BITS,		/* a = the bit length asked */
 	BP_ERR_CODE_BYTES,			/* a = bytes given, b = bits asked: not (b + 7) / 8 bytes */
-	BP_ERR_CODE_PADDING			/* a = bits: the padding bits after them are not zero */
+	BP_ERR_CODE_PADDING,		/* a = bits: the padding bits after them are not zero */
+	BP_ERR_CODE_FACTORS			/* a = code: its RaBitQ correction factors are not finite */
 } bp_status;
 
 /* Why bp_codebook_parse refused a buffer (the "a" of BP_ERR_MALFORMED_CODEBOOK). */
@@ -159,7 +160,19 @@ uint64_t	bp_hamming_with(bp_impl impl, const uint8_t *a, const uint8_t *b, size_
 #define BP_CB_F_PROJECTION 2
 #define BP_CB_F_PAIRS 4
 #define BP_CB_F_RECON 8
+#define BP_CB_F_RABITQ 16
 #define BP_CB_HEADER_BYTES 24
+
+/*
+ * A RaBitQ codebook (flag 16, with flag 1 and no other) holds center[dims], the rotated
+ * centroid cr, then int32 rq[4] = {bits per dimension (1-4), metric (BP_METRIC_*), seed low
+ * 32 bits, seed high 32 bits}, and no src/thr arrays. A vector x (normalized first for cosine)
+ * is rotated by the seed's orthogonal matrix and coded as the index codes a row of the list of
+ * cr (bp_ivf_encode): bp_ivf_code_bytes(dims, bits per dimension) bytes of bit planes, then the
+ * five bp_ivf_factors floats (little-endian). The header's bits is 8 times that byte count.
+ * Its asymmetric score is the estimate of the index (bp_ivf_estimate): the estimated cosine
+ * (cosine), inner product (ip) or minus squared distance (l2) of the query and the vector.
+ */
 
 typedef struct bp_codebook
 {
@@ -174,6 +187,9 @@ typedef struct bp_codebook
 	const float *thr_b;			/* bits, or NULL */
 	const float *base;			/* components, or NULL: reconstruction levels */
 	const float *delta;			/* bits, or NULL */
+	uint32_t	rabitq;			/* RaBitQ codebook: bits per dimension (1-4); 0 otherwise */
+	int			metric;			/* RaBitQ: BP_METRIC_* */
+	uint64_t	seed;			/* RaBitQ: the rotation's seed */
 } bp_codebook;
 
 /* Checks a stored codebook and points cb into buf (no copy; buf must outlive cb and be
@@ -510,5 +526,26 @@ void		bp_ivf_lower_bounds(const bp_ivf_query *q, const uint8_t *const *items, si
 
 /* The exact distance in the metric's form (for COSINE, b normalized; NaN for a zero a). */
 double		bp_ivf_distance(int metric, const float *a, const float *b, size_t dim);
+
+/* ---- any codebook's asymmetric score: prepare the query once, then scan codes ----
+ * Levels codebooks score q . x_hat by a float table per code byte (as above); RaBitQ ones by
+ * the index's estimate. work holds bp_codebook_score_bytes(cb) bytes, 8-byte aligned, and must
+ * outlive sq. Higher scores are closer. scan gives BP_ERR_CODE_FACTORS with *bad_row at a
+ * RaBitQ code whose factors are not finite (not a code of this codebook). */
+typedef struct bp_score_query
+{
+	const bp_codebook *cb;
+	size_t		nbytes;			/* of a code */
+	const float *lut;			/* levels: bp_code_bytes(bits) x 256 */
+	double		constant;
+	size_t		planes;			/* RaBitQ: bytes of the bit planes before the factors */
+	bp_ivf_query iq;			/* RaBitQ: the rotated query */
+} bp_score_query;
+
+size_t		bp_codebook_score_bytes(const bp_codebook *cb);
+bp_status	bp_codebook_score_prep(const bp_codebook *cb, const float *q, size_t dim, void *work,
+								   bp_score_query *sq, size_t *bad_index);
+bp_status	bp_codebook_score_scan(const bp_score_query *sq, const uint8_t *codes, size_t n,
+								   size_t stride, double *out, size_t *bad_row);
 
 #endif							/* BP_CORE_H */

@@ -162,6 +162,14 @@ bp_error_message(char *buf, size_t bufsize, bp_status status, long long a, long 
 		case BP_ERR_CODE_PADDING:
 			snprintf(buf, bufsize, "padding bits after bit %lld are not zero", a);
 			break;
+		case BP_ERR_CODE_FACTORS:
+			if (a >= 0)
+				snprintf(buf, bufsize, "code %lld is not a code of this RaBitQ codebook (its "
+						 "correction factors are not finite numbers)", a + 1);
+			else
+				snprintf(buf, bufsize, "the code is not a code of this RaBitQ codebook (its "
+						 "correction factors are not finite numbers)");
+			break;
 		default:
 			snprintf(buf, bufsize, "unknown bitpress error %d", (int) status);
 			break;
@@ -205,6 +213,7 @@ bp_error_sqlstate(bp_status status)
 		case BP_ERR_MALFORMED_CODEBOOK:
 		case BP_ERR_MALFORMED_TT:
 		case BP_ERR_MALFORMED_FFN:
+		case BP_ERR_CODE_FACTORS:
 			return "22P03";		/* invalid_binary_representation */
 		default:
 			return "XX000";

@@ -19,7 +19,7 @@ def test_pg_install_stages_a_working_build(tmp_path):
     # the current version's script, the first release's, and the upgrades between them
     assert sorted(s.name for s in inst.scripts) == [
         "bitpress--0.1.0--0.2.0.sql", "bitpress--0.1.0.sql", "bitpress--0.2.0--0.3.0.sql",
-        "bitpress--0.3.0--0.4.0.sql", "bitpress--0.4.0--0.5.0.sql", "bitpress--0.5.0--0.6.0.sql",
+        "bitpress--0.3.0--0.4.0.sql", "bitpress--0.4.0--0.5.0.sql", "bitpress--0.5.0--0.6.0.sql", "bitpress--0.6.0--0.7.0.sql",
         f"bitpress--{bitpress.__version__}.sql"]
     assert f"built bitpress {bitpress.__version__}" in proc.stdout
     assert str(inst.library) in proc.stdout

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-CORE = ["bp_binarize.c", "bp_hamming.c", "bp_error.c", "bp_codebook.c", "bp_topk.c", "bp_tt.c", "bp_ffn.c"]
+CORE = ["bp_binarize.c", "bp_hamming.c", "bp_error.c", "bp_codebook.c", "bp_topk.c", "bp_tt.c", "bp_ffn.c", "bp_ivf.c"]
 
 
 @pytest.mark.parametrize("flags", [["-O2"], ["-O0"]], ids=["O2", "O0"])

@@ -49,6 +49,7 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
                  "bitpress/_pgsrc/sql/bitpress--0.3.0--0.4.0.sql",
                  "bitpress/_pgsrc/sql/bitpress--0.4.0--0.5.0.sql",
                  "bitpress/_pgsrc/sql/bitpress--0.5.0--0.6.0.sql", "bitpress/_pgsrc/sql/src/ivfscan.c",
+                 "bitpress/_pgsrc/sql/bitpress--0.6.0--0.7.0.sql",
                  "bitpress/_pgsrc/pyext/bp_ivf.c", "bitpress/ivf.py",
                  "bitpress/_migrations/versions/0006_inline_segments.py",
                  "bitpress/_migrations/versions/0007_store_integrity.py",

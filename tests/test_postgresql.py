@@ -233,7 +233,7 @@ CATALOG = {
     # k-NN helpers and functions raise on NULL arguments instead of returning nothing
     "bitpress_check_knn(integer,integer)": ("i", False, "s"),
     "bitpress_relation(anyelement)": ("s", False, "s"),
-    "bitpress_check_scoring(text,text)": ("i", False, "s"),
+    "bitpress_check_scoring(text,text)": ("s", False, "s"),  # 0.7.0: reads bitpress.codebooks (RaBitQ refusal)
     "bitpress_store_for(regclass,text)": ("s", False, "s"),
     "bitpress_store_knn(text,bit varying,integer)": ("s", True, "s"),
     "bitpress_store_rebuild(text)": ("v", False, "u"),

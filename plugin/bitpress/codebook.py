@@ -17,6 +17,13 @@ Optional reconstruction levels (``base[components]``, ``delta[bits]``) give the 
 score: ``z_hat[j] = base[j] + sum(delta[b] * bit_b for bits b with src_a[b] == j)``, and
 ``x_hat = center + projection.T @ z_hat``, so ``q . x_hat`` is linear in the bits.
 
+A *RaBitQ* codebook (``method="rabitq"``, ``rabitq=(bits_per_dim, metric, seed)``) is the
+estimator of the ``bitpress_ivf`` index with one list: ``center`` is the rotated centroid,
+a vector (normalized first for cosine) is rotated by the seed's orthogonal matrix and coded as
+``bits_per_dim`` bit planes of its residual to the center, followed by five float32 correction
+factors; its asymmetric score is the index's estimate (``pyext/bp_ivf.c``): the estimated
+cosine, inner product or minus squared distance. It has no thresholds (``src_a`` is empty).
+
 ``to_bytes()`` is the form stored in ``bitpress.codebooks.params`` and read by the C core
 (``pyext/bp_codebook.c``), identical in PostgreSQL and DuckDB. ``encode_reference`` is the
 plain numpy statement of the rules above; the C core must match it bit for bit (tested).
@@ -32,8 +39,19 @@ from . import errors
 
 MAGIC = b"BPCB"
 FORMAT = 1
-F_CENTER, F_PROJECTION, F_PAIRS, F_RECON = 1, 2, 4, 8
+F_CENTER, F_PROJECTION, F_PAIRS, F_RECON, F_RABITQ = 1, 2, 4, 8, 16
+METRICS = ("l2", "ip", "cosine")  # the index's metric ids: 0, 1, 2
+RABITQ_FACTORS = 5                # float32 correction factors after a RaBitQ code's bit planes
 _HEADER = struct.Struct("<4sHHIIII")
+
+
+def normalize_as_core(x) -> np.ndarray:
+    """Rows scaled to unit length bit for bit as ``bp_ivf_normalize`` does (a sequential double
+    sum of squares, one float32 scale); zero rows stay zero."""
+    x = np.atleast_2d(np.asarray(x, np.float32))
+    s = np.cumsum(x.astype(np.float64) ** 2, axis=1)[:, -1:]
+    inv = np.where(s > 0, 1.0 / np.sqrt(np.where(s > 0, s, 1.0)), 1.0).astype(np.float32)
+    return x * inv
 
 
 @dataclasses.dataclass
@@ -49,6 +67,7 @@ class Codebook:
     base: np.ndarray | None = None         # float32[components]: reconstruction with all bits 0
     delta: np.ndarray | None = None        # float32[bits]: what each 1 bit adds to its component
     options: dict = dataclasses.field(default_factory=dict)  # how it was fitted (JSON)
+    rabitq: tuple | None = None            # (bits per dimension, metric id, seed): a RaBitQ codebook
 
     def __post_init__(self):
         f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)
@@ -58,11 +77,20 @@ class Codebook:
         self.center, self.projection = f32(self.center), f32(self.projection)
         self.base, self.delta = f32(self.base), f32(self.delta)
         self.dims = int(self.dims)
+        if self.rabitq is not None:
+            self.rabitq = tuple(int(v) for v in self.rabitq)
         self.validate()
 
     @property
     def bits(self) -> int:
+        if self.rabitq is not None:
+            return 8 * self.rabitq_code_bytes(self.dims, self.rabitq[0])
         return int(self.src_a.shape[0])
+
+    @staticmethod
+    def rabitq_code_bytes(dims: int, bits_per_dim: int) -> int:
+        """Bytes of a RaBitQ code: bit planes of 64-bit words, then the factors."""
+        return bits_per_dim * ((dims + 63) // 64) * 8 + 4 * RABITQ_FACTORS
 
     @property
     def components(self) -> int:
@@ -79,11 +107,22 @@ class Codebook:
     @property
     def asymmetric(self) -> bool:
         """Whether ``score()`` can rank codes against a float query (needs levels, no pairs)."""
-        return self.base is not None and not self.has_pairs
+        return self.rabitq is not None or (self.base is not None and not self.has_pairs)
 
     def validate(self):
         def bad(msg):
             raise errors.MalformedCodebookError(f"malformed codebook: {msg}")
+        if self.rabitq is not None:
+            if len(self.rabitq) != 3 or not 1 <= self.rabitq[0] <= 4 or not 0 <= self.rabitq[1] < len(METRICS) \
+                    or not 0 <= self.rabitq[2] < 2 ** 64:
+                bad("rabitq must be (bits per dimension 1-4, metric 0-2, seed below 2**64)")
+            if self.center is None or self.center.shape != (self.dims,) or not np.isfinite(self.center).all():
+                bad("a RaBitQ codebook needs a finite center of one value per dimension")
+            if self.src_a.shape != (0,) or any(a is not None for a in (self.src_b, self.projection, self.base, self.delta)):
+                bad("a RaBitQ codebook has only its center")
+            if self.dims < 1:
+                bad("it needs at least 1 dimension")
+            return
         b, m = self.bits, self.components
         if self.dims < 1 or b < 1:
             bad("it needs at least 1 dimension and 1 bit")
@@ -112,6 +151,11 @@ class Codebook:
 
     # ---- the stored form ----
     def to_bytes(self) -> bytes:
+        if self.rabitq is not None:
+            per_dim, metric, seed = self.rabitq
+            return b"".join([_HEADER.pack(MAGIC, FORMAT, F_RABITQ | F_CENTER, self.dims, self.dims, self.bits, 0),
+                             self.center.astype("<f4").tobytes(),
+                             struct.pack("<iiII", per_dim, metric, seed & 0xFFFFFFFF, seed >> 32)])
         flags = ((F_CENTER if self.center is not None else 0)
                  | (F_PROJECTION if self.projection is not None else 0)
                  | (F_PAIRS if self.src_b is not None else 0)
@@ -132,6 +176,16 @@ class Codebook:
         if magic != MAGIC or fmt != FORMAT:
             raise errors.MalformedCodebookError("malformed codebook: not a bitpress codebook (format 1)")
         pos = _HEADER.size
+        if flags & F_RABITQ:
+            if flags != F_RABITQ | F_CENTER or m != dims or len(blob) != pos + 4 * dims + 16:
+                raise errors.MalformedCodebookError("malformed codebook: not a RaBitQ codebook's layout")
+            center = np.frombuffer(blob, "<f4", dims, pos).astype(np.float32)
+            per_dim, metric, lo, hi = struct.unpack_from("<iiII", blob, pos + 4 * dims)
+            cb = cls(method or "rabitq", dims, np.empty(0, np.int32), np.empty(0, np.float32), center=center,
+                     options=dict(options or {}), rabitq=(per_dim, metric, lo | (hi << 32)))
+            if cb.bits != b:
+                raise errors.MalformedCodebookError("malformed codebook: its bits do not match its shape")
+            return cb
 
         def take(dtype, count):
             nonlocal pos
@@ -164,6 +218,14 @@ class Codebook:
         return z.astype(np.float32)
 
     def encode_reference(self, x) -> np.ndarray:
+        if self.rabitq is not None:  # the index's own encoder (bitpress.ivf), one list
+            from . import ivf
+            per_dim, metric, seed = self.rabitq
+            x = np.atleast_2d(np.asarray(x, np.float32))
+            if METRICS[metric] == "cosine":
+                x = normalize_as_core(x)
+            enc = ivf.encode(ivf.rotate(x, seed), self.center[None, :], per_dim, lists=np.zeros(len(x), np.int32))
+            return np.concatenate([enc.codes, enc.factors.astype("<f4").view(np.uint8)], axis=1)
         z = self.transform_reference(np.atleast_2d(x))
         bit = z[:, self.src_a] > self.thr_a
         if self.src_b is not None:
@@ -174,7 +236,7 @@ class Codebook:
 
     def reconstruct_reference(self, codes) -> np.ndarray:
         """``x_hat`` for each code (needs reconstruction levels)."""
-        if not self.asymmetric:
+        if not self.asymmetric or self.rabitq is not None:
             raise errors.BitpressError(f"codebook method {self.method!r} has no reconstruction levels")
         bits = np.unpackbits(np.atleast_2d(codes), axis=-1, count=self.bits).astype(np.float64)
         z = np.tile(self.base.astype(np.float64), (bits.shape[0], 1))

@@ -110,6 +110,9 @@ CREATE OR REPLACE TEMP MACRO bitpress_query_code(query, codebook, k, oversample)
     -- the query's code, computed once per query (a scalar subquery), after checking k and
     -- oversample there: a LIMIT that can raise an error would cost DuckDB its top-N operator
     CASE WHEN bitpress_pool(k, oversample) > 0 AND codebook IS NULL THEN binarize(bitpress_query(query))
+         -- only the Hamming stages code the query: a RaBitQ code ends in float factors
+         WHEN bitpress_codebook_rabitq(CAST(codebook AS VARCHAR))
+         THEN error('codebook "' || codebook || '" is a RaBitQ codebook: rank its codes with scoring => ''asymmetric''')
          ELSE binarize(bitpress_query(query), CAST(codebook AS VARCHAR)) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_query_bits(query, codebook, k, oversample) AS
@@ -570,6 +573,13 @@ def _encode_batch(books, v, name, version):
     return _codes_array(codes, nbits)
 
 
+def _is_rabitq(blob) -> bool:
+    """Whether stored codebook parameters are a RaBitQ codebook's (flag 16 of the header)."""
+    from .codebook import F_RABITQ
+    _core.codebook_shape(blob)  # malformed parameters fail here, with the core's message
+    return bool(int.from_bytes(bytes(blob[6:8]), "little") & F_RABITQ)
+
+
 def _score_batch(books, code, q, name, stamp, code_bits):
     from .kernels import asymmetric_scores
 
@@ -680,6 +690,9 @@ def register(con):
     udf(con, "bitpress_codebook_bits", lambda n: pa.array([_core.codebook_shape(books.get(x, 0))[2]
                                                            for x in n.to_pylist()], pa.int32()),
         ["VARCHAR"], "INTEGER", side_effects=False)
+    udf(con, "bitpress_codebook_rabitq", lambda n: pa.array([_is_rabitq(books.get(x, 0)) for x in n.to_pylist()],
+                                                             pa.bool_()),
+        ["VARCHAR"], "BOOLEAN", side_effects=False)
     udf(con, "bitpress_score_udf", lambda c, q, n, st, b: _score_batch(books, c, q, n, st, b),
         ["BLOB", "FLOAT[]", "VARCHAR", "VARCHAR", "INTEGER"], "DOUBLE", side_effects=False)
     udf(con, "bitpress_store_knn_udf", lambda s_, q, k, b: _store_knn_batch(con, s_, q, k, b),

@@ -64,6 +64,12 @@ class MalformedCodebookError(BitpressError):
     sqlstate = "22P03"
 
 
+class MalformedCodeError(BitpressError):
+    """A code that cannot be one of its codebook's (a RaBitQ code's factors are not numbers)."""
+
+    sqlstate = "22P03"
+
+
 class UnknownCodebookError(BitpressError):
     """No codebook of that name (or version) in bitpress.codebooks."""
 
@@ -173,6 +179,7 @@ _BY_STATUS = {
     19: InvalidParameterError,
     20: CodeLengthMismatchError,
     21: CodeLengthMismatchError,
+    22: MalformedCodeError,
 }
 
 

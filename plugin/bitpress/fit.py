@@ -17,6 +17,11 @@ pca           k <= d      centre, project on the top k principal axes, ``z > 0``
 itq           k <= d      PCA to k axes, then the ITQ rotation (Gong & Lazebnik 2011), ``z > 0``
 thermometer   2d          cut points mean -/+ 0.5 sigma per dimension: levels 00, 10, 11
                           (Hamming = level gap); ``alpha=2/3`` is pgvectorscale's, ``cut='tertile'``
+rabitq        d, 2d, ..   not thresholds: the index's RaBitQ code with one list (the sample
+              up to 4d    mean), ``bits / d`` bit planes of the rotated residual plus five
+                          float32 factors (the stored code is longer: ``Codebook.bits``);
+                          for asymmetric scoring only (Hamming between these codes means
+                          nothing). Option ``metric='cosine'|'ip'|'l2'``
 ============  ==========  =================================================================
 
 Options (keyword arguments; ``DEFAULT_OPTIONS`` lists them with their defaults):
@@ -52,7 +57,7 @@ from . import errors
 from ._core import MAX_DIM
 from .codebook import Codebook
 
-METHODS = ("sign", "mean", "median", "learned", "matryoshka", "hybrid", "pca", "itq", "thermometer")
+METHODS = ("sign", "mean", "median", "learned", "matryoshka", "hybrid", "pca", "itq", "thermometer", "rabitq")
 LEARNED_MIN_ROWS = 256
 
 # options each method accepts, with their defaults
@@ -65,6 +70,7 @@ DEFAULT_OPTIONS = {
     "pca": {"threshold": "zero"},
     "itq": {"iterations": 50, "threshold": "zero", "max_sample": 20000},
     "thermometer": {"cut": "sigma", "alpha": 0.5},
+    "rabitq": {"metric": "cosine"},
     "learned": {"steps": 200, "batch": 64, "lr": 0.005, "lr_levels": 0.01, "tau_start": 1.0,
                 "tau_end": 0.1, "positives": 10, "hard": 40, "negatives": 50, "anchors": 4000,
                 "check_anchors": 500, "check_every": 25, "max_sample": 20000,
@@ -135,6 +141,11 @@ def _check_bits(method, bits, d):
             raise errors.InvalidParameterError(
                 f"hybrid needs d/2 <= bits < d: bits must be {lo}..{d - 1} for {d} dimensions, got {bits}")
         return bits
+    if method == "rabitq":
+        if bits not in (None, d, 2 * d, 3 * d, 4 * d):
+            raise errors.InvalidParameterError(
+                f"rabitq codes 1 to 4 bits per dimension: bits must be {d}, {2 * d}, {3 * d} or {4 * d}, got {bits}")
+        return d if bits is None else bits
     if method in ("pca", "itq"):
         if bits is None:
             return d
@@ -157,7 +168,7 @@ def _options(method, options):
 
 _CHOICES = {("pca", "threshold"): ("zero", "median"), ("itq", "threshold"): ("zero", "median"),
             ("hybrid", "order"): ("index", "variance"), ("thermometer", "cut"): ("sigma", "tertile"),
-            ("learned", "levels"): ("learned", "conditional")}
+            ("learned", "levels"): ("learned", "conditional"), ("rabitq", "metric"): ("cosine", "ip", "l2")}
 
 
 def _check_option_values(method, opts):
@@ -524,6 +535,23 @@ def _learn_thresholds(x, opts, seed, progress):
 
 
 # ---------------------------------------------------------------------------------------------
+def _fit_rabitq(x, per_dim, opts, seed, started) -> Codebook:
+    """One list, the sample mean (of the normalized rows for cosine), rotated by seed."""
+    from . import ivf
+    from .codebook import METRICS
+    metric = opts["metric"]
+    rows = ivf.normalize(x) if metric == "cosine" else x
+    center = rows.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
+    seed = int(seed) % 2 ** 63
+    cb = Codebook("rabitq", x.shape[1], np.empty(0, np.int32), np.empty(0, np.float32),
+                  center=ivf.rotate(center, seed)[0], rabitq=(per_dim, METRICS.index(metric), seed))
+    cb.options = _jsonable({"method": "rabitq", "bits": per_dim * x.shape[1], "bits_per_dim": per_dim,
+                            "code_bits": cb.bits, "dims": x.shape[1], "seed": seed,
+                            "sample_rows": x.shape[0], **opts,
+                            "fit_seconds": round(time.perf_counter() - started, 3)})
+    return cb
+
+
 def fit(x, method, /, bits=None, *, seed=0, progress=None, **options) -> Codebook:
     """Fit a codebook of ``method`` with ``bits`` bits per vector on the sample ``x`` (n x d).
 
@@ -547,6 +575,8 @@ def fit(x, method, /, bits=None, *, seed=0, progress=None, **options) -> Codeboo
     else:
         _need_rows(n, 2, method)
     started = time.perf_counter()
+    if method == "rabitq":
+        return _fit_rabitq(x, bits // d, opts, seed, started)
     stats = {}
     center = projection = src_b = thr_b = None
     z = x

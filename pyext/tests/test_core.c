@@ -554,6 +554,88 @@ test_ffn(void)
 	free(blob);
 }
 
+/*
+ * RaBitQ codebooks: 37 dimensions (not a multiple of 64), 1-4 bits per dimension, every metric.
+ * Buffers are allocated to their exact documented sizes, so ASan catches any overrun of the
+ * scratch and work layouts; a code scores itself at least as close as a far vector does; NaN
+ * factors are refused at the code they are in; bad shapes are refused at parse.
+ */
+static void
+test_rabitq_codebook(void)
+{
+	enum {D = 37};
+	uint32_t	words[6 + D + 4];
+	bp_codebook cb;
+	int			problem = 0;
+
+	for (uint32_t per = 1; per <= 4; per++)
+		for (int metric = 0; metric <= 2; metric++)
+		{
+			size_t		cbytes = bp_ivf_code_bytes(D, (int) per) + sizeof(bp_ivf_factors);
+			float		x[3 * D];
+			float	   *scratch;
+			uint8_t    *codes;
+			void	   *work;
+			double		out[3];
+			size_t		bad_row = 0,
+						bad_index = 0;
+			bp_score_query sq;
+
+			memcpy(&words[0], "BPCB", 4);
+			words[1] = 1u | ((uint32_t) (BP_CB_F_RABITQ | BP_CB_F_CENTER) << 16);
+			words[2] = D;
+			words[3] = D;
+			words[4] = (uint32_t) (8 * cbytes);
+			words[5] = 0;
+			for (int i = 0; i < D; i++)
+			{
+				float		f = 0.01f * (float) (i % 5);
+
+				memcpy(&words[6 + i], &f, 4);
+			}
+			words[6 + D] = per;
+			words[6 + D + 1] = (uint32_t) metric;
+			words[6 + D + 2] = 12345u;
+			words[6 + D + 3] = 7u;
+			CHECK(bp_codebook_parse(words, sizeof(words), &cb, &problem) == BP_OK,
+				  "valid RaBitQ codebook refused (%d)", problem);
+			CHECK(cb.rabitq == per && cb.seed == ((uint64_t) 7 << 32 | 12345u), "RaBitQ fields not read");
+			for (int i = 0; i < 3 * D; i++)
+				x[i] = (float) ((int) (rnd() % 200) - 100) / 50.0f;
+			for (int i = 0; i < D; i++)
+				x[2 * D + i] = -x[i];	/* the third vector points away from the first */
+			scratch = malloc(bp_codebook_scratch_floats(&cb) * sizeof(float));
+			codes = malloc(3 * cbytes);
+			work = malloc(bp_codebook_score_bytes(&cb));
+			CHECK(bp_codebook_encode_batch(&cb, x, 3, D, D, codes, cbytes, scratch, &bad_row, &bad_index)
+				  == BP_OK, "RaBitQ encode failed");
+			CHECK(bp_codebook_score_prep(&cb, x, D, work, &sq, &bad_index) == BP_OK, "score prep failed");
+			CHECK(bp_codebook_score_scan(&sq, codes, 3, cbytes, out, &bad_row) == BP_OK, "score failed");
+			CHECK(isfinite(out[0]) && isfinite(out[1]) && isfinite(out[2]) && out[0] > out[2],
+				  "RaBitQ scores wrong (%d bits, metric %d): %g %g %g", (int) per, metric, out[0], out[1], out[2]);
+			{
+				float		nan = NAN;
+
+				memcpy(codes + cbytes + cbytes - 4, &nan, 4);
+			}
+			CHECK(bp_codebook_score_scan(&sq, codes, 3, cbytes, out, &bad_row) == BP_ERR_CODE_FACTORS
+				  && bad_row == 1, "NaN factors not refused at their code");
+			free(scratch);
+			free(codes);
+			free(work);
+		}
+	words[6 + D] = 5;			/* 5 bits per dimension */
+	CHECK(bp_codebook_parse(words, sizeof(words), &cb, &problem) == BP_ERR_MALFORMED_CODEBOOK
+		  && problem == BP_CB_SHAPE, "5 bits per dimension accepted");
+	words[6 + D] = 1;
+	words[4] += 8;				/* bits that do not match the shape */
+	CHECK(bp_codebook_parse(words, sizeof(words), &cb, &problem) == BP_ERR_MALFORMED_CODEBOOK,
+		  "RaBitQ bits not matching accepted");
+	words[1] |= (uint32_t) BP_CB_F_RECON << 16;	/* another flag beside it */
+	CHECK(bp_codebook_parse(words, sizeof(words), &cb, &problem) == BP_ERR_MALFORMED_CODEBOOK,
+		  "RaBitQ with levels accepted");
+}
+
 int
 main(void)
 {
@@ -562,6 +644,7 @@ main(void)
 	test_hamming_paths();
 	test_binarize();
 	test_codebook();
+	test_rabitq_codebook();
 	test_topk();
 	test_tt();
 	test_ffn();

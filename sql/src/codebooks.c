@@ -312,15 +312,14 @@ binarize_float4_codebook(PG_FUNCTION_ARGS)
 	return binarize_codebook_common(fcinfo, x, dim);
 }
 
-/* Per call site: the lookup table of the last query seen, reused while the query repeats. */
+/* Per call site: the prepared query of the last query seen, reused while the query repeats. */
 typedef struct ScoreState
 {
 	uint64		generation;		/* of the codebook entry the table was built from */
 	int			dim;
 	float4	   *query;			/* copy of the query vector */
-	float	   *lut;
-	double		constant;
-	size_t		nbytes;
+	void	   *work;			/* what sq points into */
+	bp_score_query sq;
 } ScoreState;
 
 PG_FUNCTION_INFO_V1(score_vector_codebook);
@@ -333,6 +332,9 @@ score_vector_codebook(PG_FUNCTION_ARGS)
 	const CachedCodebook *e = get_codebook(name, version_arg(fcinfo, 3));
 	const bp_codebook *cb = &e->cb;
 	ScoreState *s = (ScoreState *) fcinfo->flinfo->fn_extra;
+	double		out;
+	size_t		bad = 0;
+	bp_status	st;
 
 	check_dim(q->dim);
 	if ((uint32) q->dim != cb->dims)
@@ -344,37 +346,27 @@ score_vector_codebook(PG_FUNCTION_ARGS)
 		memcmp(s->query, q->x, sizeof(float4) * q->dim) != 0)
 	{
 		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
-		float	   *scratch = palloc(bp_codebook_scratch_floats(cb) * sizeof(float));
-		float	   *w = palloc(cb->bits * sizeof(float));
-		size_t		bad = 0;
-		bp_status	st;
 
 		if (s == NULL)
 			s = MemoryContextAllocZero(cxt, sizeof(ScoreState));
 		else
 		{
 			pfree(s->query);
-			pfree(s->lut);
+			pfree(s->work);
 		}
 		s->generation = 0;
-		st = bp_codebook_query_weights(cb, q->x, q->dim, scratch, w, &s->constant, &bad);
-		if (st != BP_OK)
-			report(st, (long long) bad, 0);
-		s->nbytes = bp_code_bytes(cb->bits);
-		s->lut = MemoryContextAlloc(cxt, s->nbytes * 256 * sizeof(float));
-		bp_asym_lut(w, cb->bits, s->lut);
+		s->work = MemoryContextAlloc(cxt, bp_codebook_score_bytes(cb));
 		s->query = MemoryContextAlloc(cxt, sizeof(float4) * q->dim);
 		memcpy(s->query, q->x, sizeof(float4) * q->dim);
 		s->dim = q->dim;
-		s->generation = e->generation;
 		fcinfo->flinfo->fn_extra = s;
-		pfree(scratch);
-		pfree(w);
+		st = bp_codebook_score_prep(cb, q->x, q->dim, s->work, &s->sq, &bad);
+		if (st != BP_OK)
+			report(st, (long long) bad, 0);
+		s->generation = e->generation;
 	}
-	{
-		double		out;
-
-		bp_asym_scan(s->lut, s->nbytes, VARBITS(code), 1, s->nbytes, s->constant, &out);
-		PG_RETURN_FLOAT8(out);
-	}
+	st = bp_codebook_score_scan(&s->sq, VARBITS(code), 1, s->sq.nbytes, &out, &bad);
+	if (st != BP_OK)
+		report(st, -1, 0);
+	PG_RETURN_FLOAT8(out);
 }
