@@ -13,6 +13,8 @@ PostgreSQL 15 (a throwaway cluster, one backend, no parallel workers):
   bitpress_knn[sign|median|thermometer]  bitpress_knn(NULL::items, 'code', 'v', q, 10, 4, cb)
   bitpress_knn[..., asym]  the same with scoring => 'asymmetric' (candidates by the score of
              the float query against each code, then the exact rerank)
+  bitpress_knn[rabitq|rabitq2, asym(, os 10)]  RaBitQ codebooks (1 and 2 bits per dimension,
+             the bitpress_ivf estimator with one list), asymmetric only, oversample 4 and 10
 DuckDB (in process):
   exact      ORDER BY array_cosine_distance(v, q) LIMIT 10 over FLOAT[384]  -- baseline
   bitpress_knn[...]  the table macro, oversample 4
@@ -58,7 +60,13 @@ def recall(got, gt):
 def fit_books(x):
     from bitpress.fit import fit
 
-    return {"median": fit(x, "median", progress=False), "thermometer": fit(x, "thermometer", progress=False)}
+    return {"median": fit(x, "median", progress=False), "thermometer": fit(x, "thermometer", progress=False),
+            "rabitq": fit(x, "rabitq"), "rabitq2": fit(x, "rabitq", 2 * x.shape[1])}
+
+
+def asym_oversamples(name):
+    """RaBitQ codebooks: only asymmetric ranking (Hamming is refused), at oversample 4 and 10."""
+    return (4, 10) if name.startswith("rabitq") else (4,)
 
 
 def bench_postgresql(x, q, gt, nq, books, hnsw, rows):
@@ -95,11 +103,12 @@ def bench_postgresql(x, q, gt, nq, books, hnsw, rows):
                 codebooks.save(conn, name, books[name], len(x))
                 conn.execute(f"UPDATE items SET {col} = binarize(v, '{name}')")
                 cb = f"'{name}'"
-            stmts[f"bitpress_knn[{name}]"] = (
-                f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, 4, {cb})")
-            if name != "sign":
-                stmts[f"bitpress_knn[{name}, asym]"] = (
-                    f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, 4, {cb}, "
+            if not name.startswith("rabitq"):
+                stmts[f"bitpress_knn[{name}]"] = (
+                    f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, 4, {cb})")
+            for os_ in asym_oversamples(name) if name != "sign" else ():
+                stmts[f"bitpress_knn[{name}, asym{', os 10' if os_ == 10 else ''}]"] = (
+                    f"SELECT id FROM bitpress_knn(NULL::items, '{col}', 'v', %(q)s, 10, {os_}, {cb}, "
                     "scoring => 'asymmetric')")
         conn.execute("VACUUM ANALYZE items")
         if hnsw:
@@ -146,7 +155,7 @@ def bench_duckdb(x, q, gt, nq, books, rows):
     fns["exact"] = exact
     for name in ["sign", *books]:
         col = f"code_{name}"
-        con.execute(f"ALTER TABLE items ADD COLUMN {col} BLOB")
+        con.execute(f"ALTER TABLE items ADD COLUMN {col} BIT")
         if name == "sign":
             con.execute(f"UPDATE items SET {col} = binarize(v)")
             cb = None
@@ -155,13 +164,15 @@ def bench_duckdb(x, q, gt, nq, books, rows):
             con.execute(f"UPDATE items SET {col} = binarize(v, '{name}')")
             cb = name
 
-        def knn(qi, col=col, cb=cb, scoring="hamming"):
+        def knn(qi, col=col, cb=cb, scoring="hamming", os_=4):
             return [r[0] for r in con.execute(
-                "SELECT id FROM bitpress_knn('items', ?, 'v', ?::FLOAT[], 10, oversample := 4, "
-                "codebook := ?::VARCHAR, scoring := ?)", [col, q[qi].tolist(), cb, scoring]).fetchall()]
-        fns[f"bitpress_knn[{name}]"] = knn
-        if cb is not None:
-            fns[f"bitpress_knn[{name}, asym]"] = lambda qi, knn=knn: knn(qi, scoring="asymmetric")
+                "SELECT id FROM bitpress_knn('items', ?, 'v', ?::FLOAT[], 10, oversample := ?, "
+                "codebook := ?::VARCHAR, scoring := ?)", [col, q[qi].tolist(), os_, cb, scoring]).fetchall()]
+        if not name.startswith("rabitq"):
+            fns[f"bitpress_knn[{name}]"] = knn
+        for os_ in asym_oversamples(name) if cb is not None else ():
+            fns[f"bitpress_knn[{name}, asym{', os 10' if os_ == 10 else ''}]"] = \
+                lambda qi, knn=knn, os_=os_: knn(qi, scoring="asymmetric", os_=os_)
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     for name, (ms, got) in timed(fns, nq).items():
         rows.append({"engine": "duckdb", "method": name, "recall_at_10": recall(got, gt),

@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--vector-col", required=True, help="vector (pgvector) or FLOAT[] column")
     ft.add_argument("--name", required=True, help="codebook name for binarize(v, 'name')")
     ft.add_argument("--method", default="median",
-                    help="sign, mean, median, learned, matryoshka, hybrid, pca, itq, thermometer")
+                    help="sign, mean, median, learned, matryoshka, hybrid, pca, itq, thermometer, "
+                         "rabitq (--bits d to 4d: bits per dimension times d)")
     ft.add_argument("--bits", type=int, help="output bits (methods that shorten the code)")
     ft.add_argument("--sample", type=int, default=50_000, help="rows sampled in SQL (default 50000)")
     ft.add_argument("--seed", type=int, default=0)
