@@ -1,0 +1,284 @@
+"""bitpress.index (create / status / drop), `bitpress index ...`, bitpress.sa.ivf_index and the
+Alembic op.create_ivf_index / op.drop_ivf_index, on real MiniLM rows against exact search."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import psycopg
+import pytest
+import sqlalchemy as sa
+from pgvector import HalfVector
+from psycopg import sql
+
+from bitpress import errors, index, ops
+from bitpress.tables import pg_ident
+from conftest import ROOT, load_shared, run_cli
+
+N = 5000
+SCHEMA, TABLE, COLUMN = "Odd Schema", 'My "Docs"', "emb %s"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return (load_shared("pypi-minilm", "corpus.npy")[:N].copy(),
+            load_shared("pypi-minilm", "queries.npy")[:40].copy())
+
+
+def load(pg, x, table=("public", "t"), column="v", typ="vector"):
+    """``table (id int primary key, column typ(d), body text)`` holding the rows of x."""
+    t, c = sql.Identifier(*table), sql.Identifier(column)
+    pg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, {} {}({}), body text)").format(
+        t, c, sql.SQL(typ), sql.Literal(x.shape[1])))
+    with pg.cursor().copy(sql.SQL("COPY {} (id, {}) FROM STDIN WITH (FORMAT BINARY)").format(t, c)) as cp:
+        cp.set_types(["int4", typ])
+        for i, v in enumerate(x):
+            cp.write_row([i, HalfVector(v) if typ == "halfvec" else v])
+
+
+def exact_top(x, q, metric="cosine", k=10):
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    if metric == "l2":
+        d = ((x64 - q64) ** 2).sum(axis=1)
+    elif metric == "ip":
+        d = -(x64 @ q64)
+    else:
+        d = 1 - (x64 @ q64) / (np.linalg.norm(x64, axis=1) * np.linalg.norm(q64))
+    return set(np.argsort(d, kind="stable")[:k].tolist())
+
+
+def knn_sql(table, column, metric="cosine", cast="vector"):
+    # executed with a parameter: pg_ident doubles a % inside a name
+    return sql.SQL("SELECT id FROM {t} ORDER BY {c} {op} %s::{cast} LIMIT 10").format(
+        t=pg_ident(*table), c=pg_ident(column), op=sql.SQL(index.METRICS[metric]), cast=sql.SQL(cast))
+
+
+def recall(pg, x, queries, table, column, metric="cosine", cast="vector"):
+    q_sql = knn_sql(table, column, metric, cast)
+    hits = sum(len({r[0] for r in pg.execute(q_sql, (q,))} & exact_top(x, q, metric)) for q in queries)
+    return hits / (10 * len(queries))
+
+
+def uses(pg, table, column, index_name, metric="cosine", cast="vector"):
+    plan = "\n".join(r[0] for r in pg.execute(sql.SQL("EXPLAIN ") + knn_sql(table, column, metric, cast),
+                                              (np.ones(384, np.float32),)))
+    quoted = pg.execute("SELECT quote_ident(%s)", (index_name,)).fetchone()[0]  # as EXPLAIN quotes it
+    return f"Index Scan using {quoted} " in plan
+
+
+def test_create_status_drop_with_odd_names_answers_like_exact_search(pg, data):
+    x, queries = data
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+    load(pg, x, (SCHEMA, TABLE), COLUMN)
+    st = index.create(pg, f"{SCHEMA}.{TABLE}", COLUMN, lists=70, bits=1)
+    # PostgreSQL chose the name; the status names it, quoted and schema-qualified
+    name = pg.execute("SELECT relname FROM pg_class WHERE oid = %s", (st.index_oid,)).fetchone()[0]
+    assert name == 'My "Docs"_emb %s_idx'
+    assert st.index == '"Odd Schema"."My ""Docs""_emb %s_idx"'
+    assert st.table == '"Odd Schema"."My ""Docs"""'
+    assert st.table_oid == pg.execute("SELECT %s::regclass::oid", ('"Odd Schema"."My ""Docs"""',)).fetchone()[0]
+    assert (st.column, st.type, st.opclass, st.metric, st.lists, st.bits, st.valid, st.rows, st.progress) == \
+        (COLUMN, "vector", "bitpress_cosine_ops", "cosine", 70, 1, True, N, None)
+    assert st.size_bytes == pg.execute("SELECT pg_relation_size(%s)", (st.index_oid,)).fetchone()[0]
+    # 5000 codes of 48 + 32 bytes and 70 centroids: more than 400 kB, far less than the vectors
+    assert 400_000 < st.size_bytes < N * 1544 / 3
+    assert index.status(pg) == [st] == index.status(pg, (SCHEMA, TABLE))
+
+    t = (SCHEMA, TABLE)
+    assert uses(pg, t, COLUMN, name)
+    pg.execute("SET bitpress.probes = 24")
+    r = recall(pg, x, queries, t, COLUMN)
+    assert r >= 0.9, r
+
+    # names as they are, "schema.name" (no SQL quoting)
+    assert index.drop(pg, f"{SCHEMA}.{name}") == [st.index]
+    assert index.status(pg) == []
+    assert not uses(pg, t, COLUMN, name)
+
+
+def test_options_defaults_and_several_indexes(pg, data):
+    x, _ = data
+    load(pg, x[:2000])
+    a = index.create(pg, "t", "v", name="t_default")
+    b = index.create(pg, "public.t", "v", metric="l2", lists=20, bits=2, name="t_l2")
+    # an index made without lists has the index's default: the one docs/INDEX.md gives
+    doc_default = re.search(r"\| `lists` \(index option\) \| (\d+) \|", (ROOT / "docs" / "INDEX.md").read_text())
+    assert a.lists == index.DEFAULT_LISTS == int(doc_default.group(1)) == 100
+    assert pg.execute("SELECT reloptions FROM pg_class WHERE relname = 't_default'").fetchone()[0] == ["bits=1"]
+    assert (b.opclass, b.metric, b.lists, b.bits) == ("bitpress_l2_ops", "l2", 20, 2)
+    assert [s.index for s in index.status(pg, "t")] == ["public.t_default", "public.t_l2"]
+    # IF NOT EXISTS: the existing index, unchanged
+    again = index.create(pg, "t", "v", metric="ip", name="t_l2", if_not_exists=True)
+    assert again == b
+    pg.execute("CREATE INDEX t_btree ON t (id)")
+    with pytest.raises(errors.BitpressError, match="not a bitpress_ivf index") as ei:
+        index.create(pg, "t", "v", name="t_btree", if_not_exists=True)
+    assert ei.value.sqlstate == "42P07"
+    # a table: every bitpress_ivf index on it goes, nothing else
+    with pytest.raises(errors.BitpressError, match="is a btree index") as ei:
+        index.drop(pg, "t_btree")
+    assert ei.value.sqlstate == "42809"
+    assert index.drop(pg, "t", concurrently=True) == ["public.t_default", "public.t_l2"]
+    assert index.status(pg) == []
+    assert pg.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 't'").fetchone()[0] == 2  # pkey, btree
+    assert index.drop(pg, "t") == []
+    assert index.drop(pg, "nope", if_exists=True) == []
+    with pytest.raises(errors.UndefinedTableError) as ei:
+        index.drop(pg, "nope")
+    assert ei.value.sqlstate == "42P01"
+
+
+def test_concurrently_and_an_sqlalchemy_connection(pg, data, pg_test_dsn):
+    x, queries = data
+    load(pg, x[:3000])
+    st = index.create(pg, "t", "v", lists=50, concurrently=True, name="t_conc")
+    assert st.valid and st.lists == 50 and st.rows == 3000
+    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
+                              poolclass=sa.pool.NullPool)
+    with engine.begin() as c:
+        assert [s.index for s in index.status(c)] == ["public.t_conc"]
+        index.drop(c, "t_conc")
+        index.create(c, "t", "v", metric="ip", lists=30, name="t_ip")
+    engine.dispose()
+    assert [(s.index, s.metric) for s in index.status(pg)] == [("public.t_ip", "ip")]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_halfvec_columns_get_the_halfvec_classes(pg, data, metric):
+    x, queries = data
+    x = x.astype(np.float16).astype(np.float32)
+    load(pg, x, typ="halfvec")
+    st = index.create(pg, "t", "v", metric=metric, lists=70)
+    assert (st.type, st.opclass, st.metric) == ("halfvec", f"bitpress_halfvec_{metric}_ops", metric)
+    assert uses(pg, ("public", "t"), "v", "t_v_idx", metric, "halfvec")
+    pg.execute("SET bitpress.probes = 24")
+    qh = queries.astype(np.float16).astype(np.float32)
+    r = recall(pg, x, qh, ("public", "t"), "v", metric, "halfvec")
+    assert r >= 0.9, r
+
+
+@pytest.mark.parametrize("table, column, kw, cls, sqlstate, match", [
+    ("nope", "v", {}, errors.UndefinedTableError, "42P01", 'relation "nope" does not exist'),
+    ("nosuch.t", "v", {}, errors.UndefinedTableError, "42P01", 'relation "nosuch.t" does not exist'),
+    ("T", "v", {}, errors.UndefinedTableError, "42P01", 'relation "T" does not exist'),  # names as written
+    ("t", "w", {}, errors.UndefinedColumnError, "42703", 'column "w" of relation "public.t" does not exist'),
+    ("t", "body", {}, errors.DatatypeMismatchError, "42804", "is of type text: bitpress_ivf indexes vector"),
+    ("t", "id", {}, errors.DatatypeMismatchError, "42804", "is of type int4"),
+    ("t", "v", {"metric": "dot"}, errors.InvalidParameterError, "22023", "metric must be cosine, l2 or ip"),
+    ("t", "v", {"lists": "7"}, errors.InvalidParameterError, "22023", "lists must be an integer"),
+    ("t", "v", {"if_not_exists": True}, errors.InvalidParameterError, "22023", "needs the index's name"),
+])
+def test_bad_input_is_refused_with_its_sqlstate(pg, data, table, column, kw, cls, sqlstate, match):
+    load(pg, data[0][:100])
+    with pytest.raises(cls, match=match) as ei:
+        index.create(pg, table, column, **kw)
+    assert ei.value.sqlstate == sqlstate
+    if cls is errors.UndefinedTableError:
+        with pytest.raises(cls, match=match):
+            index.status(pg, table)
+    assert index.status(pg) == []
+
+
+def test_out_of_range_options_are_postgresqls_errors(pg, data):
+    load(pg, data[0][:100])
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as ei:
+        index.create(pg, "t", "v", bits=5)
+    assert ei.value.sqlstate == "22023"
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        index.create(pg, "t", "v", lists=0)
+    assert index.status(pg) == []
+
+
+def test_progress_is_read_from_a_second_connection_while_it_builds(pg, pg_test_dsn):
+    x = load_shared("pypi-minilm", "corpus.npy")[:30000]
+    load(pg, x)
+    seen, listed = [], []
+    watcher = psycopg.connect(pg_test_dsn, autocommit=True)
+
+    def on_progress(p):
+        seen.append(p)
+        if not listed:  # what status() shows another session meanwhile
+            listed.extend(index.status(watcher))
+
+    st = index.create(pg, "t", "v", lists=150, on_progress=on_progress, poll=0.02)
+    watcher.close()
+    phases = [p.phase for p in seen]
+    assert all(p.pid == pg.info.backend_pid and p.command == "CREATE INDEX" for p in seen)
+    assert set(phases) <= {"initializing", "building index: initializing", "building index: sampling rows",
+                           "building index: performing k-means", "building index: coding rows"}, phases
+    assert "building index: coding rows" in phases, phases
+    table_blocks = pg.execute("SELECT pg_relation_size('t') / current_setting('block_size')::int").fetchone()[0]
+    assert all(p.blocks_done <= p.blocks_total == table_blocks for p in seen if p.blocks_total)
+    coding = [p for p in seen if p.phase.endswith("coding rows")]
+    assert all(p.tuples_total == 30000 and p.tuples_done <= 30000 for p in coding)
+    # the uncommitted index is not in the other session's catalog (nor its OID): listed with its progress
+    assert len(listed) == 1 and listed[0].index is None and listed[0].index_oid is None
+    assert listed[0].table == "public.t" and listed[0].progress.pid == pg.info.backend_pid
+    assert st.valid and st.rows == 30000 and st.progress is None
+
+
+def test_a_build_can_be_interrupted(pg, data):
+    x = load_shared("pypi-minilm", "corpus.npy")[:30000]
+    load(pg, x)
+
+    def stop(p):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index.create(pg, "t", "v", lists=150, on_progress=stop, poll=0.02)
+    assert index.status(pg) == []
+    assert pg.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0] == 0
+
+
+def test_cli_create_status_drop(pg, data, pg_test_dsn):
+    x, queries = data
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+    load(pg, x, (SCHEMA, TABLE), COLUMN)
+    out = run_cli("index", "create", f"{SCHEMA}.{TABLE}", COLUMN, "--lists", "70", "--name", "ix %s",
+                  "--verbose", "--dsn", pg_test_dsn)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith('index "Odd Schema"."ix %s" on "Odd Schema"."My ""Docs""" '
+                                 "(emb %s bitpress_cosine_ops): 70 lists, 1 bit(s), 5000 rows")
+    assert "use it: SET bitpress.probes = 10; SELECT ... ORDER BY \"emb %s\" <=> :q LIMIT 10" in out.stdout
+    js = run_cli("index", "status", f"{SCHEMA}.{TABLE}", "--json", "--dsn", pg_test_dsn)
+    assert js.returncode == 0, js.stderr
+    (row,) = json.loads(js.stdout)
+    assert {k: row[k] for k in ("index", "column", "type", "opclass", "metric", "lists", "bits", "rows", "valid",
+                                "progress")} == {
+        "index": '"Odd Schema"."ix %s"', "column": COLUMN, "type": "vector", "opclass": "bitpress_cosine_ops",
+        "metric": "cosine", "lists": 70, "bits": 1, "rows": 5000, "valid": True, "progress": None}
+    assert row["size_bytes"] > 400_000
+    text = run_cli("index", "status", "--dsn", pg_test_dsn)
+    assert text.stdout.startswith('"Odd Schema"."ix %s" on "Odd Schema"."My ""Docs""" (emb %s bitpress_cosine_ops): '
+                                  "70 lists, 1 bit(s), 5000 rows")
+    pg.execute("SET bitpress.probes = 24")
+    assert uses(pg, (SCHEMA, TABLE), COLUMN, "ix %s")
+    assert recall(pg, x, queries, (SCHEMA, TABLE), COLUMN) >= 0.9
+
+    dr = run_cli("index", "drop", f"{SCHEMA}.ix %s", "--concurrently", "--dsn", pg_test_dsn)
+    assert dr.returncode == 0 and dr.stdout.strip() == 'dropped "Odd Schema"."ix %s"', dr.stdout + dr.stderr
+    assert run_cli("index", "status", "--dsn", pg_test_dsn).stdout.strip() == "no bitpress_ivf index"
+    assert run_cli("index", "drop", "nope", "--if-exists", "--dsn", pg_test_dsn).stdout.strip() == \
+        "nothing to drop: no nope"
+    for args, msg in ((["drop", "nope"], 'relation "nope" does not exist'),
+                      (["create", f"{SCHEMA}.{TABLE}", "body"], "is of type text"),
+                      (["create", "missing", "v"], 'relation "missing" does not exist'),
+                      (["create", f"{SCHEMA}.{TABLE}", COLUMN, "--bits", "9"], "bits")):
+        bad = run_cli("index", *args, "--dsn", pg_test_dsn)
+        assert bad.returncode == 2 and msg in bad.stderr, (args, bad.stderr)
+    assert index.status(pg) == []
+
+
+def test_cli_create_prints_the_build_phases(pg, pg_test_dsn):
+    load(pg, load_shared("pypi-minilm", "corpus.npy")[:30000])
+    out = run_cli("index", "create", "t", "v", "--lists", "150", "--verbose", "--dsn", pg_test_dsn)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    blocks = pg.execute("SELECT pg_relation_size('t') / current_setting('block_size')::int").fetchone()[0]
+    # one line per phase seen, read from a second connection while the build ran
+    assert lines and len(lines) == len(set(lines))
+    assert any(re.fullmatch(rf"building index: coding rows: [\d,]+/{blocks:,} blocks, [\d,]+/30,000 rows", ln)
+               for ln in lines), lines
+    assert out.stdout.startswith("index public.t_v_idx on public.t (v bitpress_cosine_ops): 150 lists, 1 bit(s), "
+                                 "30000 rows")
