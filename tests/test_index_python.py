@@ -282,3 +282,75 @@ def test_cli_create_prints_the_build_phases(pg, pg_test_dsn):
                for ln in lines), lines
     assert out.stdout.startswith("index public.t_v_idx on public.t (v bitpress_cosine_ops): 150 lists, 1 bit(s), "
                                  "30000 rows")
+
+
+# --- SQLAlchemy and Alembic ----------------------------------------------------------------
+
+@pytest.fixture
+def engine(pg_test_dsn):
+    e = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
+                         poolclass=sa.pool.NullPool)
+    yield e
+    e.dispose()
+
+
+def test_sqlalchemy_ivf_index_is_made_by_create_all_and_used(pg, data, engine):
+    from pgvector.sqlalchemy import HALFVEC, Vector
+    from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+
+    from bitpress import sa as bp
+
+    x, queries = data
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Doc(Base):
+        __tablename__ = 'My "Docs"'
+        __table_args__ = (bp.ivf_index("docs_ivf", "embedding", lists=70),
+                          bp.ivf_index("docs_half_l2", "half", metric="l2", lists=20, bits=2),
+                          {"schema": SCHEMA})
+        id = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+        embedding = mapped_column(Vector(384))
+        half = mapped_column(HALFVEC(384))
+
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+    Base.metadata.create_all(engine)  # the table and its two indexes
+    got = {s.index: (s.column, s.opclass, s.lists, s.bits, s.valid) for s in index.status(pg)}
+    assert got == {'"Odd Schema".docs_ivf': ("embedding", "bitpress_cosine_ops", 70, 1, True),
+                   '"Odd Schema".docs_half_l2': ("half", "bitpress_halfvec_l2_ops", 20, 2, True)}
+    with Session(engine) as s:
+        s.add_all([Doc(id=i, embedding=v, half=HalfVector(v)) for i, v in enumerate(x)])
+        s.commit()
+    # built on an empty table, an index has one list: REINDEX once the rows are in (docs/INDEX.md)
+    pg.execute(sql.SQL("REINDEX TABLE {}").format(sql.Identifier(SCHEMA, TABLE)))
+    assert {s.index: s.rows for s in index.status(pg)} == {'"Odd Schema".docs_ivf': N, '"Odd Schema".docs_half_l2': N}
+    assert uses(pg, (SCHEMA, TABLE), "embedding", "docs_ivf")
+    assert uses(pg, (SCHEMA, TABLE), "half", "docs_half_l2", "l2", "halfvec")
+    with Session(engine) as s:
+        s.execute(sa.text("SET bitpress.probes = 24"))
+        hits = sum(len(set(s.scalars(sa.select(Doc.id).order_by(Doc.embedding.cosine_distance(q)).limit(10)))
+                       & exact_top(x, q)) for q in queries)
+    assert hits / (10 * len(queries)) >= 0.9, hits
+
+
+def test_sqlalchemy_create_all_on_a_fresh_metadata(pg, engine):
+    from pgvector.sqlalchemy import HALFVEC, Vector
+    from sqlalchemy.schema import CreateIndex
+
+    from bitpress import sa as bp
+
+    meta = sa.MetaData()
+    col = sa.Column("e", Vector(3))
+    t = sa.Table("fresh", meta, sa.Column("id", sa.Integer, primary_key=True), col, sa.Column("h", HALFVEC(3)))
+    a = bp.ivf_index("fresh_e", col, metric="ip")
+    b = bp.ivf_index("fresh_h", t.c.h, lists=4)
+    assert str(CreateIndex(a).compile(engine)) == \
+        "CREATE INDEX fresh_e ON fresh USING bitpress_ivf (e bitpress_ip_ops) WITH (bits = 1)"
+    assert str(CreateIndex(b).compile(engine)) == \
+        "CREATE INDEX fresh_h ON fresh USING bitpress_ivf (h bitpress_halfvec_cosine_ops) WITH (lists = 4, bits = 1)"
+    with pytest.raises(errors.InvalidParameterError):
+        bp.ivf_index("x", "e", metric="hamming")
+    meta.create_all(engine)
+    assert {(s.index, s.metric, s.type) for s in index.status(pg)} == {
+        ("public.fresh_e", "ip", "vector"), ("public.fresh_h", "cosine", "halfvec")}
