@@ -354,3 +354,49 @@ def test_sqlalchemy_create_all_on_a_fresh_metadata(pg, engine):
     meta.create_all(engine)
     assert {(s.index, s.metric, s.type) for s in index.status(pg)} == {
         ("public.fresh_e", "ip", "vector"), ("public.fresh_h", "cosine", "halfvec")}
+
+
+def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
+    x, queries = data
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+    load(pg, x, (SCHEMA, TABLE), COLUMN)
+    create = ops.CreateIvfIndexOp("docs ivf", TABLE, COLUMN, metric="cosine", lists=70, bits=1, schema=SCHEMA)
+    with engine.begin() as c:
+        ops.operations(c).create_ivf_index("docs ivf", TABLE, COLUMN, lists=70, schema=SCHEMA)
+    (st,) = index.status(pg)
+    assert (st.index, st.lists, st.bits, st.metric, st.valid, st.rows) == \
+        ('"Odd Schema"."docs ivf"', 70, 1, "cosine", True, N)
+    pg.execute("SET bitpress.probes = 24")
+    assert uses(pg, (SCHEMA, TABLE), COLUMN, "docs ivf")
+    assert recall(pg, x, queries, (SCHEMA, TABLE), COLUMN) >= 0.9
+    # a failure later in the migration rolls the index back with it
+    with pytest.raises(RuntimeError, match="later"):
+        with engine.begin() as c:
+            ops.operations(c).invoke(create.reverse())
+            assert index.status(c) == []
+            raise RuntimeError("a later step failed")
+    assert [s.index for s in index.status(pg)] == [st.index]
+    # downgrade: the reverse drops it; the reverse of that makes it again, the same
+    drop = create.reverse()
+    assert isinstance(drop, ops.DropIvfIndexOp) and isinstance(drop.reverse(), ops.CreateIvfIndexOp)
+    with engine.begin() as c:
+        ops.operations(c).invoke(drop)
+    assert index.status(pg) == []
+    with engine.begin() as c:
+        ops.operations(c).invoke(drop.reverse())
+    (again,) = index.status(pg)
+    assert (again.index, again.lists, again.bits, again.metric, again.rows) == (st.index, 70, 1, "cosine", N)
+    with engine.begin() as c:
+        ops.operations(c).drop_ivf_index("docs ivf", schema=SCHEMA)
+    assert index.status(pg) == []
+    # a drop written without its definition cannot be reversed; a btree index is never dropped
+    with pytest.raises(ValueError, match="table and column"):
+        ops.DropIvfIndexOp("docs ivf", schema=SCHEMA).reverse()
+    pg.execute(sql.SQL("CREATE INDEX b ON {} (id)").format(sql.Identifier(SCHEMA, TABLE)))
+    with pytest.raises(errors.BitpressError, match="is a btree index") as ei:
+        with engine.begin() as c:
+            ops.operations(c).drop_ivf_index("b", schema=SCHEMA)
+    assert ei.value.sqlstate == "42809"
+    with pytest.raises(errors.UndefinedColumnError):
+        with engine.begin() as c:
+            ops.operations(c).create_ivf_index("i2", TABLE, "nope", schema=SCHEMA)
