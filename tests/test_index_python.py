@@ -400,3 +400,65 @@ def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
     with pytest.raises(errors.UndefinedColumnError):
         with engine.begin() as c:
             ops.operations(c).create_ivf_index("i2", TABLE, "nope", schema=SCHEMA)
+
+
+def test_index_md_from_python_runs_as_written(pg, data, engine, pg_test_dsn):
+    """docs/INDEX.md's "From Python" blocks, as written: the models, the migration, the CLI lines
+    and the API, on 5000 real rows."""
+    import shlex
+
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    text = (ROOT / "docs" / "INDEX.md").read_text()
+    part = text[text.index("## From Python\n"):text.index("## Measured\n")]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", part, re.S)
+    assert [k for k, _ in blocks] == ["sh", "python", "python", "python"]
+    (_, cli), (_, api), (_, models), (_, migration) = blocks
+    x, queries = data
+
+    # the models on an empty database: create_all makes the table and its index
+    exec(models, {"engine": engine, "__name__": "docs_models"})
+    (st,) = index.status(pg)
+    assert (st.index, st.table, st.opclass, st.lists, st.bits, st.valid) == \
+        ("public.docs_embedding_ivf", "public.docs", "bitpress_cosine_ops", 224, 1, True)
+    with pg.cursor().copy("COPY docs (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+        cp.set_types(["int8", "vector"])
+        for i, v in enumerate(x):
+            cp.write_row([i, v])
+    pg.execute("REINDEX INDEX docs_embedding_ivf")
+    assert index.status(pg)[0].rows == N
+    assert uses(pg, ("public", "docs"), "embedding", "docs_embedding_ivf")
+    pg.execute("SET bitpress.probes = 60")
+    assert recall(pg, x, queries, ("public", "docs"), "embedding") >= 0.9
+
+    # the migration: downgrade drops the index, upgrade makes it on the loaded rows
+    ns = {}
+    exec(migration, ns)
+    for step in ("downgrade", "upgrade"):
+        with engine.begin() as c, Operations.context(MigrationContext.configure(c)):
+            ns[step]()
+        if step == "downgrade":
+            assert index.status(pg) == []
+    (st,) = index.status(pg)
+    assert (st.index, st.lists, st.rows, st.valid) == ("public.docs_embedding_ivf", 224, N, True)
+    assert recall(pg, x, queries, ("public", "docs"), "embedding") >= 0.9
+    with engine.begin() as c, Operations.context(MigrationContext.configure(c)):
+        ns["downgrade"]()
+
+    # the CLI lines
+    outs = []
+    for line in cli.strip().splitlines():
+        args = shlex.split(line.replace('"$DSN"', shlex.quote(pg_test_dsn)))
+        assert args[0] == "bitpress"
+        outs.append(run_cli(*args[1:]))
+        assert outs[-1].returncode == 0, (line, outs[-1].stderr)
+    assert outs[0].stdout.startswith("index public.docs_embedding_idx on public.docs (embedding bitpress_cosine_ops): "
+                                     "224 lists, 1 bit(s), 5000 rows")
+    (row,) = json.loads(outs[1].stdout)
+    assert (row["index"], row["lists"], row["rows"], row["valid"]) == ("public.docs_embedding_idx", 224, N, True)
+    assert outs[2].stdout.strip() == "dropped public.docs_embedding_idx"
+
+    # the API (its own asserts check the values)
+    exec(api, {"conn": pg})
+    assert index.status(pg) == []

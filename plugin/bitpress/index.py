@@ -9,9 +9,10 @@
         print(st.index, st.lists, st.bits, st.valid, st.size_bytes)
     index.drop(conn, "app.docs_embedding_idx")
 
-``conn`` is a psycopg connection (or an SQLAlchemy connection on psycopg). A table is
-"table" (found on search_path, as any query finds it), "schema.table" or a ``(schema, table)``
-pair, the names as they are (no SQL quoting needed): every name is quoted by
+``conn`` is a psycopg connection (or an SQLAlchemy connection on psycopg). A table (or an
+index) is "name" (found on search_path, as any query finds it), "schema.name", a
+``(schema, name)`` pair, the names as they are (no SQL quoting needed), or its OID
+(``IndexStatus.index_oid``, ``table_oid``): every name is quoted by
 ``psycopg.sql.Identifier`` and tables are resolved to their OID (``regclass``). A halfvec
 column gets the ``bitpress_halfvec_*_ops`` operator classes, found from the catalog.
 """
@@ -107,8 +108,15 @@ def _ident_text(parts) -> str:
 
 
 def _table(conn, table):
-    """(oid, schema, name) of a table given as "name", "schema.name" or (schema, name): its
-    regclass, resolved as any query resolves it (42P01 when there is none)."""
+    """(oid, schema, name, relkind) of a relation given as "name", "schema.name", (schema, name)
+    or its OID (``IndexStatus.index_oid``): its regclass, resolved as any query resolves it
+    (42P01 when there is none)."""
+    if isinstance(table, int) and not isinstance(table, bool):
+        row = _rows(conn, "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+                          "ON n.oid = c.relnamespace WHERE c.oid = %s", (table,))
+        if not row:
+            raise errors.UndefinedTableError(f"relation with OID {table} does not exist")
+        return row[0]
     parts = tuple(table) if isinstance(table, (tuple, list)) else tuple(str(table).split("."))
     row = _rows(conn, "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
                       "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", (_ident_text(parts),))
