@@ -231,6 +231,39 @@ def test_a_build_can_be_interrupted(pg, data):
     assert pg.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0] == 0
 
 
+def test_a_concurrent_build_is_listed_not_valid_until_it_is_done(pg, pg_test_dsn):
+    load(pg, load_shared("pypi-minilm", "corpus.npy")[:30000])
+    watcher = psycopg.connect(pg_test_dsn, autocommit=True)
+    listed = []
+
+    def on_progress(p):
+        if p.phase.startswith("building index: ") and not listed:
+            listed.extend(index.status(watcher, "t"))
+
+    st = index.create(pg, "t", "v", lists=150, name="t_cc", concurrently=True, on_progress=on_progress, poll=0.02)
+    watcher.close()
+    # CONCURRENTLY: the index is in the catalog from the start, not valid, its progress joined by OID
+    (during,) = listed
+    assert (during.index, during.index_oid, during.valid, during.lists) == ("public.t_cc", st.index_oid, False, 150)
+    assert during.progress.command == "CREATE INDEX CONCURRENTLY"
+    assert during.progress.phase.startswith("building index: ")
+    assert st.valid and st.rows == 30000
+    index.drop(pg, "t_cc")
+
+    # interrupted, CREATE INDEX CONCURRENTLY leaves an invalid index: status says so, drop removes it
+    def stop(p):
+        if p.phase.startswith("building index: "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index.create(pg, "t", "v", lists=150, name="t_cc", concurrently=True, on_progress=stop, poll=0.02)
+    (left,) = index.status(pg)
+    assert (left.index, left.valid, left.progress) == ("public.t_cc", False, None)
+    assert not uses(pg, ("public", "t"), "v", "t_cc")
+    assert index.drop(pg, left.index_oid) == ["public.t_cc"]
+    assert index.status(pg) == []
+
+
 def test_cli_create_status_drop(pg, data, pg_test_dsn):
     x, queries = data
     pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
@@ -282,6 +315,30 @@ def test_cli_create_prints_the_build_phases(pg, pg_test_dsn):
                for ln in lines), lines
     assert out.stdout.startswith("index public.t_v_idx on public.t (v bitpress_cosine_ops): 150 lists, 1 bit(s), "
                                  "30000 rows")
+
+
+def test_cli_ctrl_c_cancels_the_build_and_names_an_invalid_index(pg, pg_test_dsn):
+    import signal
+    import subprocess
+    import sys
+
+    load(pg, load_shared("pypi-minilm", "corpus.npy")[:30000])
+    proc = subprocess.Popen([sys.executable, "-m", "bitpress", "index", "create", "t", "v", "--lists", "150",
+                             "--concurrently", "--verbose", "--dsn", pg_test_dsn],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until the build itself runs
+        if line.startswith("building index: "):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted, the build was cancelled; CREATE INDEX CONCURRENTLY left public.t_v_idx INVALID: " \
+           "drop it with `bitpress index drop public.t_v_idx`" in err
+    (left,) = index.status(pg)
+    assert (left.index, left.valid, left.progress) == ("public.t_v_idx", False, None)
+    assert pg.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0] == 0
+    assert run_cli("index", "drop", "public.t_v_idx", "--dsn", pg_test_dsn).returncode == 0
+    assert index.status(pg) == []
 
 
 # --- SQLAlchemy and Alembic ----------------------------------------------------------------

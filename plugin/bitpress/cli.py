@@ -311,6 +311,12 @@ def _index_create(args) -> int:
         st = index.create(conn, args.table, args.column, metric=args.metric, lists=args.lists, bits=args.bits,
                           name=args.name, concurrently=args.concurrently, if_not_exists=args.if_not_exists,
                           on_progress=on_progress, monitor=monitor, poll=0.25)
+    except KeyboardInterrupt:
+        left = [s.index for s in index.status(conn, args.table) if not s.valid] if args.concurrently else []
+        print("bitpress: interrupted, the build was cancelled" +
+              (f"; CREATE INDEX CONCURRENTLY left {', '.join(left)} INVALID: drop it with "
+               f"`bitpress index drop {left[0]}`" if left else ""), file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()
