@@ -106,6 +106,10 @@ def test_options_defaults_and_several_indexes(pg, data):
     doc_default = re.search(r"\| `lists` \(index option\) \| (\d+) \|", (ROOT / "docs" / "INDEX.md").read_text())
     assert a.lists == index.DEFAULT_LISTS == int(doc_default.group(1)) == 100
     assert pg.execute("SELECT reloptions FROM pg_class WHERE relname = 't_default'").fetchone()[0] == ["bits=1"]
+    c = index.create(pg, "t", "v", bits=None, name="t_none")  # no WITH at all: both defaults
+    assert pg.execute("SELECT reloptions FROM pg_class WHERE relname = 't_none'").fetchone()[0] is None
+    assert (c.lists, c.bits) == (100, 1)
+    index.drop(pg, "t_none")
     assert (b.opclass, b.metric, b.lists, b.bits) == ("bitpress_l2_ops", "l2", 20, 2)
     assert [s.index for s in index.status(pg, "t")] == ["public.t_default", "public.t_l2"]
     # IF NOT EXISTS: the existing index, unchanged

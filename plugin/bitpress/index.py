@@ -60,7 +60,7 @@ class Progress:
 class IndexStatus:
     """One bitpress_ivf index. ``index`` and ``table`` are schema-qualified and quoted as SQL
     needs them (``format('%I.%I')``); ``lists``/``bits`` are the index's options (its defaults
-    when it was made without them); ``rows`` is ``pg_class.reltuples`` (None: not known yet);
+    when it was made without them; a build on fewer rows than ``lists`` makes fewer lists); ``rows`` is ``pg_class.reltuples`` (None: not known yet);
     ``valid`` is ``pg_index.indisvalid`` (False while CREATE INDEX CONCURRENTLY runs, or after it
     failed); ``progress`` is set while a build or REINDEX of it runs. An index that a
     CREATE INDEX in another transaction is still building is not in the catalog yet: it is
@@ -171,7 +171,8 @@ def create(conn, table, column: str, *, metric: str = "cosine", lists: int | Non
     """``CREATE INDEX [CONCURRENTLY] [IF NOT EXISTS] name ON table USING bitpress_ivf
     (column bitpress_<metric>_ops) WITH (lists = .., bits = ..)``; its status.
 
-    ``lists`` None leaves the option out: the index then has its own default (100).
+    ``lists`` (or ``bits``) None leaves the option out: the index then has its own default
+    (100 lists, 1 bit).
     ``name`` None lets PostgreSQL choose the name (``table_column_idx``); ``if_not_exists``
     needs a name. ``on_progress(Progress)`` is called with each new row of
     ``pg_stat_progress_create_index`` while the build runs: the statement then runs in a thread
@@ -190,12 +191,13 @@ def create(conn, table, column: str, *, metric: str = "cosine", lists: int | Non
     oid, schema, tname, _ = _table(conn, table)
     typoid, typname = _column(conn, oid, schema, tname, column)
     opc = _opclass(conn, metric, typoid, typname)
-    options = ([] if lists is None else [sql.SQL("lists = {}").format(sql.Literal(lists))]) + \
-        [sql.SQL("bits = {}").format(sql.Literal(bits))]
-    stmt = sql.SQL("CREATE INDEX {conc}{ine}{name}ON {table} USING bitpress_ivf ({col} {opc}) WITH ({opts})").format(
+    options = [sql.SQL(f"{what} = {{}}").format(sql.Literal(v)) for what, v in (("lists", lists), ("bits", bits))
+               if v is not None]
+    stmt = sql.SQL("CREATE INDEX {conc}{ine}{name}ON {table} USING bitpress_ivf ({col} {opc}){opts}").format(
         conc=sql.SQL("CONCURRENTLY " if concurrently else ""), ine=sql.SQL("IF NOT EXISTS " if if_not_exists else ""),
         name=sql.SQL("") if name is None else sql.Composed([sql.Identifier(name), sql.SQL(" ")]),
-        table=sql.Identifier(schema, tname), col=sql.Identifier(column), opc=opc, opts=sql.SQL(", ").join(options))
+        table=sql.Identifier(schema, tname), col=sql.Identifier(column), opc=opc,
+        opts=sql.SQL(" WITH ({})").format(sql.SQL(", ").join(options)) if options else sql.SQL(""))
     before = _ivf_oids(conn, oid)
     if on_progress is None:
         conn.execute(stmt)

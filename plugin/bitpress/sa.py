@@ -238,12 +238,12 @@ def ivf_index(name: str, column, *, metric: str = "cosine", lists: int | None = 
     """An ``sa.Index`` ``USING bitpress_ivf (column bitpress_<metric>_ops) WITH (lists, bits)``,
     made by ``metadata.create_all`` / ``Index.create``. ``column`` is a Column or its name (in
     ``__table_args__``); a pgvector ``HALFVEC`` column gets ``bitpress_halfvec_<metric>_ops``
-    (its type is read once the index knows its table). ``lists`` None: the index's own default
-    (100). Build the index after the rows are loaded, or ``REINDEX`` it then (docs/INDEX.md)."""
+    (its type is read once the index knows its table). ``lists`` (or ``bits``) None: the
+    index's own default (100 lists, 1 bit). Build the index after the rows are loaded, or ``REINDEX`` it then (docs/INDEX.md)."""
     from .index import opclass
 
     opclass(metric)  # 22023 for an unknown metric, now
-    with_ = ({} if lists is None else {"lists": int(lists)}) | {"bits": int(bits)}
+    with_ = {k: int(v) for k, v in (("lists", lists), ("bits", bits)) if v is not None}
     col = column.__clause_element__() if hasattr(column, "__clause_element__") else column
 
     def ops_for(c):
