@@ -321,6 +321,27 @@ def test_cli_create_prints_the_build_phases(pg, pg_test_dsn):
                                  "30000 rows")
 
 
+def test_cli_draws_a_bar_on_a_terminal(pg, pg_test_dsn):
+    """On a terminal (script(1) gives one, of 120 columns) the build's blocks are a tqdm bar."""
+    import shlex
+    import shutil
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.fail("script(1) (util-linux) is needed to run the CLI on a terminal")
+    load(pg, load_shared("pypi-minilm", "corpus.npy")[:30000])
+    cmd = "stty cols 120 rows 30; " + shlex.join([sys.executable, "-m", "bitpress", "index", "create", "t", "v",
+                                                  "--lists", "150", "--dsn", pg_test_dsn])
+    import subprocess
+
+    out = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, timeout=300)
+    screen = out.stdout.decode()
+    assert out.returncode == 0, screen
+    blocks = pg.execute("SELECT pg_relation_size('t') / current_setting('block_size')::int").fetchone()[0]
+    assert re.search(rf"building index: coding rows: +\d+%\|.*\| \d+/{blocks} \[", screen), screen
+    assert "index public.t_v_idx on public.t (v bitpress_cosine_ops): 150 lists" in screen
+
+
 def test_cli_ctrl_c_cancels_the_build_and_names_an_invalid_index(pg, pg_test_dsn):
     import signal
     import subprocess

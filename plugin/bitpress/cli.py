@@ -293,13 +293,18 @@ def _index_create(args) -> int:
             print(f"{p.phase}: {p.blocks_done:,}/{p.blocks_total:,} blocks, {p.tuples_done:,}/{p.tuples_total:,} rows",
                   file=sys.stderr, flush=True)
         if progress.enabled(None if not args.quiet else False):
+            # k-means reads no blocks: the counters still hold the sampling scan's
+            scans = not p.phase.endswith("k-means")
             if bar is None or p.phase != shown[0]:
                 if bar is not None:
                     bar.close()
-                bar = progress.bar(total=p.blocks_total or None, desc=p.phase, unit="block", progress=True)
-            bar.total = p.blocks_total or bar.total
-            bar.n = p.blocks_done
-            bar.refresh()
+                bar = progress.bar(total=(p.blocks_total or None) if scans else None, desc=p.phase, unit="block",
+                                   initial=p.blocks_done if scans else 0, progress=True,
+                                   **({} if scans else {"bar_format": "{desc}: {elapsed}"}))
+            elif scans:
+                bar.total = p.blocks_total or bar.total
+                bar.n = p.blocks_done
+                bar.refresh()
         shown[0] = p.phase
 
     import psycopg
