@@ -1,7 +1,7 @@
 """The ``bitpress`` command: ``bitpress pg install``, ``bitpress pg status``, ``bitpress demo``,
 ``bitpress migrate`` (``bitpress db upgrade|downgrade|current``), ``bitpress fit``, ``bitpress backfill``,
 ``bitpress embed``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``,
-``bitpress sparse fit|list``."""
+``bitpress sparse fit|list``, ``bitpress index create|status|drop``."""
 from __future__ import annotations
 
 import argparse
@@ -279,6 +279,96 @@ def _sparse_list(args) -> int:
     return 0
 
 
+def _index_create(args) -> int:
+    import time
+
+    from . import index, progress
+
+    conn = _connect(args)
+    bar, shown = None, [None]
+
+    def on_progress(p):
+        nonlocal bar
+        if args.verbose and p.phase != shown[0]:
+            print(f"{p.phase}: {p.blocks_done:,}/{p.blocks_total:,} blocks, {p.tuples_done:,}/{p.tuples_total:,} rows",
+                  file=sys.stderr, flush=True)
+        if progress.enabled(None if not args.quiet else False):
+            # k-means reads no blocks: the counters still hold the sampling scan's
+            scans = not p.phase.endswith("k-means")
+            if bar is None or p.phase != shown[0]:
+                if bar is not None:
+                    bar.close()
+                bar = progress.bar(total=(p.blocks_total or None) if scans else None, desc=p.phase, unit="block",
+                                   initial=p.blocks_done if scans else 0, progress=True,
+                                   **({} if scans else {"bar_format": "{desc}: {elapsed}"}))
+            elif scans:
+                bar.total = p.blocks_total or bar.total
+                bar.n = p.blocks_done
+                bar.refresh()
+        shown[0] = p.phase
+
+    import psycopg
+
+    monitor = psycopg.connect(args.dsn, autocommit=True)
+    _OPEN.append(monitor)
+    t0 = time.perf_counter()
+    try:
+        st = index.create(conn, args.table, args.column, metric=args.metric, lists=args.lists, bits=args.bits,
+                          name=args.name, concurrently=args.concurrently, if_not_exists=args.if_not_exists,
+                          on_progress=on_progress, monitor=monitor, poll=0.25)
+    except KeyboardInterrupt:
+        left = [s.index for s in index.status(conn, args.table) if not s.valid] if args.concurrently else []
+        print("bitpress: interrupted, the build was cancelled" +
+              (f"; CREATE INDEX CONCURRENTLY left {', '.join(left)} INVALID: drop it with "
+               f"`bitpress index drop {left[0]}`" if left else ""), file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"index {st.index} on {st.table} ({st.column} {st.opclass}): {st.lists} lists, {st.bits} bit(s), "
+          f"{st.rows if st.rows is not None else '?'} rows, {_mb(st.size_bytes)}, built in "
+          f"{time.perf_counter() - t0:.1f} s{'' if st.valid else '  (NOT VALID)'}")
+    from .tables import quote_ident
+
+    print(f"use it: SET bitpress.probes = 10; SELECT ... ORDER BY {quote_ident(st.column)} "
+          f"{index.METRICS[st.metric]} :q LIMIT 10")
+    return 0
+
+
+def _index_status(args) -> int:
+    import json
+
+    from . import index
+
+    rows = index.status(_connect(args), args.table)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no bitpress_ivf index" + (f" on {args.table}" if args.table else ""))
+    for r in rows:
+        if r.index is None:
+            line = f"(being built, oid {r.index_oid}) on {r.table}"
+        else:
+            line = (f"{r.index} on {r.table} ({r.column} {r.opclass}): {r.lists} lists, {r.bits} bit(s), "
+                    f"{r.rows if r.rows is not None else '?'} rows, {_mb(r.size_bytes)}"
+                    f"{'' if r.valid else ', NOT VALID'}")
+        if r.progress is not None:
+            p = r.progress
+            line += (f"; {p.command}: {p.phase}, {p.blocks_done:,}/{p.blocks_total:,} blocks, "
+                     f"{p.tuples_done:,}/{p.tuples_total:,} rows")
+        print(line)
+    return 0
+
+
+def _index_drop(args) -> int:
+    from . import index
+
+    dropped = index.drop(_connect(args), args.index, concurrently=args.concurrently, if_exists=args.if_exists)
+    print(f"dropped {', '.join(dropped)}" if dropped else f"nothing to drop: no {args.index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -425,6 +515,38 @@ def build_parser() -> argparse.ArgumentParser:
     sl = spsub.add_parser("list", help="stored layers")
     target(sl)
     sl.set_defaults(func=_sparse_list)
+
+    ixp = sub.add_parser("index", help="the bitpress_ivf index (PostgreSQL): create, status, drop")
+    ixsub = ixp.add_subparsers(dest="index_command", required=True)
+
+    def dsn(p):
+        p.add_argument("--dsn", required=True, help="PostgreSQL connection string")
+
+    ic = ixsub.add_parser("create", help="CREATE INDEX ... USING bitpress_ivf, showing the build's progress")
+    dsn(ic)
+    ic.add_argument("table", help="table (schema.table allowed)")
+    ic.add_argument("column", help="vector or halfvec column")
+    ic.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine",
+                    help="the distance queries order by: cosine <=> (default), l2 <->, ip <#>")
+    ic.add_argument("--lists", type=int, help="number of lists (default: the index's own, 100)")
+    ic.add_argument("--bits", type=int, default=1, help="bits per dimension of a code, 1 to 4 (default 1)")
+    ic.add_argument("--name", help="index name (default: PostgreSQL's, table_column_idx)")
+    ic.add_argument("--concurrently", action="store_true", help="CREATE INDEX CONCURRENTLY (writes go on)")
+    ic.add_argument("--if-not-exists", action="store_true", help="do nothing if an index of --name exists")
+    ic.add_argument("--quiet", action="store_true", help="no progress bar")
+    ic.add_argument("--verbose", action="store_true", help="a line per build phase on stderr")
+    ic.set_defaults(func=_index_create)
+    ist = ixsub.add_parser("status", help="every bitpress_ivf index (or a table's): options, size, validity, builds")
+    dsn(ist)
+    ist.add_argument("table", nargs="?", help="only this table's indexes")
+    ist.add_argument("--json", action="store_true", help="print JSON")
+    ist.set_defaults(func=_index_status)
+    idr = ixsub.add_parser("drop", help="drop a bitpress_ivf index (or every one of a table)")
+    dsn(idr)
+    idr.add_argument("index", help="index, or table (schema.name allowed)")
+    idr.add_argument("--concurrently", action="store_true", help="DROP INDEX CONCURRENTLY")
+    idr.add_argument("--if-exists", action="store_true", help="no error when there is no such relation")
+    idr.set_defaults(func=_index_drop)
 
     ev = sub.add_parser("eval", help="recall and speed of each kind of code on your vectors")
     from . import evaluate

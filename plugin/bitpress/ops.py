@@ -14,6 +14,11 @@
         op.drop_code_column("documents", "code")
         op.drop_bitpress_extension()
 
+The ``bitpress_ivf`` index (PostgreSQL; docs/INDEX.md)::
+
+    op.create_ivf_index("documents_embedding_ivf", "documents", "embedding", metric="cosine", lists=224)
+    op.drop_ivf_index("documents_embedding_ivf")   # the reverse of the line above
+
 ``add_code_column`` adds ``code bit(n)`` (n = the codebook's bits), pins the codebook's latest
 version (or ``version=``), and in PostgreSQL creates a row trigger that sets
 ``code = binarize(embedding, 'docs_v1', version)`` on every insert and on every update of either
@@ -41,7 +46,7 @@ from . import errors, schema  # noqa: F401  (schema: Alembic's DuckDB implementa
 from .tables import quote_ident, quote_literal
 
 __all__ = ["CreateBitpressExtensionOp", "DropBitpressExtensionOp", "AddCodeColumnOp",
-           "DropCodeColumnOp", "UpgradeBitpressSchemaOp", "sync_function_name", "COMMENT_PREFIX"]
+           "DropCodeColumnOp", "UpgradeBitpressSchemaOp", "CreateIvfIndexOp", "DropIvfIndexOp", "sync_function_name", "COMMENT_PREFIX"]
 
 COMMENT_PREFIX = "bitpress code"
 REGISTRY = "bitpress.code_columns"
@@ -319,6 +324,82 @@ def _upgrade_schema(operations, operation):
         for proxy in saved:
             if proxy is not None:
                 proxy._install_proxy()
+
+
+@Operations.register_operation("create_ivf_index")
+class CreateIvfIndexOp(MigrateOperation):
+    """``CREATE INDEX name ON [schema.]table USING bitpress_ivf (column bitpress_<metric>_ops)
+    WITH (lists, bits)`` (``bitpress.index.create``: a halfvec column gets the halfvec classes;
+    42P01 / 42703 / 42804 for a missing table, a missing column, a column of another type).
+    It runs in the migration's transaction (not CONCURRENTLY): the table is locked for writes
+    while the index builds."""
+
+    def __init__(self, name: str, table: str, column: str, metric: str = "cosine", lists: int | None = None,
+                 bits: int = 1, schema: str | None = None):
+        self.name, self.table, self.column, self.schema = name, table, column, schema
+        self.metric, self.lists, self.bits = metric, lists, bits
+
+    @classmethod
+    def create_ivf_index(cls, operations, name: str, table: str, column: str, *, metric: str = "cosine",
+                         lists: int | None = None, bits: int = 1, schema: str | None = None):
+        return operations.invoke(cls(name, table, column, metric, lists, bits, schema))
+
+    def reverse(self):
+        return DropIvfIndexOp(self.name, self.schema, _reverse=self)
+
+
+@Operations.register_operation("drop_ivf_index")
+class DropIvfIndexOp(MigrateOperation):
+    """``DROP INDEX [schema.]name`` of a bitpress_ivf index (any other index is refused, 42809).
+    Its ``reverse()`` makes the index again when the drop knows its definition: it is the
+    reverse of ``create_ivf_index``, or was given ``table`` and ``column`` (and the options)."""
+
+    def __init__(self, name: str, schema: str | None = None, table: str | None = None, column: str | None = None,
+                 metric: str = "cosine", lists: int | None = None, bits: int = 1, _reverse=None):
+        self.name, self.schema = name, schema
+        self._reverse = _reverse
+        if _reverse is None and table is not None and column is not None:
+            self._reverse = CreateIvfIndexOp(name, table, column, metric, lists, bits, schema)
+
+    @classmethod
+    def drop_ivf_index(cls, operations, name: str, *, schema: str | None = None, table: str | None = None,
+                       column: str | None = None, metric: str = "cosine", lists: int | None = None, bits: int = 1):
+        return operations.invoke(cls(name, schema, table, column, metric, lists, bits))
+
+    def reverse(self):
+        if self._reverse is None:
+            raise ValueError("a dropped bitpress_ivf index can be made again only with its table and column: "
+                             "op.drop_ivf_index(name, table=..., column=..., metric=..., lists=..., bits=...)")
+        return self._reverse
+
+
+def _psycopg(bind):
+    if bind.dialect.name != "postgresql":
+        raise errors.BitpressError("bitpress_ivf is a PostgreSQL index access method", "0A000")
+    return bind.connection.driver_connection
+
+
+@Operations.implementation_for(CreateIvfIndexOp)
+def _create_ivf_index(operations, operation):
+    from . import index
+
+    bind = operations.get_bind()
+    table = operation.table if operation.schema is None else (operation.schema, operation.table)
+    index.create(_psycopg(bind), table, operation.column, metric=operation.metric, lists=operation.lists,
+                 bits=operation.bits, name=operation.name)
+
+
+@Operations.implementation_for(DropIvfIndexOp)
+def _drop_ivf_index(operations, operation):
+    from . import index
+
+    bind = operations.get_bind()
+    name = operation.name if operation.schema is None else (operation.schema, operation.name)
+    conn = _psycopg(bind)
+    oid = index._table(conn, name)  # 42P01 when there is no such index
+    if oid[3] not in ("i", "I"):  # a table's name: never drop all of its indexes from a migration
+        raise errors.BitpressError(f'"{oid[1]}.{oid[2]}" is not an index', "42809")
+    index.drop(conn, name)
 
 
 def operations(connection) -> Operations:

@@ -31,6 +31,12 @@ Reflection: listen with ``column_reflect`` and reflected ``bit(n)`` columns come
     documents = sa.Table("documents", meta, autoload_with=engine)
 
 (duckdb_engine cannot reflect columns with this SQLAlchemy: DuckDB tables are declared.)
+
+The ``bitpress_ivf`` index (PostgreSQL) as an ``sa.Index``, made by ``metadata.create_all``::
+
+    class Document(Base):
+        __tablename__ = "documents"
+        __table_args__ = (bp.ivf_index("documents_embedding_ivf", "embedding", lists=224),)
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ import sqlalchemy.orm  # noqa: F401  (sa.orm.aliased)
 from sqlalchemy.dialects.postgresql.base import PGBit
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["BITCODE", "binarize", "hamming", "knn", "duckdb_engine", "column_reflect"]
+__all__ = ["BITCODE", "binarize", "hamming", "knn", "duckdb_engine", "column_reflect", "ivf_index"]
 
 
 def _to_bytes(value, bits):
@@ -221,3 +227,35 @@ def duckdb_engine(path: str = ":memory:", **kwargs):
     if path == ":memory:":
         kwargs.setdefault("poolclass", sa.pool.StaticPool)
     return sa.create_engine("duckdb://", creator=lambda: ConnectionWrapper(connect(path)), **kwargs)
+
+
+def _is_halfvec(column) -> bool:
+    t = getattr(column, "type", None)
+    return type(t).__name__ == "HALFVEC" or getattr(t, "__visit_name__", "") == "HALFVEC"
+
+
+def ivf_index(name: str, column, *, metric: str = "cosine", lists: int | None = None, bits: int = 1) -> sa.Index:
+    """An ``sa.Index`` ``USING bitpress_ivf (column bitpress_<metric>_ops) WITH (lists, bits)``,
+    made by ``metadata.create_all`` / ``Index.create``. ``column`` is a Column or its name (in
+    ``__table_args__``); a pgvector ``HALFVEC`` column gets ``bitpress_halfvec_<metric>_ops``
+    (its type is read once the index knows its table). ``lists`` (or ``bits``) None: the
+    index's own default (100 lists, 1 bit). Build the index after the rows are loaded, or ``REINDEX`` it then (docs/INDEX.md)."""
+    from .index import opclass
+
+    opclass(metric)  # 22023 for an unknown metric, now
+    with_ = {k: int(v) for k, v in (("lists", lists), ("bits", bits)) if v is not None}
+    col = column.__clause_element__() if hasattr(column, "__clause_element__") else column
+
+    def ops_for(c):
+        return {c.key: opclass(metric, _is_halfvec(c))}
+
+    known = isinstance(col, sa.Column) and col.table is not None
+    ix = sa.Index(name, col, postgresql_using="bitpress_ivf", postgresql_with=with_,
+                  postgresql_ops=ops_for(col) if isinstance(col, sa.Column) else {})
+
+    if not known:
+        @sa.event.listens_for(ix, "after_parent_attach")
+        def _attached(index, table):
+            index.dialect_options["postgresql"]["ops"] = {
+                k: v for c in index.columns for k, v in ops_for(c).items()}
+    return ix
