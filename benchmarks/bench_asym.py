@@ -5,9 +5,10 @@ Each method ranks every corpus code against the float query, keeps the top ``10 
 reranks them by the exact cosine on the full vectors (what ``bitpress_knn(..., oversample)``
 does); recall@10 is against the exact top 10. The RaBitQ rows are the C core's
 ``bp_ivf_encode`` / ``bp_ivf_estimate`` (bitpress.ivf) with one centroid, the corpus mean, a
-seeded rotation, and the five correction floats per vector kept as float32 or rounded to
-float16. Bytes are per vector: code plus factors. Time is the score of every code plus the
-top ``10 * os`` selection, mean per query, one thread.
+seeded rotation, and the five correction floats per vector kept as float32, rounded to
+float16, or replaced by their means over the corpus (the codes alone). Bytes are per vector:
+code plus factors. Time is the score of every code plus the top ``10 * os`` selection, mean per
+query, one thread.
 
   python benchmarks/bench_asym.py [--dataset minilm|DIR] [--queries 500] [--json PATH]
 """
@@ -86,11 +87,16 @@ def main(argv=None) -> int:
     xr, qr, cr = ivf.rotate(x, args.seed), ivf.rotate(q, args.seed), ivf.rotate(c, args.seed)
     for bits in (1, 2):
         enc = ivf.encode(xr, cr, bits, lists=np.zeros(n, np.int32))
-        for kind in ("float32", "float16"):
-            f = enc.factors if kind == "float32" else enc.factors.astype(np.float16).astype(np.float32)
+        for kind in ("float32", "float16", "replaced by their means"):
+            if kind == "float32":
+                f = enc.factors
+            elif kind == "float16":
+                f = enc.factors.astype(np.float16).astype(np.float32)
+            else:  # what the codes alone can do: one set of factors for every vector
+                f = np.ascontiguousarray(np.broadcast_to(enc.factors.mean(axis=0), enc.factors.shape))
             rec, ms = recall_of(lambda i: ivf.estimate(qr[i], cr[0], enc.codes, f, bits, "cosine")[0], x, q, gt)
             rows.append({"method": f"rabitq {bits}-bit, factors {kind}",
-                         "bytes": enc.codes.shape[1] + ivf.FACTORS * (4 if kind == "float32" else 2),
+                         "bytes": enc.codes.shape[1] + ivf.FACTORS * {"float32": 4, "float16": 2}.get(kind, 0),
                          **{f"recall_os{o}": rec[o] for o in OVERSAMPLE}, "ms_per_query": ms})
 
     head = ["method", "bytes/vector"] + [f"recall@10 os {o}" for o in OVERSAMPLE] + ["ms/query (scores + top)"]
