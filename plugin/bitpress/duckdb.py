@@ -687,10 +687,11 @@ def register(con):
         side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
-    from . import duckdb_ffn, duckdb_tt
+    from . import duckdb_ffn, duckdb_ivf, duckdb_tt
 
     duckdb_tt.register(con)
     duckdb_ffn.register(con)
+    duckdb_ivf.register(con, udf)
     return con
 
 
