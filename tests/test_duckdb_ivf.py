@@ -308,7 +308,7 @@ def test_refusals(small):
     assert "bits must be between 1 and 4" in state_of("SELECT bitpress_ivf_create('docs', 'id', 'embedding', bits := 5)")
     assert "lists must be between 1 and 32768" in state_of(
         "SELECT bitpress_ivf_create('docs', 'id', 'embedding', lists := 0)")
-    assert 'DuplicateIndexError: index "docs_embedding_ivf" already exists' in state_of(
+    assert 'InvalidParameterError: index "docs_embedding_ivf" already exists' in state_of(
         "SELECT bitpress_ivf_create('docs', 'id', 'embedding')")
     assert "UndefinedTableError" in state_of("SELECT bitpress_ivf_create('nope', 'id', 'embedding')")
     assert "UndefinedColumnError" in state_of("SELECT bitpress_ivf_create('docs', 'id', 'nope')")
@@ -320,7 +320,7 @@ def test_refusals(small):
     assert "probes must be at least 1" in state_of(
         "SELECT * FROM bitpress_ivf_search('docs', (SELECT q FROM queries LIMIT 1), 3, probes := 0)")
     assert "NullValueError" in state_of("SELECT * FROM bitpress_ivf_search('docs', NULL::FLOAT[], 3)")
-    assert "UnknownIndexError: no bitpress_ivf index on" in state_of(
+    assert "UnknownCodebookError: no bitpress_ivf index on" in state_of(
         "SELECT * FROM bitpress_ivf_search('fl', (SELECT q FROM queries LIMIT 1), 3)")
     con.execute("CREATE TABLE dup AS SELECT 1 AS id, embedding FROM docs LIMIT 3")
     assert "is not unique" in state_of("SELECT bitpress_ivf_create('dup', 'id', 'embedding')")

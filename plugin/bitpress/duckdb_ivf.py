@@ -82,12 +82,9 @@ class SerializationError(errors.BitpressError):
     sqlstate = "40001"
 
 
-class DuplicateIndexError(errors.BitpressError):
-    sqlstate = "42P07"
-
-
-class UnknownIndexError(errors.BitpressError):
-    sqlstate = "42704"
+# as for code stores: an unknown index is UnknownCodebookError (42704), a taken name 22023
+UnknownIndexError = errors.UnknownCodebookError
+DuplicateIndexError = errors.InvalidParameterError
 
 
 def params_checksum(source, id_column, vector_column, metric, lists, bits, seed, dims, n) -> str:
