@@ -63,7 +63,7 @@ import threading
 import numpy as np
 import pyarrow as pa
 
-from . import errors, ivf
+from . import _core, errors, ivf
 from .tables import bitpress_columns, kind, quote_ident, transaction
 
 SEED = 0x6269747072657373 & 0x7FFFFFFFFFFFFFFF  # the access method's IVF_SEED ("bitpress")
@@ -374,6 +374,7 @@ class _State:
     def __init__(self, fp, rowids, ids, vectors, valid, pos, delta):
         self.fp, self.rowids, self.ids, self.vectors = fp, rowids, ids, vectors
         self.valid, self.pos, self.delta = valid, pos, delta
+        self.all_valid = bool(valid.all())
         self.norms = np.linalg.norm(vectors.astype(np.float64), axis=1) if len(vectors) else np.empty(0)
 
 
@@ -550,36 +551,57 @@ def search_index(idx: _Index, state: _State, query, k: int, probes: int | None =
     need = k - len(state.delta)
     take = max(min(probes, len(order)), int(np.searchsorted(have, need) + 1) if need > 0 else 0)
     take = min(take, len(order))
-    lbs, ent = [], []
-    for lst in order[:take]:
-        a, b = idx.offsets[lst], idx.offsets[lst + 1]
-        if b == a:
-            continue
-        est, bound = ivf.estimate(qr, c[lst], idx.codes[lst], idx.factors[lst], idx.bits, metric)
-        ok = valid[a:b]
-        lbs.append((est - epsilon * bound)[ok])
-        ent.append(np.arange(a, b)[ok])
-    lb = np.concatenate(lbs) if lbs else np.empty(0)
-    ent = np.concatenate(ent) if ent else np.empty(0, np.int64)
+    lists = order[:take]
+    lists = lists[sizes[lists] > 0]
+    starts, lens = idx.offsets[lists], sizes[lists]
+    total = int(lens.sum())
+    est, bound = np.empty(total, np.float64), np.empty(total, np.float64)
+    at = 0
+    mid = ivf.metric_id(metric)
+    for lst, n in zip(lists.tolist(), lens.tolist()):  # one core call per list (its own centroid)
+        _core.ivf_estimate_into(qr, c[lst], idx.codes[lst], idx.factors[lst], n, idx.dims, idx.bits, mid,
+                                est[at:at + n], bound[at:at + n])
+        at += n
+    lb = est - epsilon * bound
+    # each estimate's index row: the lists' ranges one after the other
+    ent = np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    if not state.all_valid:
+        ok = valid[ent]
+        lb, ent = lb[ok], ent[ok]
     norms = state.norms
     # the delta: exact distances
     dpos = state.delta
     best_d = _exact(state.vectors[dpos], q64, metric, norms[dpos], qnorm) if len(dpos) else np.empty(0)
     best_p = dpos.astype(np.int64)
     if len(lb):
-        srt = np.argsort(lb, kind="stable")
-        lb, ent = lb[srt], ent[srt]
-        start, batch = 0, max(2 * k, 64)
-        while start < len(lb):
-            stop = min(start + batch, len(lb))
-            p = state.pos[ent[start:stop]]
+        # candidates by lower bound: the first few hundred sorted (a partition), the rest only when needed
+        first = min(len(lb), max(32 * k, 512))
+        if first < len(lb):
+            part = np.argpartition(lb, first)
+            head = part[:first]
+            head = head[np.argsort(lb[head])]
+            rest_lb = lb[part[first]]  # the smallest bound outside the head
+        else:
+            head, rest_lb = np.argsort(lb), np.inf
+        cand, cand_lb = ent[head], lb[head]
+        start, batch, full = 0, max(2 * k, 64), first == len(lb)
+        while True:
+            if start >= len(cand):
+                if full or (len(best_d) >= k and best_d.max() <= rest_lb):
+                    break
+                srt = np.argsort(lb)[first:]  # the head did not settle it: every other candidate, in order
+                cand, cand_lb, start, full = ent[srt], lb[srt], 0, True
+                continue
+            stop = min(start + batch, len(cand))
+            p = state.pos[cand[start:stop]]
             d = _exact(state.vectors[p], q64, metric, norms[p], qnorm)
             best_d, best_p = np.concatenate([best_d, d]), np.concatenate([best_p, p])
             if len(best_d) > k:
                 keep = np.argpartition(best_d, k - 1)[:k]
                 best_d, best_p = best_d[keep], best_p[keep]
             start = stop
-            if start < len(lb) and len(best_d) >= k and best_d.max() <= lb[start]:
+            nxt = cand_lb[start] if start < len(cand) else (np.inf if full else rest_lb)
+            if len(best_d) >= k and best_d.max() <= nxt:
                 break
             batch *= 2
     ids = state.ids[best_p]

@@ -1,0 +1,282 @@
+"""Approximate k-NN in DuckDB: bitpress's IVF index (bitpress_ivf_search, a probes sweep) against
+DuckDB's exact scan (array_cosine_distance ORDER BY LIMIT) and the vss extension's HNSW index
+(an hnsw_ef_search sweep), on the same real vectors and queries.
+
+bitpress and the exact scan run here, on the DuckDB this venv has. vss has no build for that
+DuckDB: it runs in a venv of its own (duckdb==1.5.5 and duckdb-extension-vss==1.5.5, created
+with ``python3 -m venv`` at --vss-venv when missing), as a child process given the same data,
+with its own exact scan as a reference. Every method answers every query from one client, one
+connection, one statement per query (the query vector passed as a VARCHAR parameter cast to
+FLOAT[d], the cheapest way found to hand DuckDB 1.5.5 a vector: binding a 384-float list costs
+about 39 ms there, a 384-number literal about 8 ms to parse). recall@10 is against the exact
+cosine top 10 of gt_top100.npy; latency is the mean over the queries (after 20 warm-up queries),
+the median of --rounds rounds. --delta N also deletes N rows and inserts them again after the
+build (new rowids: searched exactly, as every row changed since a build is) and times
+bitpress again.
+
+  python benchmarks/bench_ann_duckdb.py [--queries 500] [--json PATH] [--plot PNG] [--no-vss]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import Mismatch, cpu_model, log, stopped  # noqa: E402
+
+SHARED = Path(os.environ.get("BITPRESS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+VSS_VENV = Path("/var/cache/bitpress-bench/vss-venv")
+VSS_PINS = ["duckdb==1.5.5", "duckdb-extension-vss==1.5.5", "numpy", "pyarrow"]
+WARMUP = 20
+
+
+def literal(v) -> str:
+    return "[" + ",".join(repr(float(f)) for f in v) + "]"
+
+
+def timed(con, sql, qstrs, k=10, rounds=1, ids=True):
+    """(mean seconds per query: median over rounds, the ids each query returned)."""
+    for s in qstrs[:WARMUP]:
+        con.execute(sql, [s]).fetchall()
+    means, got = [], None
+    for _ in range(rounds):
+        out = []
+        t = time.perf_counter()
+        for s in qstrs:
+            out.append([r[0] for r in con.execute(sql, [s]).fetchall()])
+        means.append((time.perf_counter() - t) / len(qstrs))
+        got = out
+    return float(np.median(means)), got
+
+
+def recall(got, gt, k=10) -> float:
+    return float(np.mean([len(set(g[:k]) & set(t[:k].tolist())) / k for g, t in zip(got, gt)]))
+
+
+def load_table(con, x, dim):
+    import pyarrow as pa
+
+    t = pa.table({"id": pa.array(np.arange(len(x)), pa.int64()),
+                  "e": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)})
+    con.register("_load", t)
+    con.execute(f"CREATE TABLE docs AS SELECT id, CAST(e AS FLOAT[{dim}]) AS embedding FROM _load ORDER BY id")
+    con.unregister("_load")
+
+
+# The vss part, run by the vss venv's python: reads a JSON job on stdin, prints JSON results.
+VSS_CHILD = r'''
+import glob, json, sys, time
+import numpy as np
+import duckdb
+job = json.load(sys.stdin)
+x = np.load(job["corpus"]); q = np.load(job["queries"])[:job["queries_n"]]
+gt = np.load(job["gt"])[:len(q)]
+dim = x.shape[1]
+import duckdb_extension_vss, os
+ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_vss.__file__), "extensions", "*", "vss.duckdb_extension"))[0]
+con = duckdb.connect()
+con.execute(f"SET threads = {job['threads']}")
+con.execute(f"LOAD '{ext}'")
+exec(job["helpers"])
+load_table(con, x, dim)
+qstrs = [literal(v) for v in q]
+out = {"duckdb": duckdb.__version__, "rows": []}
+sql_exact = f"SELECT id FROM docs ORDER BY array_cosine_distance(embedding, CAST(? AS FLOAT[{dim}])) LIMIT 10"
+n_exact = job["exact_queries"]
+s, got = timed(con, sql_exact, qstrs[:n_exact], rounds=1)
+out["rows"].append({"method": "exact scan (DuckDB 1.5.5)", "setting": "", "recall": recall(got, gt[:n_exact]),
+                    "ms": s * 1e3, "qps": 1 / s, "queries": n_exact})
+t = time.perf_counter()
+con.execute(f"CREATE INDEX hnsw ON docs USING HNSW (embedding) WITH (metric = 'cosine', M = {job['m']}, "
+            f"ef_construction = {job['ef_construction']})")
+out["build_s"] = time.perf_counter() - t
+plan = con.execute("EXPLAIN " + sql_exact.replace("?", "'" + qstrs[0] + "'")).fetchall()[0][1]
+if "HNSW" not in plan:
+    raise SystemExit("vss: the query plan does not use the HNSW index")
+try:
+    out["memory_bytes"] = int(con.execute("SELECT approx_memory_usage FROM pragma_hnsw_index_info()").fetchall()[0][0])
+except Exception as e:
+    out["memory_bytes"] = None
+for ef in job["ef"]:
+    con.execute(f"SET hnsw_ef_search = {ef}")
+    s, got = timed(con, sql_exact, qstrs, rounds=job["rounds"])
+    out["rows"].append({"method": f"vss HNSW (M {job['m']}, ef_construction {job['ef_construction']})",
+                        "setting": f"ef_search {ef}", "recall": recall(got, gt), "ms": s * 1e3, "qps": 1 / s,
+                        "queries": len(qstrs)})
+print(json.dumps(out))
+'''
+
+
+def helpers_source() -> str:
+    """The functions the vss child shares with this script (timing, recall, loading)."""
+    import inspect
+
+    return "\n".join(inspect.getsource(f) for f in (literal, timed, recall, load_table)) + f"\nWARMUP = {WARMUP}\n"
+
+
+def vss_python(venv: Path) -> Path:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        log(f"creating {venv} (python3 -m venv; pip install {' '.join(VSS_PINS)})")
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *VSS_PINS], check=True)
+    return py
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(SHARED / "pypi-minilm"), help="corpus.npy, queries.npy, gt_top100.npy")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--exact-queries", type=int, default=100, help="queries for the (slow) exact scans")
+    ap.add_argument("--lists", type=int, default=224)
+    ap.add_argument("--bits", type=int, default=1)
+    ap.add_argument("--probes", default="4,8,16,24,32,48,64,96")
+    ap.add_argument("--ef", default="16,32,64,128,256", help="vss hnsw_ef_search values")
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="DuckDB threads (both DuckDBs)")
+    ap.add_argument("--delta", type=int, default=1000, help="rows deleted and inserted again after the build")
+    ap.add_argument("--delta-probes", type=int, default=48)
+    ap.add_argument("--vss-venv", default=str(VSS_VENV))
+    ap.add_argument("--no-vss", action="store_true")
+    ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PNG")
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except (Mismatch, KeyboardInterrupt) as e:
+        return stopped(e)
+
+
+def run(args) -> int:
+    import duckdb
+
+    import bitpress
+    import bitpress.duckdb
+    from bitpress import schema
+
+    data = Path(args.data)
+    x = np.load(data / "corpus.npy")
+    q = np.load(data / "queries.npy")[:args.queries]
+    gt = np.load(data / "gt_top100.npy")[:len(q)]
+    n, dim = x.shape
+    load = os.getloadavg()
+    conditions = {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_start": load,
+                  "duckdb": duckdb.__version__, "bitpress": getattr(bitpress, "__version__", None),
+                  "rows": n, "dims": dim, "queries": len(q), "threads": args.threads}
+    log(f"{n} x {dim}, {len(q)} queries; CPU {conditions['cpu']} x {os.cpu_count()}; load {load}")
+    vss_proc = None
+    if not args.no_vss:  # the vss child runs on its own; both share the machine, so it runs after ours
+        py = vss_python(Path(args.vss_venv))
+    con = bitpress.duckdb.connect()
+    con.execute(f"SET threads = {args.threads}")
+    schema.upgrade(con)
+    load_table(con, x, dim)
+    qstrs = [literal(v) for v in q]
+    rows = []
+    sql_exact = f"SELECT id FROM docs ORDER BY array_cosine_distance(embedding, CAST(? AS FLOAT[{dim}])) LIMIT 10"
+    ne = min(args.exact_queries, len(q))
+    s, got = timed(con, sql_exact, qstrs[:ne], rounds=1)
+    rows.append({"method": f"exact scan (DuckDB {duckdb.__version__})", "setting": "", "recall": recall(got, gt[:ne]),
+                 "ms": s * 1e3, "qps": 1 / s, "queries": ne})
+    log(f"exact: {s * 1e3:.1f} ms, recall {rows[-1]['recall']:.3f}")
+    t = time.perf_counter()
+    con.execute(f"SELECT bitpress_ivf_create('docs', 'id', 'embedding', lists := {args.lists}, bits := {args.bits}, "
+                "metric := 'cosine')").fetchall()
+    build = time.perf_counter() - t
+    size = con.execute("SELECT sum(octet_length(centroid) + octet_length(ids) + octet_length(rowids) + "
+                       "octet_length(codes) + octet_length(factors)) FROM bitpress.ivf_lists").fetchall()[0][0]
+    log(f"bitpress index: {build:.1f} s, {size / 2**20:.1f} MiB")
+    sql_ivf = (f"SELECT id FROM bitpress_ivf_search('docs', CAST(? AS FLOAT[{dim}]), 10, probes := {{p}})")
+    for p in [int(v) for v in args.probes.split(",")]:
+        s, got = timed(con, sql_ivf.format(p=p), qstrs, rounds=args.rounds)
+        rows.append({"method": f"bitpress_ivf (lists {args.lists}, bits {args.bits})", "setting": f"probes {p}",
+                     "recall": recall(got, gt), "ms": s * 1e3, "qps": 1 / s, "queries": len(qstrs)})
+        log(f"probes {p}: {s * 1e3:.2f} ms, recall {rows[-1]['recall']:.3f}")
+    if args.delta:
+        con.execute(f"CREATE TEMP TABLE moved AS SELECT * FROM docs WHERE id % {n // args.delta} = 0 "
+                    f"LIMIT {args.delta}")
+        con.execute("DELETE FROM docs WHERE id IN (SELECT id FROM moved)")
+        con.execute("INSERT INTO docs SELECT * FROM moved")
+        s, got = timed(con, sql_ivf.format(p=args.delta_probes), qstrs, rounds=args.rounds)
+        rows.append({"method": f"bitpress_ivf (lists {args.lists}, bits {args.bits})",
+                     "setting": f"probes {args.delta_probes}, {args.delta} rows changed since the build",
+                     "recall": recall(got, gt), "ms": s * 1e3, "qps": 1 / s, "queries": len(qstrs), "delta": True})
+        log(f"delta {args.delta}: {s * 1e3:.2f} ms, recall {rows[-1]['recall']:.3f}")
+    con.close()
+    vss = None
+    if not args.no_vss:
+        job = {"corpus": str(data / "corpus.npy"), "queries": str(data / "queries.npy"), "gt": str(data / "gt_top100.npy"),
+               "queries_n": len(q), "exact_queries": ne, "ef": [int(v) for v in args.ef.split(",")], "m": args.m,
+               "ef_construction": args.ef_construction, "rounds": args.rounds, "threads": args.threads,
+               "helpers": helpers_source()}
+        log("vss (child process, its own venv): building HNSW ...")
+        p = subprocess.run([str(py), "-c", VSS_CHILD], input=json.dumps(job), capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"the vss child failed:\n{p.stderr[-3000:]}")
+        vss = json.loads(p.stdout.strip().splitlines()[-1])
+        rows.extend(vss["rows"])
+        log(f"vss: build {vss['build_s']:.1f} s")
+    conditions["loadavg_end"] = os.getloadavg()
+    result = {"conditions": conditions, "bitpress_build_s": build, "bitpress_index_bytes": size,
+              "vss": None if vss is None else {k: v for k, v in vss.items() if k != "rows"}, "rows": rows}
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+def table(result) -> str:
+    c = result["conditions"]
+    lines = ["| method | setting | recall@10 | ms / query | QPS |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['setting']} | {r['recall']:.3f} | {r['ms']:.2f} | {r['qps']:.0f} |")
+    vss = result.get("vss") or {}
+    lines.append("")
+    lines.append(f"{c['rows']:,} x {c['dims']} vectors, {c['queries']} queries; CPU {c['cpu']} ({c['cores']} cores, "
+                 f"DuckDB threads {c['threads']}); load average {c['loadavg_start'][0]:.1f} at the start, "
+                 f"{c['loadavg_end'][0]:.1f} at the end. bitpress index: built in {result['bitpress_build_s']:.1f} s, "
+                 f"{result['bitpress_index_bytes'] / 2**20:.1f} MiB of index tables"
+                 + (f"; vss HNSW (DuckDB {vss['duckdb']}): built in {vss['build_s']:.1f} s" if vss else "")
+                 + (f", {vss['memory_bytes'] / 2**20:.1f} MiB" if vss.get("memory_bytes") else "") + ".")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = {}
+    for r in result["rows"]:
+        if r.get("delta"):
+            continue
+        groups.setdefault(r["method"], []).append(r)
+    for method, rs in groups.items():
+        style = "o-" if len(rs) > 1 else "s"
+        ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], style, label=method)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries per second (one client)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    c = result["conditions"]
+    ax.set_title(f"DuckDB, {c['rows']:,} x {c['dims']} MiniLM vectors", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
