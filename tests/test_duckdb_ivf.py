@@ -339,3 +339,36 @@ def test_before_migration_the_tables_are_missing():
     assert schema.upgrade(con) == "0010_duckdb_ivf"
     assert schema.downgrade(con, "0009_params_checksums") == "0009_params_checksums"
     assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'ivf_%'").fetchall() == [(0,)]
+
+
+def test_bitpress_knn_uses_the_index_when_the_table_has_one(small):
+    """bitpress_knn(table, code, vector, ...) answers through the table's index on that vector
+    column and metric when there is one (its rows, nearest first: those of bitpress_ivf_search),
+    and through the codes otherwise (another metric, or after bitpress_ivf_drop)."""
+    con, _ = small
+    con.execute("ALTER TABLE docs ADD COLUMN code BIT")
+    con.execute("UPDATE docs SET code = binarize(embedding)")  # new rowids: the index's delta
+    q = "(SELECT q FROM queries WHERE qid = {})"
+    for i in range(5):
+        rows = con.execute(f"SELECT * FROM bitpress_knn('docs', 'code', 'embedding', {q.format(i)}, 7, "
+                           "probes := 40)").fetchall()
+        hits = search(con, "docs", i, 7, probes=40)
+        assert [r[0] for r in rows] == [h[0] for h in hits]
+        assert [len(r) for r in rows] == [3] * 7  # the table's rows: id, embedding, code
+    assert_exact_answers(con)  # the exact top 10 (every list read)
+    con.execute("INSERT INTO docs SELECT 100000, q, binarize(q) FROM queries WHERE qid = 2")
+    assert con.execute(f"SELECT id FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 1)").fetchall() == [
+        (100000,)]
+    plan = con.execute(f"EXPLAIN SELECT * FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 3)").fetchall()
+    assert "bitpress_binarize_sign" not in plan[0][1]  # the codes' half is pruned when planned
+    # another metric: the codes answer (Hamming candidates, then the exact l2 distance)
+    plan = con.execute(f"EXPLAIN SELECT * FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 3, "
+                       "metric := 'l2')").fetchall()
+    assert "bitpress_binarize_sign" in plan[0][1]
+    assert con.execute(f"SELECT id FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 1, "
+                       "metric := 'l2')").fetchall() == [(100000,)]
+    con.execute("SELECT bitpress_ivf_drop('docs_embedding_ivf')").fetchall()
+    plan = con.execute(f"EXPLAIN SELECT * FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 3)").fetchall()
+    assert "bitpress_binarize_sign" in plan[0][1]
+    assert con.execute(f"SELECT id FROM bitpress_knn('docs', 'code', 'embedding', {q.format(2)}, 1)").fetchall() == [
+        (100000,)]

@@ -338,12 +338,14 @@ def drop(conn, name: str) -> None:
 # the index's generation, so every connection of the process loads it again. (Only one process
 # can write a DuckDB database: bitpress's own functions are the only writers of its index tables.)
 _GENERATION: dict = {}
+_EPOCH = [0]  # bumped with any generation: which tables have indexes may have changed
 _LOCK = threading.Lock()
 
 
 def _forget(name):
     with _LOCK:
         _GENERATION[name] = _GENERATION.get(name, 0) + 1
+        _EPOCH[0] += 1
 
 
 def _corrupt(name, what):
@@ -636,6 +638,7 @@ class _Searcher:
         self.con = con
         self.names = {}    # (table, index, column) -> index name
         self.indexes = {}  # index name -> (generation, _Index)
+        self.usable_cache = {}
 
     def index(self, table, index, column):
         key = (table, index, column)
@@ -659,6 +662,33 @@ class _Searcher:
         self.names[key] = name
         self.indexes[name] = (gen, idx)
         return idx
+
+    def indexed(self, table, column=None, metric=None):
+        """The index bitpress_knn (column and metric given) or a fingerprint (any index) would use
+        for ``table``, or None; cached until an index is created, refreshed or dropped. Never
+        raises: a name that is no table (a view, a DataFrame, a file) has no index."""
+        key = ("indexed", table, column, metric)
+        hit = self.usable_cache.get(key)
+        if hit is not None and hit[0] == _EPOCH[0]:
+            return hit[1]
+        epoch, name = _EPOCH[0], None
+        cur = self.con.cursor()
+        try:
+            if "name" in bitpress_columns(cur, "ivf_indexes"):
+                source = _source(cur, table)
+                rows = cur.execute("SELECT name, vector_column, metric FROM bitpress.ivf_indexes WHERE source = ? "
+                                   "ORDER BY name", [source]).fetchall()
+                rows = [r for r in rows if (column is None or r[1].lower() == column.lower())
+                        and (metric is None or r[2] == metric)]
+                name = rows[0][0] if rows else None
+        except Exception:  # noqa: BLE001 - not a table bitpress can index: no index
+            name = None
+        finally:
+            cur.close()
+        if len(self.usable_cache) > 1000:
+            self.usable_cache.clear()
+        self.usable_cache[key] = (epoch, name)
+        return name
 
     def search(self, table, index, column, query, k, probes, epsilon, fp):
         idx = self.index(table, index, column)
@@ -694,6 +724,46 @@ def _search_batch(searcher, table, index, column, query, k, probes, epsilon, fp)
         return pa.ListArray.from_arrays(pa.array([0, len(o["id"])], pa.int32()), values, type=_RESULT)
     return pa.array([[{"id": int(i), "distance": float(d), "row_id": int(w)}
                       for i, d, w in zip(o["id"], o["distance"], o["row_id"])] for o in out], type=_RESULT)
+
+
+def _usable_batch(searcher, table, column, metric):
+    return pa.array([t is not None and c is not None and m is not None and searcher.indexed(t, c, m) is not None
+                     for t, c, m in zip(table.to_pylist(), column.to_pylist(), metric.to_pylist())], pa.bool_())
+
+
+def _rows_sql_batch(searcher, table, column, metric):
+    """The rows of table with their rowid when bitpress_knn uses an index on it, else none."""
+    from .tables import quote_literal
+
+    out = []
+    for t, c, m in zip(table.to_pylist(), column.to_pylist(), metric.to_pylist()):
+        name = searcher.indexed(t, c, m) if None not in (t, c, m) else None
+        if name is None:
+            out.append(f"SELECT NULL::BIGINT AS _bitpress_rowid, * FROM query_table({quote_literal(t or '', False)}) "
+                       "LIMIT 0")
+        else:
+            out.append(f"SELECT rowid AS _bitpress_rowid, * FROM {_source_cached(searcher, t)}")
+    return pa.array(out, pa.string())
+
+
+def _source_cached(searcher, table):
+    cur = searcher.con.cursor()
+    try:
+        return _source(cur, table)
+    finally:
+        cur.close()
+
+
+def _fp_sql_batch(searcher, table):
+    """What bitpress_ivf_fingerprint counts: the table's rowids when it has an index, else nothing
+    (a name that is no table then still binds: a search of it says it has no index)."""
+    out = []
+    for t in table.to_pylist():
+        if t is not None and searcher.indexed(t) is not None:
+            out.append(f"SELECT rowid FROM {_source_cached(searcher, t)}")
+        else:
+            out.append("SELECT NULL::BIGINT AS rowid LIMIT 0")
+    return pa.array(out, pa.string())
 
 
 def _create_batch(con, table, id_column, vector_column, lists, bits, metric, name):
@@ -743,7 +813,7 @@ CREATE OR REPLACE TEMP MACRO bitpress_ivf_drop(name) AS bitpress_ivf_drop_udf(na
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_ivf_fingerprint(tbl) AS
     -- count and XOR of the rowids' hashes, in the calling query's transaction (query_table hides rowid)
-    (SELECT count(*) || ':' || coalesce(bit_xor(hash(rowid)), 0) FROM query('SELECT rowid FROM ' || tbl))
+    (SELECT count(*) || ':' || coalesce(bit_xor(hash(rowid)), 0) FROM query(bitpress_ivf_fp_sql(tbl)))
 """, """
 
 CREATE OR REPLACE TEMP MACRO bitpress_ivf_hits(tbl, query, k, probes := NULL, epsilon := NULL, index := NULL,
@@ -775,5 +845,13 @@ def register(con, udf):
         lambda t, ix, c, q, k, p, e, f: _search_batch(searcher, t, ix, c, q, k, p, e, f),
         ["VARCHAR", "VARCHAR", "VARCHAR", "FLOAT[]", "INTEGER", "INTEGER", "DOUBLE", "VARCHAR"],
         "STRUCT(id BIGINT, distance DOUBLE, row_id BIGINT)[]", side_effects=True, null_handling="special")
+    # read when a query is planned (pure for DuckDB: folded to constants, so that bitpress_knn's
+    # unused half is pruned and query() gets its text)
+    udf(con, "bitpress_ivf_usable", lambda t, c, m: _usable_batch(searcher, t, c, m),
+        ["VARCHAR", "VARCHAR", "VARCHAR"], "BOOLEAN", side_effects=False, null_handling="special")
+    udf(con, "bitpress_ivf_rows_sql", lambda t, c, m: _rows_sql_batch(searcher, t, c, m),
+        ["VARCHAR", "VARCHAR", "VARCHAR"], "VARCHAR", side_effects=False, null_handling="special")
+    udf(con, "bitpress_ivf_fp_sql", lambda t: _fp_sql_batch(searcher, t), ["VARCHAR"], "VARCHAR",
+        side_effects=False, null_handling="special")
     for macro in MACROS:
         con.execute(macro)
