@@ -366,6 +366,7 @@ class _Index:
         # per list, each its own (aligned) array: the core reads factors 8-byte aligned
         self.offsets, self.ids, self.rowids, self.codes, self.factors = offsets, ids, rowids, codes, factors
         self.state = None  # _State
+        self.entry_lists = self.all_codes = self.all_factors = None  # made when first needed
         self.lock = threading.Lock()
 
 
@@ -426,7 +427,20 @@ def _load(cur, name, meta) -> _Index:
                   [np.array(c, np.uint8) for c in codes], [np.array(f, np.float32) for f in facs])
 
 
-FINGERPRINT_SQL = "SELECT count(*) || ':' || coalesce(bit_xor(hash(rowid)), 0) FROM {}"
+def fingerprint_sql(source: str) -> str:
+    """The query of a table's fingerprint: "rows:XOR of the rowids' hashes:the table's OID" (a
+    table dropped and created again has another OID, even with the same rows and rowids)."""
+    from .tables import quote_literal
+
+    parts = split_name(source)
+    db = quote_literal(parts[0], False) if len(parts) == 3 else "current_database()"
+    sch, name = (quote_literal(p, False) for p in parts[-2:])
+    return (f"SELECT count(*) || ':' || coalesce(bit_xor(hash(rowid)), 0) || ':' || "
+            f"(SELECT coalesce(max(table_oid), -1) FROM duckdb_tables() WHERE database_name = {db} "
+            f"AND schema_name = {sch} AND table_name = {name}) AS fp FROM {source}")
+
+
+NO_FINGERPRINT = "SELECT '0:0:-1' AS fp"
 
 
 def _state(cur, idx: _Index, caller_fp: str | None) -> _State:
@@ -437,7 +451,7 @@ def _state(cur, idx: _Index, caller_fp: str | None) -> _State:
     try:
         arrow = _arrow(cur.sql(f"SELECT rowid, CAST({i} AS BIGINT) FROM {source} WHERE {v} IS NOT NULL "
                                "ORDER BY rowid"))
-        fp = cur.execute(FINGERPRINT_SQL.format(source)).fetchall()[0][0]
+        fp = cur.execute(fingerprint_sql(source)).fetchall()[0][0]
     except Exception as e:
         if "does not exist" in str(e) or "Catalog" in type(e).__name__:
             raise errors.UndefinedTableError(f'bitpress_ivf index "{m["name"]}": its table {source} does not '
@@ -458,6 +472,8 @@ def _state(cur, idx: _Index, caller_fp: str | None) -> _State:
     else:
         p, valid = np.zeros(len(idx.rowids), np.int64), np.zeros(len(idx.rowids), bool)
     old = idx.state
+    if old is not None and old.fp.rsplit(":", 1)[-1] != fp.rsplit(":", 1)[-1]:
+        old = None  # another table of that name: nothing read from the old one is reused
     # vectors: reuse those of pairs already read, read the others
     vectors = np.empty((len(rid), idx.dims), np.float32)
     have = np.zeros(len(rid), bool)
@@ -466,6 +482,7 @@ def _state(cur, idx: _Index, caller_fp: str | None) -> _State:
         same = (old.rowids[q] == rid) & (old.ids[q] == tid)
         vectors[same] = old.vectors[q[same]]
         have = same
+    reused = have.copy()
     need = np.nonzero(~have)[0]
     if len(need):
         if len(need) > len(rid) // 4:
@@ -485,13 +502,39 @@ def _state(cur, idx: _Index, caller_fp: str | None) -> _State:
             have[q[hit]] = True
         if not have.all():  # a row changed between the two reads: the caller must retry
             raise SerializationError(f"bitpress_ivf_search: {source} changed while it was read; retry")
+    # an index row whose vector was read now is checked against its code: coded again, it must
+    # give the same bytes (the core is deterministic), else the row is searched exactly (delta)
+    bad = np.zeros(len(valid), bool) if old is None else old.bad.copy()
+    fresh = np.nonzero(valid & ~reused[p])[0] if len(rid) else np.empty(0, np.int64)
+    if len(fresh):
+        bad[fresh] = ~_codes_match(idx, fresh, vectors[p[fresh]])
+    valid &= ~bad
     pos = np.where(valid, p, -1)
     covered = np.zeros(len(rid), bool)
     covered[pos[valid]] = True
     delta = np.nonzero(~covered)[0]
     if idx.metric == "cosine" and len(delta):  # zero vectors have no cosine distance
         delta = delta[np.linalg.norm(vectors[delta], axis=1) > 0]
-    return _State(fp, rid, tid, vectors, valid, pos, delta)
+    state = _State(fp, rid, tid, vectors, valid, pos, delta)
+    state.bad = bad
+    return state
+
+
+def _codes_match(idx, entries, x):
+    """Whether rows x, coded as index rows ``entries`` are (their lists), give their stored bytes."""
+    if idx.entry_lists is None:
+        idx.entry_lists = np.repeat(np.arange(len(idx.centroids), dtype=np.int32), np.diff(idx.offsets))
+        idx.all_codes = np.concatenate(idx.codes) if idx.codes else np.empty((0, 0), np.uint8)
+        idx.all_factors = np.concatenate(idx.factors) if idx.factors else np.empty((0, ivf.FACTORS), np.float32)
+    ok = np.ones(len(entries), bool)
+    for start in range(0, len(entries), 65536):
+        e = entries[start:start + 65536]
+        xi, nonzero = _prepared(np.ascontiguousarray(x[start:start + 65536], np.float32), idx.metric)
+        enc = ivf.encode(ivf.rotate(xi, idx.seed), idx.centroids, idx.bits, spherical=idx.metric != "l2",
+                         lists=idx.entry_lists[e])
+        ok[start:start + len(e)] = (nonzero & (enc.codes == idx.all_codes[e]).all(axis=1)
+                                    & (enc.factors.view(np.uint32) == idx.all_factors[e].view(np.uint32)).all(axis=1))
+    return ok
 
 
 def _exact(x, q, metric, norms=None, qnorm=None):
@@ -667,11 +710,18 @@ class _Searcher:
         """The index bitpress_knn (column and metric given) or a fingerprint (any index) would use
         for ``table``, or None; cached until an index is created, refreshed or dropped. Never
         raises: a name that is no table (a view, a DataFrame, a file) has no index."""
+        return self._indexed(table, column, metric)[0]
+
+    def source(self, table):
+        """The recorded source of a table with an index (as indexed() found it)."""
+        return self._indexed(table, None, None)[1]
+
+    def _indexed(self, table, column, metric):
         key = ("indexed", table, column, metric)
         hit = self.usable_cache.get(key)
         if hit is not None and hit[0] == _EPOCH[0]:
-            return hit[1]
-        epoch, name = _EPOCH[0], None
+            return hit[1:]
+        epoch, name, source = _EPOCH[0], None, None
         cur = self.con.cursor()
         try:
             if "name" in bitpress_columns(cur, "ivf_indexes"):
@@ -687,8 +737,8 @@ class _Searcher:
             cur.close()
         if len(self.usable_cache) > 1000:
             self.usable_cache.clear()
-        self.usable_cache[key] = (epoch, name)
-        return name
+        self.usable_cache[key] = (epoch, name, source if name is not None else None)
+        return name, (source if name is not None else None)
 
     def search(self, table, index, column, query, k, probes, epsilon, fp):
         idx = self.index(table, index, column)
@@ -742,16 +792,8 @@ def _rows_sql_batch(searcher, table, column, metric):
             out.append(f"SELECT NULL::BIGINT AS _bitpress_rowid, * FROM query_table({quote_literal(t or '', False)}) "
                        "LIMIT 0")
         else:
-            out.append(f"SELECT rowid AS _bitpress_rowid, * FROM {_source_cached(searcher, t)}")
+            out.append(f"SELECT rowid AS _bitpress_rowid, * FROM {searcher.source(t)}")
     return pa.array(out, pa.string())
-
-
-def _source_cached(searcher, table):
-    cur = searcher.con.cursor()
-    try:
-        return _source(cur, table)
-    finally:
-        cur.close()
 
 
 def _fp_sql_batch(searcher, table):
@@ -760,9 +802,9 @@ def _fp_sql_batch(searcher, table):
     out = []
     for t in table.to_pylist():
         if t is not None and searcher.indexed(t) is not None:
-            out.append(f"SELECT rowid FROM {_source_cached(searcher, t)}")
+            out.append(fingerprint_sql(searcher.source(t)))
         else:
-            out.append("SELECT NULL::BIGINT AS rowid LIMIT 0")
+            out.append(NO_FINGERPRINT)
     return pa.array(out, pa.string())
 
 
@@ -812,8 +854,9 @@ CREATE OR REPLACE TEMP MACRO bitpress_ivf_refresh(name) AS bitpress_ivf_refresh_
 CREATE OR REPLACE TEMP MACRO bitpress_ivf_drop(name) AS bitpress_ivf_drop_udf(name)
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_ivf_fingerprint(tbl) AS
-    -- count and XOR of the rowids' hashes, in the calling query's transaction (query_table hides rowid)
-    (SELECT count(*) || ':' || coalesce(bit_xor(hash(rowid)), 0) FROM query(bitpress_ivf_fp_sql(tbl)))
+    -- rows, XOR of the rowids' hashes and the table's OID, in the calling query's transaction
+    -- (query_table hides rowid: query() reads the table bitpress_ivf_fp_sql names)
+    (SELECT fp FROM query(bitpress_ivf_fp_sql(tbl)))
 """, """
 
 CREATE OR REPLACE TEMP MACRO bitpress_ivf_hits(tbl, query, k, probes := NULL, epsilon := NULL, index := NULL,
