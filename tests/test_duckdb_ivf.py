@@ -409,3 +409,11 @@ def test_a_table_dropped_and_created_again_is_read_again(small):
     assert_exact_answers(con)
     con.execute("SELECT bitpress_ivf_refresh('docs_embedding_ivf')").fetchall()
     assert_exact_answers(con)
+
+
+def test_python_search_is_the_sql_search(small):
+    con, x = small
+    q = np.array(con.execute("SELECT q FROM queries WHERE qid = 4").fetchall()[0][0], np.float32)
+    assert duckdb_ivf.search(con, "docs", q, 8, probes=12) == search(con, "docs", 4, 8, probes=12)
+    assert duckdb_ivf.search(con, "docs", q, 3, index="docs_embedding_ivf", epsilon=0.0) == search(
+        con, "docs", 4, 3, index="docs_embedding_ivf", epsilon=0.0)
