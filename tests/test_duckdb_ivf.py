@@ -417,3 +417,21 @@ def test_python_search_is_the_sql_search(small):
     assert duckdb_ivf.search(con, "docs", q, 8, probes=12) == search(con, "docs", 4, 8, probes=12)
     assert duckdb_ivf.search(con, "docs", q, 3, index="docs_embedding_ivf", epsilon=0.0) == search(
         con, "docs", 4, 3, index="docs_embedding_ivf", epsilon=0.0)
+
+
+def test_views_and_temp_tables_keep_the_codes_path(small):
+    """Only base tables can be indexed (the index reads through a connection of its own); a view
+    or TEMP table over an indexed table is answered by bitpress_knn's codes, as before."""
+    con, _ = small
+    con.execute("ALTER TABLE docs ADD COLUMN code BIT")
+    con.execute("UPDATE docs SET code = binarize(embedding)")
+    con.execute("CREATE VIEW vw AS SELECT * FROM docs")
+    con.execute("CREATE TEMP TABLE tmp AS SELECT * FROM docs")
+    for name in ("vw", "tmp"):
+        with pytest.raises(Exception, match="UndefinedTableError: .*TEMP tables and views cannot be indexed"):
+            con.execute(f"SELECT bitpress_ivf_create('{name}', 'id', 'embedding')").fetchall()
+        got = con.execute(f"SELECT id FROM bitpress_knn('{name}', 'code', 'embedding', "
+                          "(SELECT q FROM queries WHERE qid = 1), 5, oversample := 500)").fetchall()
+        ids, x = table_state(con)
+        q = np.array(con.execute("SELECT q FROM queries WHERE qid = 1").fetchall()[0][0], np.float32)
+        assert [r[0] for r in got] == list(exact(x, ids, q, "cosine", 5)[0])  # a pool of every row: exact

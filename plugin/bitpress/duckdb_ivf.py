@@ -168,7 +168,8 @@ def _source(conn, table: str) -> str:
         if found:
             d, sch, name = found[0]
             return ".".join(quote_ident(p) for p in ([d] if d != db else []) + [sch, name])
-    raise errors.UndefinedTableError(f'relation "{table}" does not exist')
+    raise errors.UndefinedTableError(f'relation "{table}" does not exist (an index reads its table through a '
+                                     "connection of its own: TEMP tables and views cannot be indexed)")
 
 
 def _types(conn, source, *columns):
