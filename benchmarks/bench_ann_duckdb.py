@@ -11,9 +11,9 @@ FLOAT[d], the cheapest way found to hand DuckDB 1.5.5 a vector: binding a 384-fl
 about 39 ms there, a 384-number literal about 8 ms to parse). recall@10 is against the exact
 cosine top 10 of gt_top100.npy; latency is the mean over the queries (after 20 warm-up queries),
 the median of --rounds rounds, every method's settings in a shuffled order each round (the vss
-child answers one setting per command), so drift on a shared machine hits all alike. --delta N also deletes N rows and inserts them again after the
-build (new rowids: searched exactly, as every row changed since a build is) and times
-bitpress again.
+child answers one setting per command), so drift on a shared machine hits all alike. --delta N
+also deletes N rows and inserts them again after the rounds (new rowids: searched exactly, as
+every row changed since a build is) and times bitpress again.
 
   python benchmarks/bench_ann_duckdb.py [--queries 500] [--json PATH] [--plot PNG] [--no-vss]
 """
