@@ -49,8 +49,8 @@ def duck_codes(con, sql, *args):
 
 def test_one_migration_makes_the_same_table_in_both_engines(pg, duck):
     assert schema.current(pg) is None and schema.current(duck) is None
-    assert schema.upgrade(pg) == schema.upgrade(duck) == schema.head() == "0009_params_checksums"
-    assert schema.upgrade(pg) == "0009_params_checksums"  # idempotent
+    assert schema.upgrade(pg) == schema.upgrade(duck) == schema.head() == "0010_duckdb_ivf"
+    assert schema.upgrade(pg) == "0010_duckdb_ivf"  # idempotent
     cols = "SELECT column_name, is_nullable FROM information_schema.columns " \
            "WHERE table_schema = 'bitpress' AND table_name = 'codebooks' ORDER BY ordinal_position"
     assert pg.execute(cols).fetchall() == duck.execute(cols).fetchall()
@@ -58,11 +58,14 @@ def test_one_migration_makes_the_same_table_in_both_engines(pg, duck):
         "name", "version", "method", "dims", "bits", "params", "options", "sample_size", "created_at", "checksum"]
     # bitpress's Alembic history stays out of the application's public.alembic_version
     assert pg.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is None
-    assert pg.execute("SELECT version_num FROM bitpress.alembic_version").fetchone()[0] == "0009_params_checksums"
+    assert pg.execute("SELECT version_num FROM bitpress.alembic_version").fetchone()[0] == "0010_duckdb_ivf"
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'bitpress' ORDER BY 1"
-    assert pg.execute(tables).fetchall() == duck.execute(tables).fetchall() == [
+    assert pg.execute(tables).fetchall() == [
         ("alembic_version",), ("code_columns",), ("code_delta",), ("code_segments",), ("code_stores",),
         ("codebooks",), ("etl_jobs",), ("ffn_layers",), ("tt_cores",), ("tt_models",), ("tt_tensors",)]
+    # DuckDB alone has the IVF index tables (revision 0010; PostgreSQL's index is bitpress_ivf)
+    assert duck.execute(tables).fetchall() == sorted(pg.execute(tables).fetchall()
+                                                     + [("ivf_indexes",), ("ivf_lists",)])
     for table in ("tt_models", "tt_tensors", "tt_cores", "ffn_layers", "code_columns", "etl_jobs", "code_stores"):  # the same columns in both engines
         q = cols.replace("'codebooks'", f"'{table}'")
         assert pg.execute(q).fetchall() == duck.execute(q).fetchall()
@@ -330,7 +333,7 @@ def test_fit_command_samples_a_table_and_stores_a_codebook(pg, postgresql_proc, 
     con = bitpress.duckdb.connect(path)
     con.execute("CREATE TABLE items AS SELECT unnest(?) AS emb", [minilm.tolist()])
     con.close()
-    assert run_cli("migrate", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0009_params_checksums")
+    assert run_cli("migrate", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0010_duckdb_ivf")
     r = run_cli("fit", "--duckdb", path, "--table", "items", "--vector-col", "emb", "--name", "d",
                 "--method", "itq", "--bits", "64", "--sample", "1000", "--quiet")
     assert r.returncode == 0, r.stderr

@@ -201,12 +201,12 @@ def test_db_command_upgrades_downgrades_and_reports(tmp_path):
     from conftest import run_cli
 
     path = str(tmp_path / "db.duckdb")
-    assert run_cli("db", "current", "--duckdb", path).stdout.startswith("bitpress schema: none (head 0009_params_checksums)")
-    assert run_cli("db", "upgrade", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0009_params_checksums")
+    assert run_cli("db", "current", "--duckdb", path).stdout.startswith("bitpress schema: none (head 0010_duckdb_ivf)")
+    assert run_cli("db", "upgrade", "--duckdb", path).stdout.startswith("bitpress schema: none -> 0010_duckdb_ivf")
     out = run_cli("db", "downgrade", "--duckdb", path)
-    assert out.returncode == 0 and out.stdout.startswith("bitpress schema: 0009_params_checksums -> 0008_store_access")
+    assert out.returncode == 0 and out.stdout.startswith("bitpress schema: 0010_duckdb_ivf -> 0009_params_checksums")
     assert run_cli("db", "downgrade", "--duckdb", path, "base").stdout.startswith(
-        "bitpress schema: 0008_store_access -> none")
+        "bitpress schema: 0009_params_checksums -> none")
 
 
 def test_upgrade_bitpress_schema_runs_inside_the_users_migration(pg, pg_engine):
@@ -222,7 +222,7 @@ def test_upgrade_bitpress_schema_runs_inside_the_users_migration(pg, pg_engine):
     assert pg.execute("SELECT to_regclass('bitpress.codebooks')").fetchone()[0] is None
     with pg_engine.begin() as c:
         ops.operations(c).upgrade_bitpress_schema()
-    assert schema.current(pg) == schema.head() == "0009_params_checksums"
+    assert schema.current(pg) == schema.head() == "0010_duckdb_ivf"
 
 
 def test_an_unqualified_table_is_found_on_search_path(pg, pg_test_dsn):

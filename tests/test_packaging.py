@@ -54,6 +54,7 @@ def test_wheel_ships_the_extension_sources_and_the_migrations(tmp_path):
                  "bitpress/_migrations/versions/0006_inline_segments.py",
                  "bitpress/_migrations/versions/0007_store_integrity.py",
                  "bitpress/_migrations/versions/0008_store_access.py",
-                 "bitpress/_migrations/versions/0009_params_checksums.py"):
+                 "bitpress/_migrations/versions/0009_params_checksums.py",
+                 "bitpress/_migrations/versions/0010_duckdb_ivf.py", "bitpress/duckdb_ivf.py"):
         assert path in names, path
     assert any(n.startswith("bitpress/_core") and n.endswith(".so") for n in names)

@@ -290,7 +290,7 @@ def test_schema_0006_needs_extension_0_4_and_rebuilds_stores_inline(pg):
         schema.upgrade(pg)
     assert schema.current(pg) == "0005_code_columns"
     pg.execute("ALTER EXTENSION bitpress UPDATE")
-    assert schema.upgrade(pg) == "0009_params_checksums"
+    assert schema.upgrade(pg) == "0010_duckdb_ivf"
     per = (8100 - 1 - 16) // (BITS // 8 + 4)  # a page, less the row's checksum (revision 0007)
     assert pg.execute("SELECT count(*), max(n), sum(n) FROM bitpress.code_segments").fetchone() == (
         -(-3000 // per), per, 3000)

@@ -160,15 +160,29 @@ CREATE OR REPLACE TEMP MACRO bitpress_distance(v, query, metric) AS
         ELSE error('metric must be cosine, ip or l2, got ' || coalesce(metric, 'NULL')) END
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn(tbl, code_column, vector_column, query, k,
-        oversample := 4, codebook := NULL, metric := 'cosine', scoring := 'hamming') AS TABLE
-    SELECT * EXCLUDE (_bitpress_v) FROM (
+        oversample := 4, codebook := NULL, metric := 'cosine', scoring := 'hamming', probes := NULL) AS TABLE
+    -- a bitpress_ivf index on (tbl, vector_column) of this metric answers instead of the codes:
+    -- bitpress_ivf_usable is folded when the query is planned, so one of the two halves is empty
+    (SELECT * EXCLUDE (_bitpress_v) FROM (
         SELECT *, CAST(COLUMNS(lambda c: c = vector_column) AS FLOAT[]) AS _bitpress_v
         FROM (SELECT * FROM query_table(tbl)
+              WHERE NOT bitpress_ivf_usable(tbl, vector_column, metric)
               ORDER BY bitpress_rank(COLUMNS(lambda c: c = code_column), query, codebook, k, oversample,
                                      scoring)
               LIMIT greatest(CAST(k AS BIGINT) * oversample, 1)))
     ORDER BY bitpress_distance(_bitpress_v, query, metric)
-    LIMIT greatest(k, 1)  -- not k: DuckDB skips a LIMIT 0 plan without running the checks
+    LIMIT greatest(k, 1))  -- not k: DuckDB skips a LIMIT 0 plan without running the checks
+    UNION ALL
+    (SELECT * EXCLUDE (_bitpress_rowid, _bitpress_d) FROM (
+        SELECT t.*, h.distance AS _bitpress_d
+        FROM query(bitpress_ivf_rows_sql(tbl, vector_column, metric)) t
+        JOIN (SELECT unnest(CASE WHEN bitpress_ivf_usable(tbl, vector_column, metric)
+                                 THEN bitpress_ivf_hits(tbl, query, k, probes := probes,
+                                                        vector_column := vector_column) END,
+                            recursive := true)) h
+        ON t._bitpress_rowid = h.row_id)
+     ORDER BY _bitpress_d
+     LIMIT greatest(k, 1))
 """, """
 CREATE OR REPLACE TEMP MACRO bitpress_knn_codes(tbl, code_column, query, k,
         oversample := 4, codebook := NULL, scoring := 'hamming') AS TABLE
@@ -670,7 +684,8 @@ def register(con):
     ``binarize(v, 'name'[, version])``: code under a codebook stored in bitpress.codebooks.
     ``bitpress_score(code, query, 'name'[, version])``: asymmetric score (higher is closer).
     ``bitpress_knn('table', 'code_col', 'vector_col', query, k[, oversample := 4,
-    codebook := 'name', metric := 'cosine'])`` and ``bitpress_knn_codes('table', 'code_col',
+    codebook := 'name', metric := 'cosine', probes := 10])`` (through the table's bitpress_ivf
+    index on that vector column and metric when it has one: see bitpress.duckdb_ivf) and ``bitpress_knn_codes('table', 'code_col',
     query, k[, oversample, codebook])``: table macros returning the k nearest rows.
     """
     books = _Codebooks(con)
@@ -700,10 +715,11 @@ def register(con):
         side_effects=True)  # reads bitpress.code_segments
     for macro in _MACROS:
         con.execute(macro)
-    from . import duckdb_ffn, duckdb_tt
+    from . import duckdb_ffn, duckdb_ivf, duckdb_tt
 
     duckdb_tt.register(con)
     duckdb_ffn.register(con)
+    duckdb_ivf.register(con, udf)
     return con
 
 
