@@ -22,20 +22,21 @@ bit_length(const uint8_t *p, uint32_t len)
 	return len == 0 ? 0 : 8 * (long long) (len - 1) - p[0];
 }
 
-/* Differing bits of two BITs of one bit length (padding masked, whatever it holds). */
+/* Differing bits of two BITs of one bit length: the data bytes' popcount less what the padding
+ * bits (the first pad bits of the first data byte, 1 in DuckDB's BITs) add if they differ. */
 static inline uint64_t
 bits_distance(const uint8_t *a, const uint8_t *b, uint32_t len)
 {
-	uint8_t		mask,
-				x,
+	uint8_t		x,
 				y;
 
 	if (len < 2)
 		return 0;
-	mask = (uint8_t) (0xFFu >> a[0]);
-	x = a[1] & mask;
-	y = b[1] & mask;
-	return bp_hamming(&x, &y, 1) + bp_hamming(a + 2, b + 2, len - 2);
+	x = (uint8_t) (a[1] & ~(0xFFu >> a[0]));
+	y = (uint8_t) (b[1] & ~(0xFFu >> a[0]));
+	if (x == y)
+		return bp_hamming(a + 1, b + 1, len - 1);
+	return bp_hamming(a + 1, b + 1, len - 1) - bp_hamming(&x, &y, 1);
 }
 
 typedef enum
