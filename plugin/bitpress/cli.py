@@ -11,7 +11,7 @@ import sys
 def _duckdb_extension(args) -> int:
     from . import duckdb_native
 
-    print(duckdb_native.build(force=args.build, verbose=args.verbose))
+    print(duckdb_native.build(force=args.build, verbose=args.verbose, platform_name=args.platform))
     return 0
 
 
@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of the native DuckDB extension (bitpress.duckdb_extension), built if needed")
     dx.add_argument("--build", action="store_true", help="rebuild it even if a current build is cached")
     dx.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    dx.add_argument("--platform", help="DuckDB platform string of the target (default: PRAGMA platform of the "
+                                       "installed duckdb)")
     dx.set_defaults(func=_duckdb_extension)
 
     dm = sub.add_parser("demo", help="embed real text, compress it and search it in DuckDB")

@@ -171,13 +171,15 @@ def _build_key(plat: str, cc: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build(force: bool = False, verbose: bool = False) -> Path:
+def build(force: bool = False, verbose: bool = False, platform_name: str | None = None) -> Path:
     """Compiles the extension (when missing, stale or ``force``) and returns its path:
-    <cache>/duckdb-ext/<key>/bitpress.duckdb_extension."""
+    <cache>/duckdb-ext/<key>/bitpress.duckdb_extension. ``platform_name``: the platform string
+    of the DuckDB that will load it, when not the installed one's (DuckDB 1.2's Python wheel
+    says linux_amd64_gcc4 where 1.5 and 2.0 say linux_amd64; the file is otherwise the same)."""
     from . import __version__
 
     cc = os.environ.get("CC", "cc")
-    plat = platform()
+    plat = platform_name or platform()
     key = _build_key(plat, cc)
     if not force:
         for d in cache_dirs():
