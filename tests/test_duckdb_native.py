@@ -190,6 +190,38 @@ def test_hamming_of_bit_codes_and_mixed_bit_blob(nat, duck, corpus, queries, dim
     np.testing.assert_array_equal(np.array(nat.execute(sql, [q]).fetchall()).ravel(), want)
 
 
+@pytest.mark.parametrize("dim", [384, 100])
+def test_code_bytes_and_code_from_bytes_as_the_udfs(nat, duck, corpus, dim):
+    x = corpus[:3000, :dim]
+    vector_table(nat, "v", x)
+    vector_table(duck, "v", x)
+    want = sign_codes(x)
+    sql = "SELECT code_bytes(binarize(v)) FROM v ORDER BY id"
+    native = [r[0] for r in nat.execute(sql).fetchall()]
+    assert native == [r[0] for r in duck.execute(sql).fetchall()] == [c.tobytes() for c in want]
+    sql = "SELECT code_bytes(code_bytes(binarize(v))) FROM v ORDER BY id"  # a BLOB: itself
+    assert [r[0] for r in nat.execute(sql).fetchall()] == native
+    for arg in ("code_bytes(binarize(v))", "binarize(v)"):  # from a BLOB, and from a BIT's bytes
+        sql = f"SELECT CAST(code_from_bytes({arg}, {dim}) AS VARCHAR), binarize(v) = code_from_bytes({arg}, {dim}) " \
+              "FROM v ORDER BY id"
+        got = nat.execute(sql).fetchall()
+        assert got == duck.execute(sql).fetchall()
+        assert got == [("".join("1" if b else "0" for b in row), True) for row in x > 0]
+
+
+@pytest.mark.parametrize("query, message", [
+    ("SELECT code_from_bytes('\\xA0\\x00'::BLOB, 3)", "2 bytes cannot hold a code of 3 bits"),
+    ("SELECT code_from_bytes('\\xA1'::BLOB, 3)", "padding bits after bit 3 are not zero"),
+    ("SELECT code_from_bytes('\\xA0'::BLOB, -1)", "bit length must not be negative, got -1"),
+    ("SELECT code_from_bytes(''::BLOB, 0)", "a DuckDB BIT holds at least 1 bit, got a code of 0 bits"),
+    ("SELECT code_from_bytes(binarize([1, 2, 3]::FLOAT[]), 16)", "1 bytes cannot hold a code of 16 bits"),
+    ("SELECT code_from_bytes(binarize([1, 2, 3]::FLOAT[]), 2)", "padding bits after bit 2 are not zero"),
+])
+def test_code_from_bytes_errors_as_the_udfs(nat, duck, query, message):
+    assert error_message(nat, query) == f"Invalid Input Error: {message}"
+    assert message in error_message(duck, query)
+
+
 def test_threads_1_and_2_give_the_same_rows(nat, corpus):
     codes = np.tile(sign_codes(corpus), (4, 1))  # 200000 rows: several row groups
     code_table(nat, "t", codes)

@@ -6,37 +6,12 @@
  * The answers and errors of the Python UDFs (and of PostgreSQL's binarize): a BIT of len(v)
  * bits; an empty or too long vector, NaN or infinity, a NULL element, or thresholds of another
  * length are errors. NULL in, NULL out. Also registered as bitpress_binarize.
- *
- * The core writes PostgreSQL's layout (MSB first, zero padding at the end); a DuckDB BIT is a
- * byte counting the padding bits, then the bits right-aligned behind 1-bits of padding.
+ * The core writes PostgreSQL's layout; bpd_code_to_bit makes it a DuckDB BIT.
  */
 #include <math.h>
 #include <stdio.h>
 
 #include "bitpress_duckdb.h"
-
-/* A code of bits bits (PostgreSQL layout, (bits + 7) / 8 bytes) as a DuckDB BIT value. */
-static uint32_t
-code_to_bit(const uint8_t *code, size_t bits, uint8_t *out)
-{
-	size_t		n = bp_code_bytes(bits);
-	unsigned	pad = (unsigned) (8 * n - bits);
-
-	out[0] = (uint8_t) pad;
-	if (pad == 0)
-	{
-		for (size_t j = 0; j < n; j++)
-			out[j + 1] = code[j];
-		return (uint32_t) n + 1;
-	}
-	for (size_t j = 0; j < n; j++)
-	{
-		unsigned	prev = j == 0 ? 0xFFu : code[j - 1];
-
-		out[j + 1] = (uint8_t) ((prev << (8 - pad)) | (code[j] >> pad));
-	}
-	return (uint32_t) n + 1;
-}
 
 /* The floats of list row i (DOUBLE elements rounded into buf); false (error set) when an
  * element is NULL or a DOUBLE does not fit a FLOAT. */
@@ -135,7 +110,7 @@ binarize_rows(duckdb_function_info info, duckdb_data_chunk input, duckdb_vector 
 			bpd_error(info, st, st == BP_ERR_TOO_LARGE ? (long long) dim : (long long) bad, 0);
 			return;
 		}
-		duckdb_vector_assign_string_element_len(output, i, (const char *) bit, code_to_bit(code, dim, bit));
+		duckdb_vector_assign_string_element_len(output, i, (const char *) bit, bpd_code_to_bit(code, dim, bit));
 	}
 }
 

@@ -13,7 +13,7 @@ DUCKDB_EXTENSION_ENTRYPOINT(duckdb_connection connection, duckdb_extension_info 
 {
 	bp_init();
 	if (!bpd_register_hamming(connection) || !bpd_register_binarize(connection) ||
-		!bpd_register_simd(connection))
+		!bpd_register_codes(connection) || !bpd_register_simd(connection))
 	{
 		access->set_error(info, "bitpress: DuckDB refused to register a function");
 		return false;

@@ -1,7 +1,7 @@
 /*
  * bitpress in DuckDB: the thin adapter between DuckDB's C extension API (stable C_STRUCT ABI,
  * API v1.2.0) and the one C core in pyext/. One file per concept, as sql/src/ for PostgreSQL:
- * hamming.c, binarize.c, simd.c; bitpress_duckdb.c is the entry point.
+ * hamming.c, binarize.c, codes.c, simd.c; bitpress_duckdb.c is the entry point.
  *
  * Every function checks its inputs' validity masks itself (the C API hands NULL rows to the
  * function) and reports a bad input with duckdb_scalar_function_set_error and the core's own
@@ -21,7 +21,15 @@ DUCKDB_EXTENSION_EXTERN
 /* Registration, one per concept (false when DuckDB refused a function it must have). */
 bool		bpd_register_hamming(duckdb_connection con);
 bool		bpd_register_binarize(duckdb_connection con);
+bool		bpd_register_codes(duckdb_connection con);
 bool		bpd_register_simd(duckdb_connection con);
+
+/* The two layouts of a code (codes.c). A DuckDB BIT value of len >= 1 bytes: a first byte
+ * counting padding bits, which come first in the next byte (set to 1), then the bits. A code
+ * in PostgreSQL's layout (bitpress's BLOBs): MSB first, zero padding at the end. */
+long long	bpd_bit_length(const uint8_t *bit, uint32_t len);
+void		bpd_bit_to_code(const uint8_t *bit, uint32_t len, uint8_t *code);	/* len - 1 bytes */
+uint32_t	bpd_code_to_bit(const uint8_t *code, size_t bits, uint8_t *bit);	/* returns its length */
 
 /* The core's message for a status as the DuckDB error of the running function. */
 void		bpd_error(duckdb_function_info info, bp_status status, long long a, long long b);

@@ -7,20 +7,8 @@
  * NULL in, NULL out. Registered as bitpress_hamming, and as an overload of DuckDB's own
  * hamming(VARCHAR, VARCHAR) where DuckDB accepts one (1.5 and later; older versions refuse it,
  * which is not an error here: bitpress_hamming stays).
- *
- * A BIT value is DuckDB's layout: a first byte counting padding bits, which come first in the
- * next byte (set to 1); a BLOB code is PostgreSQL's: MSB first, zero padding at the end.
  */
-#include <string.h>
-
 #include "bitpress_duckdb.h"
-
-/* Bit length of a DuckDB BIT value of len bytes (first byte: padding bits). */
-static inline long long
-bit_length(const uint8_t *p, uint32_t len)
-{
-	return len == 0 ? 0 : 8 * (long long) (len - 1) - p[0];
-}
 
 /* Differing bits of two BITs of one bit length: the data bytes' popcount less what the padding
  * bits (the first pad bits of the first data byte, 1 in DuckDB's BITs) add if they differ. */
@@ -47,32 +35,12 @@ typedef enum
 	K_BLOB_BIT
 } kinds;
 
-/* A BIT (DuckDB layout, len bytes) in PostgreSQL's layout: len - 1 bytes into out. */
-static void
-bit_to_code(const uint8_t *p, uint32_t len, uint8_t *out)
-{
-	unsigned	pad = p[0];
-	uint32_t	n = len - 1;
-
-	if (pad == 0)
-	{
-		memcpy(out, p + 1, n);
-		return;
-	}
-	for (uint32_t j = 0; j < n; j++)
-	{
-		unsigned	next = j + 1 < n ? p[j + 2] : 0;
-
-		out[j] = (uint8_t) ((p[j + 1] << pad) | (next >> (8 - pad)));
-	}
-}
-
 /* hamming of a BIT and a BLOB code; false (error set) on a bad code. */
 static bool
 mixed(duckdb_function_info info, const uint8_t *bit, uint32_t blen, const uint8_t *blob, uint32_t clen,
 	  int32_t *res)
 {
-	long long	bits = bit_length(bit, blen);
+	long long	bits = bpd_bit_length(bit, blen);
 	bp_status	st;
 	uint8_t		stack[512];
 	uint8_t    *buf = stack;
@@ -97,7 +65,7 @@ mixed(duckdb_function_info info, const uint8_t *bit, uint32_t blen, const uint8_
 			return false;
 		}
 	}
-	bit_to_code(bit, blen, buf);
+	bpd_bit_to_code(bit, blen, buf);
 	*res = (int32_t) bp_hamming(buf, blob, clen);
 	if (buf != stack)
 		duckdb_free(buf);
@@ -142,8 +110,8 @@ hamming_kind(duckdb_function_info info, duckdb_data_chunk input, duckdb_vector o
 				break;
 			case K_BIT_BIT:
 				{
-					long long	ba = bit_length(pa, la),
-								bb = bit_length(pb, lb);
+					long long	ba = bpd_bit_length(pa, la),
+								bb = bpd_bit_length(pb, lb);
 
 					if (ba != bb)
 					{

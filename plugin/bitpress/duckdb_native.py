@@ -40,7 +40,7 @@ HEADERS = ("duckdb.h", "duckdb_extension.h")
 C_API_VERSION = (1, 2, 0)
 #: the file's name; DuckDB calls <base name>_init_c_api, so it cannot be renamed
 FILENAME = "bitpress.duckdb_extension"
-ADAPTER = ("bitpress_duckdb.c", "hamming.c", "binarize.c", "simd.c")
+ADAPTER = ("bitpress_duckdb.c", "hamming.c", "binarize.c", "codes.c", "simd.c")
 CORE = ("bp_hamming.c", "bp_binarize.c", "bp_error.c", "bp_topk.c")
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off"]
 
@@ -237,7 +237,7 @@ def load(con) -> None:
 
 def connect(database: str = ":memory:", config: dict | None = None, **kwargs):
     """``duckdb.connect`` with unsigned extensions allowed and bitpress's native extension
-    loaded: ``hamming``, ``bitpress_hamming``, ``binarize``, ``bitpress_binarize``,
+    loaded: ``hamming``, ``bitpress_hamming``, ``binarize``, ``bitpress_binarize``, ``code_bytes``, ``code_from_bytes``,
     ``bitpress_simd``, ``bitpress_version`` (docs/DUCKDB_NATIVE.md). No Python UDF is
     registered on it."""
     import duckdb
