@@ -333,3 +333,58 @@ def test_headers_come_from_the_pinned_sdist_checked_by_sha256(tmp_path, monkeypa
     monkeypatch.setenv("BITPRESS_DUCKDB_SDIST", str(fake))
     with pytest.raises(duckdb_native.BuildError, match="SHA-256 differs"):
         duckdb_native.headers_dir()
+
+
+# ---- the adapter under AddressSanitizer and UBSan ----
+
+SANITIZED = r'''
+import sys
+import duckdb, numpy as np, pyarrow as pa
+con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+con.execute(f"LOAD '{sys.argv[1]}'")
+x = np.load(sys.argv[2])[:3000]
+for dim in (384, 100, 7, 1, 2000):
+    xs = np.tile(x, (1, 6))[:, :dim]
+    con.register("_v", pa.table({"v": pa.FixedSizeListArray.from_arrays(pa.array(xs.ravel()), dim)}))
+    con.execute("CREATE OR REPLACE TABLE v AS SELECT row_number() OVER () - 1 AS id, CAST(v AS FLOAT[]) AS v FROM _v")
+    q = xs[0].tolist()
+    want = np.unpackbits(np.packbits(xs > 0, axis=1) ^ np.packbits(xs[:1] > 0, axis=1), axis=1).sum(1)
+    for sql in ("SELECT hamming(binarize(v), binarize(?::FLOAT[])) FROM v ORDER BY id",
+                "SELECT hamming(code_bytes(binarize(v)), code_bytes(binarize(?::FLOAT[]))) FROM v ORDER BY id",
+                "SELECT hamming(binarize(v), code_bytes(binarize(?::FLOAT[]))) FROM v ORDER BY id",
+                "SELECT hamming(code_from_bytes(code_bytes(binarize(v)), len(v)), binarize(CAST(? AS DOUBLE[]))) "
+                "FROM v ORDER BY id"):
+        got = np.array(con.execute(sql, [q]).fetchall()).ravel()
+        assert np.array_equal(got, want), (dim, sql)
+for sql in ("SELECT binarize(range(70000)::DOUBLE[])", "SELECT hamming(from_hex('00'), from_hex('0000'))",
+            "SELECT code_from_bytes(from_hex('ff'), 9223372036854775807)", "SELECT binarize([1, NULL]::DOUBLE[])",
+            "SELECT hamming(code_bytes(binarize(range(20000)::FLOAT[])), binarize(range(19999)::FLOAT[]))"):
+    try:
+        con.execute(sql).fetchall()
+        raise SystemExit(f"no error: {sql}")
+    except duckdb.InvalidInputException:
+        pass
+print("ok")
+'''
+
+
+def test_the_adapter_under_asan_and_ubsan(tmp_path, monkeypatch):
+    libs = []
+    for lib in ("libasan.so", "libubsan.so"):
+        p = subprocess.run(["gcc", "-print-file-name=" + lib], capture_output=True, text=True).stdout.strip()
+        if not Path(p).is_file():
+            pytest.skip(f"{lib} not found")
+        libs.append(p)
+    monkeypatch.setenv("BITPRESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "gcc")
+    ext = duckdb_native.build(extra_cflags=("-g", "-O1", "-Wextra", "-Werror", "-fno-omit-frame-pointer",
+                                            "-fsanitize=address,undefined", "-fno-sanitize-recover=all"))
+    script = tmp_path / "run.py"
+    script.write_text(SANITIZED)
+    corpus = Path(load_shared.__globals__["SHARED_DATA"]) / "pypi-minilm" / "corpus.npy"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LD_PRELOAD": " ".join(libs),
+           "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    r = subprocess.run([sys.executable, str(script), str(ext), str(corpus)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr[-3000:]
+    assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr

@@ -21,12 +21,15 @@ simd_name(duckdb_function_info info, duckdb_data_chunk input, duckdb_vector outp
 {
 	const char *name = bp_impl_name(bp_get_impl());
 
+	(void) info;
+
 	constant_string(input, output, name ? name : "unknown");
 }
 
 static void
 version_name(duckdb_function_info info, duckdb_data_chunk input, duckdb_vector output)
 {
+	(void) info;
 	constant_string(input, output, BP_VERSION);
 }
 

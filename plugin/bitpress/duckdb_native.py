@@ -160,27 +160,29 @@ def _sources() -> tuple[list[Path], list[Path]]:
     return adapter, core
 
 
-def _build_key(plat: str, cc: str) -> str:
+def _build_key(plat: str, cc: str, extra: tuple = ()) -> str:
     """What the built file depends on: sources, headers' version, flags, platform, compiler."""
     adapter, core = _sources()
     root = source_dir()
     h = hashlib.sha256()
     for p in adapter + core + [root / "duckdb" / "src" / "bitpress_duckdb.h", root / "pyext" / "bp_core.h"]:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update(repr((DUCKDB_SDIST_SHA256, C_API_VERSION, CFLAGS, plat, cc)).encode())
+    h.update(repr((DUCKDB_SDIST_SHA256, C_API_VERSION, CFLAGS, plat, cc, tuple(extra))).encode())
     return h.hexdigest()[:16]
 
 
-def build(force: bool = False, verbose: bool = False, platform_name: str | None = None) -> Path:
+def build(force: bool = False, verbose: bool = False, platform_name: str | None = None,
+          extra_cflags: tuple[str, ...] = ()) -> Path:
     """Compiles the extension (when missing, stale or ``force``) and returns its path:
     <cache>/duckdb-ext/<key>/bitpress.duckdb_extension. ``platform_name``: the platform string
     of the DuckDB that will load it, when not the installed one's (DuckDB 1.2's Python wheel
-    says linux_amd64_gcc4 where 1.5 and 2.0 say linux_amd64; the file is otherwise the same)."""
+    says linux_amd64_gcc4 where 1.5 and 2.0 say linux_amd64; the file is otherwise the same).
+    ``extra_cflags``: added to every compile and to the link (tests build a sanitizer copy)."""
     from . import __version__
 
     cc = os.environ.get("CC", "cc")
     plat = platform_name or platform()
-    key = _build_key(plat, cc)
+    key = _build_key(plat, cc, tuple(extra_cflags))
     if not force:
         for d in cache_dirs():
             f = d / "duckdb-ext" / key / FILENAME
@@ -201,12 +203,12 @@ def build(force: bool = False, verbose: bool = False, platform_name: str | None 
         objs = []
         for src in adapter + core:
             obj = work / (src.stem + ".o")
-            cmd = [*cc.split(), *CFLAGS, *defs, f"-I{include}", f"-I{root / 'pyext'}",
+            cmd = [*cc.split(), *CFLAGS, *extra_cflags, *defs, f"-I{include}", f"-I{root / 'pyext'}",
                    f"-I{root / 'duckdb' / 'src'}", "-c", str(src), "-o", str(obj)]
             _run(cmd, verbose)
             objs.append(str(obj))
         lib = work / "bitpress.so"
-        _run([*cc.split(), "-shared", "-o", str(lib), *objs], verbose)
+        _run([*cc.split(), "-shared", *extra_cflags, "-o", str(lib), *objs], verbose)
         data = lib.read_bytes() + footer(plat, f"v{__version__}")
         tmp = work / FILENAME
         tmp.write_bytes(data)
