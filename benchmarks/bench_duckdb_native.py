@@ -1,6 +1,7 @@
 """Top-10 Hamming search in DuckDB: the native extension vs the Python UDF vs DuckDB's own popcount.
 
-    python benchmarks/bench_duckdb_native.py [--n 1000000] [--bits 384] [--queries 20] [--threads 1] [--json PATH]
+    python benchmarks/bench_duckdb_native.py [--n 1000000] [--bits 384] [--queries 20] [--threads 1]
+                                             [--simd auto] [--json PATH]
 
 The query of issue #17, ``SELECT id FROM t ORDER BY hamming(code, q) LIMIT 10`` over a plain
 table of n random codes, timed in one run, methods interleaved per query:
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, default=384, help="code length (a multiple of 8)")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="SET threads on both connections")
+    ap.add_argument("--simd", default="auto", help="kernel path for the extension and the UDF (bitpress_set_simd, "
+                                                   "bitpress.set_simd): scalar, popcnt, avx2, avx512, auto")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     if args.bits % 8:
@@ -87,6 +90,8 @@ def run(args) -> int:
     udf = bitpress.duckdb.connect()
     for con in (nat, udf):
         con.execute(f"SET threads = {int(args.threads)}")
+    nat.execute("SELECT bitpress_set_simd(?)", [args.simd]).fetchall()
+    bitpress.set_simd(args.simd)
     t0 = time.perf_counter()
     load(nat, codes, n_bytes)
     # the same codes as BIT: DuckDB's own cast of a BLOB of whole bytes keeps them bit for bit
@@ -119,6 +124,8 @@ def run(args) -> int:
 
     times = time_interleaved(fns, list(range(1, args.queries + 1)), 0, after=check, desc="queries")
     simd = nat.execute("SELECT bitpress_simd()").fetchone()[0]
+    if simd != bitpress.simd():
+        raise Mismatch(f"the extension runs {simd}, the UDF {bitpress.simd()}")
     cpu, flags = cpu_model(), cpu_flags()
     base = median_ms(times["bit_count_xor"])
     print(f"ORDER BY hamming(code, q) LIMIT 10 over {args.n:,} x {args.bits}-bit codes, DuckDB {duckdb.__version__}, "

@@ -122,6 +122,26 @@ def test_simd_and_version_are_the_cores(nat):
     assert bitpress.simd() in bitpress.simd_supported()
 
 
+def test_every_kernel_path_gives_the_same_distances(nat, corpus, queries):
+    codes = sign_codes(corpus[:20000, :200])  # 25 bytes: the SIMD blocks and their tails
+    code_table(nat, "t", codes)
+    q = sign_codes(queries[:1, :200])[0]
+    want = popcount_distances(codes, q)
+    try:
+        for path in bitpress.simd_supported():
+            assert nat.execute("SELECT bitpress_set_simd(?)", [path]).fetchone() == (path,)
+            assert nat.execute("SELECT bitpress_simd()").fetchone() == (path,)
+            got = np.array(nat.execute("SELECT hamming(code, from_hex(?)) FROM t ORDER BY id", [q.tobytes().hex()])
+                           .fetchall()).ravel()
+            np.testing.assert_array_equal(got, want, err_msg=path)
+    finally:
+        assert nat.execute("SELECT bitpress_set_simd('auto')").fetchone() == (bitpress.simd(),)
+    missing = sorted({"scalar", "popcnt", "avx2", "avx512"} - set(bitpress.simd_supported()))
+    for path in missing + ["nope", "x" * 100]:
+        assert error_message(nat, f"SELECT bitpress_set_simd('{path}')") == \
+            "Invalid Input Error: kernel path not supported on this CPU or not compiled in"
+
+
 def test_duckdbs_own_hamming_of_strings_still_works(nat):
     assert nat.execute("SELECT hamming('karolin', 'kathrin'), hamming('abc', 'abd')").fetchone() == (3, 1)
 
