@@ -116,6 +116,17 @@ def test_functions_missing_before_load_present_after(ext):
                        ).fetchone() == (0, "1", bitpress.simd())
 
 
+def test_the_docs_python_example():
+    con = duckdb_native.connect()
+    assert con.sql("SELECT hamming(binarize([0.3, -1.2, 2.0]::FLOAT[]), binarize([0.1, 0.4, 2.5]::FLOAT[]))"
+                   ).fetchall() == [(1,)]
+    con.execute("CREATE TABLE docs AS SELECT range AS id, from_hex(lpad(hex(range), 4, '0')) AS code FROM range(100)")
+    q = bytes([0, 5])
+    got = con.sql("SELECT id FROM docs ORDER BY hamming(code, from_hex(?)), id LIMIT 10", params=[q.hex()]).fetchall()
+    want = sorted(range(100), key=lambda i: (bin(i ^ 5).count("1"), i))[:10]
+    assert [r[0] for r in got] == want
+
+
 def test_simd_and_version_are_the_cores(nat):
     assert nat.execute("SELECT bitpress_simd(), bitpress_version()").fetchone() == (bitpress.simd(),
                                                                                   bitpress.__version__)
