@@ -419,3 +419,21 @@ def test_the_adapter_under_asan_and_ubsan(tmp_path, monkeypatch):
                        env=env, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr[-3000:]
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr
+
+
+def test_a_database_file_does_not_depend_on_the_extension(ext, tmp_path, corpus):
+    path = str(tmp_path / "codes.duckdb")
+    con = duckdb_native.connect(path)
+    vector_table(con, "v", corpus[:500])
+    con.execute("CREATE TABLE c AS SELECT id, binarize(v) AS code, code_bytes(binarize(v)) AS blob FROM v")
+    cur = con.cursor()  # another connection to the same database sees the functions
+    assert cur.execute("SELECT count(*) FROM c WHERE hamming(code, code) = 0 AND hamming(blob, code) = 0"
+                       ).fetchone() == (500,)
+    cur.close()
+    con.close()
+    plain = duckdb.connect(path)  # no LOAD: the data is plain BIT and BLOB
+    rows = plain.execute("SELECT blob FROM c ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [c.tobytes() for c in sign_codes(corpus[:500])]
+    with pytest.raises(duckdb.CatalogException):
+        plain.execute("SELECT bitpress_hamming(blob, blob) FROM c").fetchall()
+    plain.close()
