@@ -24,7 +24,7 @@ class build_py_with_pgsrc(build_py):
         super().run()
         dest = Path(self.build_lib) / "bitpress" / "_pgsrc"
         shutil.rmtree(dest, ignore_errors=True)
-        for part in ("sql", "pyext"):
+        for part in ("sql", "pyext", "duckdb"):  # duckdb/: the native DuckDB extension (duckdb_native)
             shutil.copytree(ROOT / part, dest / part,
                             ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc", "results", "*.diffs"))
         # bitpress's Alembic migrations, found by bitpress.schema as bitpress/_migrations

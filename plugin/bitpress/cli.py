@@ -1,11 +1,18 @@
 """The ``bitpress`` command: ``bitpress pg install``, ``bitpress pg status``, ``bitpress demo``,
 ``bitpress migrate`` (``bitpress db upgrade|downgrade|current``), ``bitpress fit``, ``bitpress backfill``,
 ``bitpress embed``, ``bitpress eval``, ``bitpress tt compress|export|list|drop``,
-``bitpress sparse fit|list``, ``bitpress index create|status|drop``."""
+``bitpress sparse fit|list``, ``bitpress index create|status|drop``, ``bitpress duckdb-extension``."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+
+def _duckdb_extension(args) -> int:
+    from . import duckdb_native
+
+    print(duckdb_native.build(force=args.build, verbose=args.verbose, platform_name=args.platform))
+    return 0
 
 
 def _pg_install(args) -> int:
@@ -387,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pg-config")
     st.add_argument("--dsn", help="also ask this server which versions are available and created")
     st.set_defaults(func=_pg_status)
+
+    dx = sub.add_parser("duckdb-extension",
+                        help="path of the native DuckDB extension (bitpress.duckdb_extension), built if needed")
+    dx.add_argument("--build", action="store_true", help="rebuild it even if a current build is cached")
+    dx.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    dx.add_argument("--platform", help="DuckDB platform string of the target (default: PRAGMA platform of the "
+                                       "installed duckdb)")
+    dx.set_defaults(func=_duckdb_extension)
 
     dm = sub.add_parser("demo", help="embed real text, compress it and search it in DuckDB")
     try:
