@@ -242,3 +242,105 @@ def test_progress_phases_and_catalog(pg):
     pg.execute("SELECT bitpress_simd()")  # the settings exist once the library is loaded
     assert pg.execute("SHOW bitpress.probes").fetchone()[0] == "10"
     assert float(pg.execute("SHOW bitpress.epsilon").fetchone()[0]) == 1.9
+
+
+def test_concurrent_readers_and_writers(pg, data, postgresql_proc):
+    """Four sessions at once: two insert rows in small transactions (one aborts some), two search
+    all the while. No error, every committed row is in the index and no aborted one is, and
+    each reader's answers are in exact order with no duplicate."""
+    import threading
+
+    x, queries = data
+    copy_vectors(pg, "t", x[:6000])
+    pg.execute("CREATE INDEX t_ivf ON t USING bitpress_ivf (v) WITH (lists = 40)")
+    p = postgresql_proc
+    dsn = dict(host=p.host, port=p.port, user=p.user, dbname=pg.info.dbname)
+    errors, committed = [], set()
+
+    def writer(start, stop, abort_every):
+        from pgvector.psycopg import register_vector
+        try:
+            with psycopg.connect(**dsn) as c:
+                register_vector(c)
+                for lo in range(start, stop, 50):
+                    with c.transaction(force_rollback=(lo // 50) % abort_every == 0):
+                        for i in range(lo, min(lo + 50, stop)):
+                            c.execute("INSERT INTO t (id, v) VALUES (%s, %s)", (i, x[i]))
+                    if (lo // 50) % abort_every:
+                        committed.update(range(lo, min(lo + 50, stop)))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    stop_reading = threading.Event()
+    answers = []
+
+    def reader(seed):
+        from pgvector.psycopg import register_vector
+        try:
+            with psycopg.connect(**dsn, autocommit=True) as c:
+                register_vector(c)
+                c.execute("SET bitpress.probes = 10")
+                i = seed
+                while not stop_reading.is_set():
+                    q = queries[i % len(queries)]
+                    rows = c.execute("SELECT id, v <=> %s FROM t ORDER BY v <=> %s LIMIT 50", (q, q)).fetchall()
+                    answers.append(rows)
+                    i += 1
+        except Exception as e:
+            errors.append(repr(e))
+
+    writers = [threading.Thread(target=writer, args=(6000, 9000, 4)), threading.Thread(target=writer, args=(9000, 12000, 5))]
+    readers = [threading.Thread(target=reader, args=(s,)) for s in (0, 7)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop_reading.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors
+    assert len(answers) > 20
+    for rows in answers:
+        d = [r[1] for r in rows]
+        assert len(rows) == 50 and d == sorted(d) and len({r[0] for r in rows}) == 50
+    # every committed row, and no aborted one, is reachable through the index
+    want = set(range(6000)) | committed
+    assert pg.execute("SELECT count(*) FROM t").fetchone()[0] == len(want)
+    assert uses_index(pg, "<=>")
+    got = {r[0] for r in pg.execute("SELECT id FROM t ORDER BY v <=> %s LIMIT 100000", (queries[0],))}
+    assert got == want
+    for i in sorted(committed)[::97]:
+        assert knn(pg, x[i], "<=>", 1)[0] == [i]
+
+
+def test_dump_and_restore_keep_the_index(pg, data, postgresql_proc, tmp_path):
+    """pg_dump / pg_restore: the index comes back with its operator class and options, and,
+    the build being seeded, gives exactly the answers it gave before the dump."""
+    import subprocess
+
+    from conftest import PG_BINDIR
+
+    x, queries = data
+    copy_vectors(pg, "t", x[:8000])
+    pg.execute("CREATE INDEX t_ivf ON t USING bitpress_ivf (v bitpress_l2_ops) WITH (lists = 50, bits = 2)")
+    pg.execute("SET bitpress.probes = 12")
+    before = [knn(pg, q, "<->")[0] for q in queries[:20]]
+    p, db = postgresql_proc, pg.info.dbname
+    dump = tmp_path / "db.dump"
+    conn = ["-h", p.host, "-p", str(p.port), "-U", p.user]
+    subprocess.run([str(PG_BINDIR / "pg_dump"), *conn, "-Fc", "-f", str(dump), db], check=True)
+    pg.execute("DROP DATABASE IF EXISTS restored_ivf")
+    pg.execute("CREATE DATABASE restored_ivf")
+    subprocess.run([str(PG_BINDIR / "pg_restore"), *conn, "--exit-on-error", "-d", "restored_ivf", str(dump)],
+                   check=True)
+    try:
+        from pgvector.psycopg import register_vector
+        with psycopg.connect(host=p.host, port=p.port, user=p.user, dbname="restored_ivf", autocommit=True) as r:
+            register_vector(r)
+            assert r.execute("SELECT pg_get_indexdef('t_ivf'::regclass)").fetchone()[0] == \
+                "CREATE INDEX t_ivf ON public.t USING bitpress_ivf (v bitpress_l2_ops) WITH (lists='50', bits='2')"
+            r.execute("SET bitpress.probes = 12")
+            assert uses_index(r, "<->")
+            assert [knn(r, q, "<->")[0] for q in queries[:20]] == before
+    finally:
+        pg.execute("DROP DATABASE restored_ivf WITH (FORCE)")
