@@ -330,6 +330,8 @@ def bench_postgresql(codes, queries, nq, truth, bits, results, dsn, chunk, jit):
                     cp.write(b"\xff\xff")
         if bar:
             bar.close()
+        # a code store keeps one code per id: its table needs a unique id (since 0.5.0)
+        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
         conn.execute(f"VACUUM (ANALYZE) {table}")
         load_s = time.perf_counter() - t0
 
