@@ -1228,6 +1228,39 @@ done:
 	return result;
 }
 
+/* ivf_normalize_into(x float32[n*dim], n, dim): each row scaled to unit length in place, as
+ * the index does (bp_ivf_normalize; zero rows stay zero) */
+static PyObject *
+core_ivf_normalize_into(PyObject *self, PyObject *args)
+{
+	PyObject   *objs[1];
+	Py_buffer	v[1] = {{0}};
+	Py_ssize_t	n,
+				dim;
+	PyObject   *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "Onn", &objs[0], &n, &dim))
+		return NULL;
+	if (n < 0 || dim <= 0)
+		return PyErr_Format(PyExc_ValueError, "normalize needs n >= 0 rows of dim > 0");
+	{
+		size_t		bytes[1] = {(size_t) n * dim * 4};
+		int			w[1] = {1};
+		const char *names[1] = {"x"};
+
+		if (ivf_views(1, objs, v, bytes, w, names) < 0)
+			goto done;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	for (Py_ssize_t i = 0; i < n; i++)
+		bp_ivf_normalize((float *) v[0].buf + i * dim, dim);
+	Py_END_ALLOW_THREADS
+	result = Py_NewRef(Py_None);
+done:
+	ivf_release(1, v);
+	return result;
+}
+
 /* ivf_rotate_into(x float32[n*dim], n, dim, seed, out float32[n*dim]) */
 static PyObject *
 core_ivf_rotate_into(PyObject *self, PyObject *args)
@@ -1407,6 +1440,8 @@ core_ivf_dot(PyObject *self, PyObject *args)
 static PyMethodDef core_methods[] = {
 	{"ivf_kmeans_into", core_ivf_kmeans_into, METH_VARARGS,
 	"ivf_kmeans_into(x, n, dim, k, iters, seed, spherical, out): seeded k-means centroids"},
+	{"ivf_normalize_into", core_ivf_normalize_into, METH_VARARGS,
+	"ivf_normalize_into(x, n, dim): rows scaled to unit length in place, as the index does"},
 	{"ivf_rotate_into", core_ivf_rotate_into, METH_VARARGS,
 	"ivf_rotate_into(x, n, dim, seed, out): the index's orthogonal rotation of n rows"},
 	{"ivf_encode_into", core_ivf_encode_into, METH_VARARGS,

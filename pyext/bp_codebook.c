@@ -179,6 +179,13 @@ bp_codebook_scratch_floats(const bp_codebook *cb)
 	return (size_t) cb->dims + cb->components;
 }
 
+static int
+factors_finite(const bp_ivf_factors *f)
+{
+	return finite32(f->norm) && finite32(f->scale) && finite32(f->err) && finite32(f->ipc)
+		&& finite32(f->off);
+}
+
 /* x (finite, checked) normalized for cosine and rotated into z; y is scratch */
 static bp_status
 rabitq_rotate(const bp_codebook *cb, const float *x, float *y, float *z, size_t *bad_index)
@@ -223,8 +230,7 @@ rabitq_encode(const bp_codebook *cb, const float *x, float *scratch, uint8_t *ou
 	st = bp_ivf_encode(z, cb->center, cb->dims, (int) cb->rabitq, enc, out, &f);
 	if (st != BP_OK)
 		return st;
-	if (!finite32(f.norm) || !finite32(f.scale) || !finite32(f.err) || !finite32(f.ipc)
-		|| !finite32(f.off))
+	if (!factors_finite(&f))
 	{
 		if (bad_index)
 			*bad_index = (size_t) -1;
@@ -488,8 +494,7 @@ bp_codebook_score_scan(const bp_score_query *sq, const uint8_t *codes, size_t n,
 					est;
 
 		memcpy(&f, c + sq->planes, sizeof(f));
-		if (!finite32(f.norm) || !finite32(f.scale) || !finite32(f.err) || !finite32(f.ipc)
-			|| !finite32(f.off))
+		if (!factors_finite(&f))
 		{
 			if (bad_row)
 				*bad_row = i;

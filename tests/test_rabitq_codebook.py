@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bitpress import codebooks, errors, fit, ivf, kernels
-from bitpress.codebook import Codebook, normalize_as_core
+from bitpress.codebook import Codebook
 from conftest import copy_vectors, error_of, load_shared
 
 
@@ -48,7 +48,7 @@ def test_codes_and_scores_are_the_same_everywhere(pg_books, duck_books, minilm, 
 
     # the score is the index's estimate, with one list whose centroid is the codebook's center
     scores = kernels.asymmetric_scores(cb, q, want)
-    qq = normalize_as_core(q)[0] if metric == "cosine" else q
+    qq = ivf.normalize(q[None])[0] if metric == "cosine" else q
     est, _ = ivf.estimate(ivf.rotate(qq[None], 7)[0], cb.center, want[:, :-20], want[:, -20:].view(np.float32),
                           bits_per_dim, metric)
     assert np.array_equal(scores, 1 - est if metric == "cosine" else -est)

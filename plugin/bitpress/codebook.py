@@ -35,23 +35,12 @@ import struct
 
 import numpy as np
 
-from . import errors
+from . import errors, ivf
 
 MAGIC = b"BPCB"
 FORMAT = 1
 F_CENTER, F_PROJECTION, F_PAIRS, F_RECON, F_RABITQ = 1, 2, 4, 8, 16
-METRICS = ("l2", "ip", "cosine")  # the index's metric ids: 0, 1, 2
-RABITQ_FACTORS = 5                # float32 correction factors after a RaBitQ code's bit planes
 _HEADER = struct.Struct("<4sHHIIII")
-
-
-def normalize_as_core(x) -> np.ndarray:
-    """Rows scaled to unit length bit for bit as ``bp_ivf_normalize`` does (a sequential double
-    sum of squares, one float32 scale); zero rows stay zero."""
-    x = np.atleast_2d(np.asarray(x, np.float32))
-    s = np.cumsum(x.astype(np.float64) ** 2, axis=1)[:, -1:]
-    inv = np.where(s > 0, 1.0 / np.sqrt(np.where(s > 0, s, 1.0)), 1.0).astype(np.float32)
-    return x * inv
 
 
 @dataclasses.dataclass
@@ -84,13 +73,9 @@ class Codebook:
     @property
     def bits(self) -> int:
         if self.rabitq is not None:
-            return 8 * self.rabitq_code_bytes(self.dims, self.rabitq[0])
+            # bit planes of 64-bit words, then the float32 factors
+            return 8 * (ivf.code_bytes(self.dims, self.rabitq[0]) + 4 * ivf.FACTORS)
         return int(self.src_a.shape[0])
-
-    @staticmethod
-    def rabitq_code_bytes(dims: int, bits_per_dim: int) -> int:
-        """Bytes of a RaBitQ code: bit planes of 64-bit words, then the factors."""
-        return bits_per_dim * ((dims + 63) // 64) * 8 + 4 * RABITQ_FACTORS
 
     @property
     def components(self) -> int:
@@ -113,7 +98,7 @@ class Codebook:
         def bad(msg):
             raise errors.MalformedCodebookError(f"malformed codebook: {msg}")
         if self.rabitq is not None:
-            if len(self.rabitq) != 3 or not 1 <= self.rabitq[0] <= 4 or not 0 <= self.rabitq[1] < len(METRICS) \
+            if len(self.rabitq) != 3 or not 1 <= self.rabitq[0] <= ivf.MAX_BITS or self.rabitq[1] not in ivf.METRICS.values() \
                     or not 0 <= self.rabitq[2] < 2 ** 64:
                 bad("rabitq must be (bits per dimension 1-4, metric 0-2, seed below 2**64)")
             if self.center is None or self.center.shape != (self.dims,) or not np.isfinite(self.center).all():
@@ -219,11 +204,10 @@ class Codebook:
 
     def encode_reference(self, x) -> np.ndarray:
         if self.rabitq is not None:  # the index's own encoder (bitpress.ivf), one list
-            from . import ivf
             per_dim, metric, seed = self.rabitq
             x = np.atleast_2d(np.asarray(x, np.float32))
-            if METRICS[metric] == "cosine":
-                x = normalize_as_core(x)
+            if metric == ivf.METRICS["cosine"]:
+                x = ivf.normalize(x)
             enc = ivf.encode(ivf.rotate(x, seed), self.center[None, :], per_dim, lists=np.zeros(len(x), np.int32))
             return np.concatenate([enc.codes, enc.factors.astype("<f4").view(np.uint8)], axis=1)
         z = self.transform_reference(np.atleast_2d(x))

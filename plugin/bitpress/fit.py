@@ -538,13 +538,12 @@ def _learn_thresholds(x, opts, seed, progress):
 def _fit_rabitq(x, per_dim, opts, seed, started) -> Codebook:
     """One list, the sample mean (of the normalized rows for cosine), rotated by seed."""
     from . import ivf
-    from .codebook import METRICS
     metric = opts["metric"]
     rows = ivf.normalize(x) if metric == "cosine" else x
     center = rows.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
     seed = int(seed) % 2 ** 63
     cb = Codebook("rabitq", x.shape[1], np.empty(0, np.int32), np.empty(0, np.float32),
-                  center=ivf.rotate(center, seed)[0], rabitq=(per_dim, METRICS.index(metric), seed))
+                  center=ivf.rotate(center, seed)[0], rabitq=(per_dim, ivf.metric_id(metric), seed))
     cb.options = _jsonable({"method": "rabitq", "bits": per_dim * x.shape[1], "bits_per_dim": per_dim,
                             "code_bits": cb.bits, "dims": x.shape[1], "seed": seed,
                             "sample_rows": x.shape[0], **opts,
