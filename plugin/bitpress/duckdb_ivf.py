@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core, errors, ivf
-from .tables import bitpress_columns, kind, quote_ident, transaction
+from .tables import bitpress_columns, duckdb_find_table, kind, quote_ident, transaction
 
 SEED = 0x6269747072657373 & 0x7FFFFFFFFFFFFFFF  # the access method's IVF_SEED ("bitpress")
 SAMPLE_PER_LIST = 32
@@ -146,28 +146,13 @@ def split_name(table: str) -> list[str]:
 def _source(conn, table: str) -> str:
     """The table DuckDB reads for ``table``, as the index records it: its parts quoted,
     schema.table (the database first when it is not the current one). Unqualified names are
-    looked up as DuckDB does (temporary tables, the search_path, the current schema), as
-    stores._duckdb_source does."""
+    looked up as DuckDB does (tables.duckdb_find_table, as for stores)."""
     parts = split_name(table)
-    db, schema, path = conn.execute("SELECT current_database(), current_schema(), "
-                                    "current_setting('search_path')").fetchall()[0]
-    if len(parts) == 3:
-        places = [tuple(parts[:2])]
-    elif len(parts) == 2:
-        places = [(db, parts[0]), (parts[0], "main")]
-    elif len(parts) == 1:
-        entries = [e.strip().strip('"') for e in (path or "").split(",") if e.strip()]
-        places = ([("temp", "main")] + [tuple(e.split(".", 1)) if "." in e else (db, e) for e in entries]
-                  + [(db, schema), (db, "main")])
-    else:
+    if not 1 <= len(parts) <= 3:
         raise errors.InvalidParameterError(f"malformed table name {table!r}")
-    for d, sch in places:
-        found = conn.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables() "
-                             "WHERE lower(database_name) = lower(?) AND lower(schema_name) = lower(?) "
-                             "AND lower(table_name) = lower(?)", [d, sch, parts[-1]]).fetchall()
-        if found:
-            d, sch, name = found[0]
-            return ".".join(quote_ident(p) for p in ([d] if d != db else []) + [sch, name])
+    found = duckdb_find_table(conn, parts)
+    if found:
+        return ".".join(quote_ident(p) for p in found)
     raise errors.UndefinedTableError(f'relation "{table}" does not exist (an index reads its table through a '
                                      "connection of its own: TEMP tables and views cannot be indexed)")
 

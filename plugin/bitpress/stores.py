@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import _core, errors
-from .tables import bitpress_columns, fetchall, kind, quoted, transaction
+from .tables import bitpress_columns, duckdb_find_table, fetchall, kind, quoted, transaction
 
 SEGMENT_CODES = 16384
 
@@ -117,24 +117,9 @@ def _duckdb_source(conn, table: str) -> str:
     (a TEMP table: temp.main.t). Unqualified names are looked up as DuckDB does: temporary
     tables, then the search_path, then the current schema."""
     parts = table.split(".")
-    db, schema, path = conn.execute("SELECT current_database(), current_schema(), "
-                                    "current_setting('search_path')").fetchall()[0]
-    if len(parts) == 3:
-        places = [tuple(parts[:2])]
-    elif len(parts) == 2:
-        places = [(db, parts[0]), (parts[0], "main")]
-    else:
-        entries = [e.strip().strip('"') for e in (path or "").split(",") if e.strip()]
-        places = ([("temp", "main")] + [tuple(e.split(".", 1)) if "." in e else (db, e) for e in entries]
-                  + [(db, schema), (db, "main")])
-    if len(parts) <= 3:
-        for d, sch in places:
-            found = conn.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables() "
-                                 "WHERE lower(database_name) = lower(?) AND lower(schema_name) = lower(?) "
-                                 "AND lower(table_name) = lower(?)", [d, sch, parts[-1]]).fetchall()
-            if found:
-                d, sch, name = found[0]
-                return ".".join(([d] if d != db else []) + [sch, name])
+    found = duckdb_find_table(conn, parts) if len(parts) <= 3 else None
+    if found:
+        return ".".join(found)
     raise errors.UndefinedTableError(f'relation "{table}" does not exist')
 
 

@@ -137,6 +137,32 @@ def quoted(conn, table: str, column: str | None = None):
     return ".".join(quote_ident(p) for p in parts), None if column is None else quote_ident(column)
 
 
+def duckdb_find_table(conn, parts) -> list | None:
+    """The table DuckDB reads for a name split in ``parts`` (1 to 3 of them), as the parts of
+    the qualified name bitpress records: [database,] schema, table, the database only when it is
+    not the current one (a TEMP table: temp, main, t); None when there is none. Unqualified
+    names are looked up as DuckDB does: temporary tables, then the search_path, then the current
+    schema. Names match as DuckDB matches them, case-insensitively."""
+    db, schema, path = conn.execute("SELECT current_database(), current_schema(), "
+                                    "current_setting('search_path')").fetchall()[0]
+    if len(parts) == 3:
+        places = [tuple(parts[:2])]
+    elif len(parts) == 2:
+        places = [(db, parts[0]), (parts[0], "main")]
+    else:
+        entries = [e.strip().strip('"') for e in (path or "").split(",") if e.strip()]
+        places = ([("temp", "main")] + [tuple(e.split(".", 1)) if "." in e else (db, e) for e in entries]
+                  + [(db, schema), (db, "main")])
+    for d, sch in places:
+        found = conn.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+                             "WHERE lower(database_name) = lower(?) AND lower(schema_name) = lower(?) "
+                             "AND lower(table_name) = lower(?)", [d, sch, parts[-1]]).fetchall()
+        if found:
+            d, sch, name = found[0]
+            return ([d] if d != db else []) + [sch, name]
+    return None
+
+
 def check_matrix(x, what) -> np.ndarray:
     """x as a C-contiguous float32 matrix with at least one finite row and column."""
     x = np.asarray(x)
