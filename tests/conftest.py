@@ -7,6 +7,7 @@ as the `postgres` user when it is started as root.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -157,6 +158,39 @@ def pg_test_dsn(pg, postgresql_proc):
     """DSN of the test's own database (the one ``pg`` is connected to), for CLI runs."""
     p = postgresql_proc
     return f"host={p.host} port={p.port} user={p.user} dbname={pg.info.dbname}"
+
+
+@pytest.fixture
+def pg_engine(pg_test_dsn):
+    """An SQLAlchemy engine (psycopg 3, no pool) on the test database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
+                              poolclass=sa.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def restored_copy(pg, postgresql_proc, tmp_path, name: str):
+    """pg_dump -Fc of pg's database, pg_restore --exit-on-error into a new database ``name``:
+    yields an autocommit connection to it (pgvector types registered), drops it afterwards."""
+    from pgvector.psycopg import register_vector
+
+    p, db = postgresql_proc, pg.info.dbname
+    dump = tmp_path / f"{db}.dump"
+    conn = ["-h", p.host, "-p", str(p.port), "-U", p.user]
+    subprocess.run([str(PG_BINDIR / "pg_dump"), *conn, "-Fc", "-f", str(dump), db], check=True)
+    pg.execute(f"DROP DATABASE IF EXISTS {name}")
+    pg.execute(f"CREATE DATABASE {name}")
+    try:
+        subprocess.run([str(PG_BINDIR / "pg_restore"), *conn, "--exit-on-error", "-d", name, str(dump)],
+                       check=True)
+        with psycopg.connect(host=p.host, port=p.port, user=p.user, dbname=name, autocommit=True) as r:
+            register_vector(r)
+            yield r
+    finally:
+        pg.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def pypi_docs(n: int):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from pgvector import HalfVector
 from psycopg import sql
 
-from bitpress import errors, index, ops
+from bitpress import errors, index, ivf, ops
 from bitpress.tables import pg_ident
 from conftest import ROOT, load_shared, run_cli
 
@@ -38,14 +38,7 @@ def load(pg, x, table=("public", "t"), column="v", typ="vector"):
 
 
 def exact_top(x, q, metric="cosine", k=10):
-    x64, q64 = x.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        d = ((x64 - q64) ** 2).sum(axis=1)
-    elif metric == "ip":
-        d = -(x64 @ q64)
-    else:
-        d = 1 - (x64 @ q64) / (np.linalg.norm(x64, axis=1) * np.linalg.norm(q64))
-    return set(np.argsort(d, kind="stable")[:k].tolist())
+    return set(np.argsort(ivf.distance(x, q, metric), kind="stable")[:k].tolist())
 
 
 def knn_sql(table, column, metric="cosine", cast="vector"):
@@ -133,18 +126,15 @@ def test_options_defaults_and_several_indexes(pg, data):
     assert ei.value.sqlstate == "42P01"
 
 
-def test_concurrently_and_an_sqlalchemy_connection(pg, data, pg_test_dsn):
+def test_concurrently_and_an_sqlalchemy_connection(pg, data, pg_engine):
     x, queries = data
     load(pg, x[:3000])
     st = index.create(pg, "t", "v", lists=50, concurrently=True, name="t_conc")
     assert st.valid and st.lists == 50 and st.rows == 3000
-    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
-                              poolclass=sa.pool.NullPool)
-    with engine.begin() as c:
+    with pg_engine.begin() as c:
         assert [s.index for s in index.status(c)] == ["public.t_conc"]
         index.drop(c, "t_conc")
         index.create(c, "t", "v", metric="ip", lists=30, name="t_ip")
-    engine.dispose()
     assert [(s.index, s.metric) for s in index.status(pg)] == [("public.t_ip", "ip")]
 
 
@@ -368,15 +358,7 @@ def test_cli_ctrl_c_cancels_the_build_and_names_an_invalid_index(pg, pg_test_dsn
 
 # --- SQLAlchemy and Alembic ----------------------------------------------------------------
 
-@pytest.fixture
-def engine(pg_test_dsn):
-    e = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
-                         poolclass=sa.pool.NullPool)
-    yield e
-    e.dispose()
-
-
-def test_sqlalchemy_ivf_index_is_made_by_create_all_and_used(pg, data, engine):
+def test_sqlalchemy_ivf_index_is_made_by_create_all_and_used(pg, data, pg_engine):
     from pgvector.sqlalchemy import HALFVEC, Vector
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
@@ -397,11 +379,11 @@ def test_sqlalchemy_ivf_index_is_made_by_create_all_and_used(pg, data, engine):
         half = mapped_column(HALFVEC(384))
 
     pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
-    Base.metadata.create_all(engine)  # the table and its two indexes
+    Base.metadata.create_all(pg_engine)  # the table and its two indexes
     got = {s.index: (s.column, s.opclass, s.lists, s.bits, s.valid) for s in index.status(pg)}
     assert got == {'"Odd Schema".docs_ivf': ("embedding", "bitpress_cosine_ops", 70, 1, True),
                    '"Odd Schema".docs_half_l2': ("half", "bitpress_halfvec_l2_ops", 20, 2, True)}
-    with Session(engine) as s:
+    with Session(pg_engine) as s:
         s.add_all([Doc(id=i, embedding=v, half=HalfVector(v)) for i, v in enumerate(x)])
         s.commit()
     # built on an empty table, an index has one list: REINDEX once the rows are in (docs/INDEX.md)
@@ -409,14 +391,14 @@ def test_sqlalchemy_ivf_index_is_made_by_create_all_and_used(pg, data, engine):
     assert {s.index: s.rows for s in index.status(pg)} == {'"Odd Schema".docs_ivf': N, '"Odd Schema".docs_half_l2': N}
     assert uses(pg, (SCHEMA, TABLE), "embedding", "docs_ivf")
     assert uses(pg, (SCHEMA, TABLE), "half", "docs_half_l2", "l2", "halfvec")
-    with Session(engine) as s:
+    with Session(pg_engine) as s:
         s.execute(sa.text("SET bitpress.probes = 24"))
         hits = sum(len(set(s.scalars(sa.select(Doc.id).order_by(Doc.embedding.cosine_distance(q)).limit(10)))
                        & exact_top(x, q)) for q in queries)
     assert hits / (10 * len(queries)) >= 0.9, hits
 
 
-def test_sqlalchemy_create_all_on_a_fresh_metadata(pg, engine):
+def test_sqlalchemy_create_all_on_a_fresh_metadata(pg, pg_engine):
     from pgvector.sqlalchemy import HALFVEC, Vector
     from sqlalchemy.schema import CreateIndex
 
@@ -427,23 +409,23 @@ def test_sqlalchemy_create_all_on_a_fresh_metadata(pg, engine):
     t = sa.Table("fresh", meta, sa.Column("id", sa.Integer, primary_key=True), col, sa.Column("h", HALFVEC(3)))
     a = bp.ivf_index("fresh_e", col, metric="ip")
     b = bp.ivf_index("fresh_h", t.c.h, lists=4)
-    assert str(CreateIndex(a).compile(engine)) == \
+    assert str(CreateIndex(a).compile(pg_engine)) == \
         "CREATE INDEX fresh_e ON fresh USING bitpress_ivf (e bitpress_ip_ops) WITH (bits = 1)"
-    assert str(CreateIndex(b).compile(engine)) == \
+    assert str(CreateIndex(b).compile(pg_engine)) == \
         "CREATE INDEX fresh_h ON fresh USING bitpress_ivf (h bitpress_halfvec_cosine_ops) WITH (lists = 4, bits = 1)"
     with pytest.raises(errors.InvalidParameterError):
         bp.ivf_index("x", "e", metric="hamming")
-    meta.create_all(engine)
+    meta.create_all(pg_engine)
     assert {(s.index, s.metric, s.type) for s in index.status(pg)} == {
         ("public.fresh_e", "ip", "vector"), ("public.fresh_h", "cosine", "halfvec")}
 
 
-def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
+def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, pg_engine):
     x, queries = data
     pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
     load(pg, x, (SCHEMA, TABLE), COLUMN)
     create = ops.CreateIvfIndexOp("docs ivf", TABLE, COLUMN, metric="cosine", lists=70, bits=1, schema=SCHEMA)
-    with engine.begin() as c:
+    with pg_engine.begin() as c:
         ops.operations(c).create_ivf_index("docs ivf", TABLE, COLUMN, lists=70, schema=SCHEMA)
     (st,) = index.status(pg)
     assert (st.index, st.lists, st.bits, st.metric, st.valid, st.rows) == \
@@ -453,7 +435,7 @@ def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
     assert recall(pg, x, queries, (SCHEMA, TABLE), COLUMN) >= 0.9
     # a failure later in the migration rolls the index back with it
     with pytest.raises(RuntimeError, match="later"):
-        with engine.begin() as c:
+        with pg_engine.begin() as c:
             ops.operations(c).invoke(create.reverse())
             assert index.status(c) == []
             raise RuntimeError("a later step failed")
@@ -461,14 +443,14 @@ def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
     # downgrade: the reverse drops it; the reverse of that makes it again, the same
     drop = create.reverse()
     assert isinstance(drop, ops.DropIvfIndexOp) and isinstance(drop.reverse(), ops.CreateIvfIndexOp)
-    with engine.begin() as c:
+    with pg_engine.begin() as c:
         ops.operations(c).invoke(drop)
     assert index.status(pg) == []
-    with engine.begin() as c:
+    with pg_engine.begin() as c:
         ops.operations(c).invoke(drop.reverse())
     (again,) = index.status(pg)
     assert (again.index, again.lists, again.bits, again.metric, again.rows) == (st.index, 70, 1, "cosine", N)
-    with engine.begin() as c:
+    with pg_engine.begin() as c:
         ops.operations(c).drop_ivf_index("docs ivf", schema=SCHEMA)
     assert index.status(pg) == []
     # a drop written without its definition cannot be reversed; a btree index is never dropped
@@ -476,15 +458,15 @@ def test_alembic_create_and_drop_ivf_index_with_reverse(pg, data, engine):
         ops.DropIvfIndexOp("docs ivf", schema=SCHEMA).reverse()
     pg.execute(sql.SQL("CREATE INDEX b ON {} (id)").format(sql.Identifier(SCHEMA, TABLE)))
     with pytest.raises(errors.BitpressError, match="is a btree index") as ei:
-        with engine.begin() as c:
+        with pg_engine.begin() as c:
             ops.operations(c).drop_ivf_index("b", schema=SCHEMA)
     assert ei.value.sqlstate == "42809"
     with pytest.raises(errors.UndefinedColumnError):
-        with engine.begin() as c:
+        with pg_engine.begin() as c:
             ops.operations(c).create_ivf_index("i2", TABLE, "nope", schema=SCHEMA)
 
 
-def test_index_md_from_python_runs_as_written(pg, data, engine, pg_test_dsn):
+def test_index_md_from_python_runs_as_written(pg, data, pg_engine, pg_test_dsn):
     """docs/INDEX.md's "From Python" blocks, as written: the models, the migration, the CLI lines
     and the API, on 5000 real rows."""
     import shlex
@@ -500,7 +482,7 @@ def test_index_md_from_python_runs_as_written(pg, data, engine, pg_test_dsn):
     x, queries = data
 
     # the models on an empty database: create_all makes the table and its index
-    exec(models, {"engine": engine, "__name__": "docs_models"})
+    exec(models, {"engine": pg_engine, "__name__": "docs_models"})
     (st,) = index.status(pg)
     assert (st.index, st.table, st.opclass, st.lists, st.bits, st.valid) == \
         ("public.docs_embedding_ivf", "public.docs", "bitpress_cosine_ops", 224, 1, True)
@@ -518,14 +500,14 @@ def test_index_md_from_python_runs_as_written(pg, data, engine, pg_test_dsn):
     ns = {}
     exec(migration, ns)
     for step in ("downgrade", "upgrade"):
-        with engine.begin() as c, Operations.context(MigrationContext.configure(c)):
+        with pg_engine.begin() as c, Operations.context(MigrationContext.configure(c)):
             ns[step]()
         if step == "downgrade":
             assert index.status(pg) == []
     (st,) = index.status(pg)
     assert (st.index, st.lists, st.rows, st.valid) == ("public.docs_embedding_ivf", 224, N, True)
     assert recall(pg, x, queries, ("public", "docs"), "embedding") >= 0.9
-    with engine.begin() as c, Operations.context(MigrationContext.configure(c)):
+    with pg_engine.begin() as c, Operations.context(MigrationContext.configure(c)):
         ns["downgrade"]()
 
     # the CLI lines

@@ -12,7 +12,8 @@ import pytest
 
 from pgvector import HalfVector
 
-from conftest import copy_vectors, load_shared
+from bitpress import ivf
+from conftest import copy_vectors, load_shared, restored_copy
 
 N = 20_000
 NQ = 60
@@ -26,13 +27,7 @@ def data():
 
 
 def exact(x, q, metric, k=10):
-    x64, q64 = x.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        d = ((x64 - q64) ** 2).sum(axis=1)
-    elif metric == "ip":
-        d = -(x64 @ q64)
-    else:
-        d = 1 - (x64 @ q64) / (np.linalg.norm(x64, axis=1) * np.linalg.norm(q64))
+    d = ivf.distance(x, q, metric)
     return np.argsort(d, kind="stable")[:k], d
 
 
@@ -316,31 +311,14 @@ def test_concurrent_readers_and_writers(pg, data, postgresql_proc):
 def test_dump_and_restore_keep_the_index(pg, data, postgresql_proc, tmp_path):
     """pg_dump / pg_restore: the index comes back with its operator class and options, and,
     the build being seeded, gives exactly the answers it gave before the dump."""
-    import subprocess
-
-    from conftest import PG_BINDIR
-
     x, queries = data
     copy_vectors(pg, "t", x[:8000])
     pg.execute("CREATE INDEX t_ivf ON t USING bitpress_ivf (v bitpress_l2_ops) WITH (lists = 50, bits = 2)")
     pg.execute("SET bitpress.probes = 12")
     before = [knn(pg, q, "<->")[0] for q in queries[:20]]
-    p, db = postgresql_proc, pg.info.dbname
-    dump = tmp_path / "db.dump"
-    conn = ["-h", p.host, "-p", str(p.port), "-U", p.user]
-    subprocess.run([str(PG_BINDIR / "pg_dump"), *conn, "-Fc", "-f", str(dump), db], check=True)
-    pg.execute("DROP DATABASE IF EXISTS restored_ivf")
-    pg.execute("CREATE DATABASE restored_ivf")
-    subprocess.run([str(PG_BINDIR / "pg_restore"), *conn, "--exit-on-error", "-d", "restored_ivf", str(dump)],
-                   check=True)
-    try:
-        from pgvector.psycopg import register_vector
-        with psycopg.connect(host=p.host, port=p.port, user=p.user, dbname="restored_ivf", autocommit=True) as r:
-            register_vector(r)
-            assert r.execute("SELECT pg_get_indexdef('t_ivf'::regclass)").fetchone()[0] == \
-                "CREATE INDEX t_ivf ON public.t USING bitpress_ivf (v bitpress_l2_ops) WITH (lists='50', bits='2')"
-            r.execute("SET bitpress.probes = 12")
-            assert uses_index(r, "<->")
-            assert [knn(r, q, "<->")[0] for q in queries[:20]] == before
-    finally:
-        pg.execute("DROP DATABASE restored_ivf WITH (FORCE)")
+    with restored_copy(pg, postgresql_proc, tmp_path, "restored_ivf") as r:
+        assert r.execute("SELECT pg_get_indexdef('t_ivf'::regclass)").fetchone()[0] == \
+            "CREATE INDEX t_ivf ON public.t USING bitpress_ivf (v bitpress_l2_ops) WITH (lists='50', bits='2')"
+        r.execute("SET bitpress.probes = 12")
+        assert uses_index(r, "<->")
+        assert [knn(r, q, "<->")[0] for q in queries[:20]] == before

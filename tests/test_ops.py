@@ -13,14 +13,6 @@ from bitpress import sa as bsa
 from conftest import create_docs
 
 
-@pytest.fixture
-def pg_engine(pg_test_dsn):
-    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(pg_test_dsn),
-                              poolclass=sa.pool.NullPool)
-    yield engine
-    engine.dispose()
-
-
 def codes_of(conn, q):
     return np.stack([np.frombuffer(bytes(r[0]), np.uint8) for r in conn.execute(q).fetchall()])
 

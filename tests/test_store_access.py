@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from bitpress import schema
+from conftest import restored_copy
 
 DIM = 16
 K = 5
@@ -295,27 +296,12 @@ def test_a_database_with_stores_dumps_and_restores(roles, postgresql_proc, tmp_p
     """pg_dump / pg_restore of a database with stores, a pending delta, row-level security and
     grants: the restored stores answer exactly, to the same roles, and the triggers still feed
     them (the regclass source, the policies and the triggers come back in a working order)."""
-    import subprocess
-
-    from conftest import PG_BINDIR
-
     pg, rng, docs, private = roles
     new = {5000: rng.standard_normal(DIM).astype(np.float32)}
     insert_docs(pg, "docs", new)  # a pending delta row
     docs.update(new)
-    p, db = postgresql_proc, pg.info.dbname
-    dump = tmp_path / "db.dump"
-    conn = ["-h", p.host, "-p", str(p.port), "-U", p.user]
-    subprocess.run([str(PG_BINDIR / "pg_dump"), *conn, "-Fc", "-f", str(dump), db], check=True)
-    pg.execute("DROP DATABASE IF EXISTS restored")
-    pg.execute("CREATE DATABASE restored")
-    subprocess.run([str(PG_BINDIR / "pg_restore"), *conn, "--exit-on-error", "-d", "restored", str(dump)],
-                   check=True)
-    try:
-        check_restored(psycopg.connect(host=p.host, port=p.port, user=p.user, dbname="restored",
-                                       autocommit=True), rng, docs, private)
-    finally:
-        pg.execute("DROP DATABASE restored WITH (FORCE)")
+    with restored_copy(pg, postgresql_proc, tmp_path, "restored") as r:
+        check_restored(r, rng, docs, private)
 
 
 def check_restored(r, rng, docs, private):
