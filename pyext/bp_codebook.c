@@ -300,22 +300,11 @@ bp_codebook_encode_batch(const bp_codebook *cb, const float *x, size_t n, size_t
 		return BP_ERR_EMPTY;
 	if (dim != cb->dims)
 		return BP_ERR_CODEBOOK_DIM_MISMATCH;
-	for (size_t r = 0; r < n && cb->rabitq; r++)
-	{
-		bp_status	st = rabitq_encode(cb, x + r * row_stride, scratch, out + r * out_stride,
-									   bad_index);
-
-		if (st != BP_OK)
-		{
-			if (bad_row)
-				*bad_row = r;
-			return st;
-		}
-	}
-	for (size_t r = 0; r < n && !cb->rabitq; r++)
+	for (size_t r = 0; r < n; r++)
 	{
 		uint8_t    *o = out + r * out_stride;
-		bp_status	st = transform(cb, x + r * row_stride, y, z, bad_index);
+		bp_status	st = cb->rabitq ? rabitq_encode(cb, x + r * row_stride, scratch, o, bad_index)
+			: transform(cb, x + r * row_stride, y, z, bad_index);
 
 		if (st != BP_OK)
 		{
@@ -323,6 +312,8 @@ bp_codebook_encode_batch(const bp_codebook *cb, const float *x, size_t n, size_t
 				*bad_row = r;
 			return st;
 		}
+		if (cb->rabitq)
+			continue;			/* coded whole by rabitq_encode */
 		memset(o, 0, nbytes);
 		for (size_t b = 0; b < cb->bits; b++)
 		{
@@ -351,7 +342,7 @@ bp_codebook_query_weights(const bp_codebook *cb, const float *q, size_t dim,
 		return BP_ERR_EMPTY;
 	if (dim != cb->dims)
 		return BP_ERR_CODEBOOK_DIM_MISMATCH;
-	if (cb->base == NULL || cb->rabitq)
+	if (cb->base == NULL)		/* RaBitQ codebooks have none: their estimate scores */
 		return BP_ERR_NO_LEVELS;
 	if (cb->src_b)
 		for (size_t b = 0; b < cb->bits; b++)
